@@ -1,0 +1,5 @@
+import sys
+
+from kernel.main import main
+
+sys.exit(main())

@@ -1,0 +1,394 @@
+"""The kernel process: one ROUTER socket, one thread, one event loop.
+
+Frames from a task are ``[identity, header, body, ool...]``.  The kernel checks every
+header field for type and range; a trap it cannot parse is answered with
+MACH_SEND_INVALID_HEADER, and a peer whose frames make no sense at all is disconnected
+(its task destroyed, a K_DISCONNECT frame sent), while everyone else goes on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import heapq
+import itertools
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import structlog
+import zmq
+
+from kernel import host, mach_port, netname
+from kernel.config import KernelConfig
+from kernel.ipc_kmsg import IPCKmsg, ipc_kmsg_destroy
+from kernel.ipc_notify import IPCNotify
+from kernel.ipc_port import KERNEL, IPCPort, ipc_port_clear_receiver, ipc_port_destroy
+from kernel.ipc_right import (PORT_SEND, PORT_SEND_ONCE, ipc_port_make_send, release_right)
+from kernel.ipc_space import T_RECEIVE, T_SEND
+from kernel.mach_msg import ipc_mqueue_send, mach_msg_trap, waiter_timeout
+from kernel.task import Task, task_terminate
+from protocol import logs
+from protocol import message as M
+from protocol.kern_return import KernReturn, MachMsgReturn, MigReturn
+
+K_DISCONNECT = 4
+OP_REPLY_PORT = 5
+DRAIN_BATCH = 512
+
+log = structlog.get_logger("kernel")
+
+
+def _is_int(v, lo, hi):
+    return type(v) is int and lo <= v <= hi
+
+
+def check_msg_header(h) -> bool:
+    """The OP_MSG header: every field's type and range (see protocol.message)."""
+    if len(h) != 13:
+        return False
+    option = h[3]
+    if not (_is_int(option, 0, 0xFFFFFFFF) and _is_int(h[4], -1, M.MAX_TIMEOUT_MS)
+            and _is_int(h[5], 0, M.NATURAL_MAX) and _is_int(h[6], -1, M.MAX_TIMEOUT_MS)):
+        return False
+    if option & M.MACH_SEND_MSG:
+        descs = h[12]
+        if not (_is_int(h[7], -(2**31), 2**31 - 1) and _is_int(h[8], 0, M.NATURAL_MAX)
+                and _is_int(h[9], 0, 255) and _is_int(h[10], 0, M.NATURAL_MAX)
+                and _is_int(h[11], 0, 255) and type(descs) is list
+                and len(descs) % 2 == 0 and len(descs) <= 2 * M.MAX_DESCRIPTORS):
+            return False
+        for i in range(0, len(descs), 2):
+            if not (_is_int(descs[i], 0, M.NATURAL_MAX) and _is_int(descs[i + 1], 0, 255)):
+                return False
+    return True
+
+
+class Kernel:
+    def __init__(self, endpoint: str, config: KernelConfig | None = None):
+        self.endpoint = endpoint
+        self.config = config or KernelConfig()
+        self.ctx = zmq.Context()
+        s = self.ctx.socket(zmq.ROUTER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        s.setsockopt(zmq.MAXMSGSIZE, M.MAX_OOL_BYTES + 65536)
+        s.setsockopt(zmq.SNDHWM, 200000)
+        s.setsockopt(zmq.RCVHWM, 10000)
+        s.bind(endpoint)
+        self.sock = s
+        self.tasks: dict[bytes, Task] = {}
+        self.tasks_by_fd: dict[int, Task] = {}
+        self.doomed: list[tuple[Task, str]] = []
+        self.timers: list = []
+        self._tseq = itertools.count()
+        self.stats = collections.Counter()
+        self.started = time.time()
+        self.running = True
+        self.notify = IPCNotify(self)
+        self.netname = netname.NameServer(self)
+        self.host_port = IPCPort(receiver=KERNEL, kobject=self, kotype="host", label="host")
+        self.netname_port = IPCPort(receiver=KERNEL, kobject=self.netname, kotype="netname",
+                                    label="netname")
+        self.servers = {"task": mach_port.make_handlers(self),
+                        "host": host.make_handlers(self),
+                        "netname": self.netname.demux()}
+        self.poller = zmq.Poller()
+        self.poller.register(s, zmq.POLLIN)
+        self.current_kmsg = None
+
+    # ------------------------------------------------------------ helpers for ipc_*
+
+    def ipc_port_destroy(self, port):
+        ipc_port_destroy(self, port)
+
+    def ipc_port_clear_receiver(self, port):
+        ipc_port_clear_receiver(self, port)
+
+    def cancel_dnrequest(self, space, name, port):
+        if port is None:
+            return
+        notify = port.dnrequests.pop((space, name), None)
+        if notify is not None:
+            self.notify.port_deleted(notify, name)
+
+    def kernel_send(self, kmsg: IPCKmsg):
+        """mach_msg_send_from_kernel: MACH_SEND_ALWAYS, no queue limit."""
+        self.stats["kernel_msgs"] += 1
+        ipc_mqueue_send(self, kmsg, always=True)
+
+    def deadline(self, timeout_ms: int):
+        return None if timeout_ms < 0 else time.monotonic() + timeout_ms / 1000.0
+
+    def add_timer(self, w):
+        if w.deadline is not None:
+            heapq.heappush(self.timers, (w.deadline, next(self._tseq), w))
+
+    def emit(self, task: Task, frames):
+        if not task.alive:
+            return
+        try:
+            self.sock.send_multipart([task.ident, *frames], flags=zmq.NOBLOCK, copy=False)
+        except zmq.ZMQError as e:  # peer gone (EHOSTUNREACH) or not reading (EAGAIN)
+            self.doom(task, f"send failed: {e}")
+
+    def reply_result(self, task, tid, seq, code, *extra):
+        self.emit(task, [M.packb([M.K_RESULT, tid, seq, int(code), *extra])])
+
+    def doom(self, task, why):
+        if task.alive and all(t is not task for t, _ in self.doomed):
+            self.doomed.append((task, why))
+
+    def stop(self):
+        self.running = False
+
+    # ------------------------------------------------------------ kernel-served ports
+
+    def kobject_server(self, kmsg: IPCKmsg):
+        """ipc_kobject_server: run the MIG routine for a message to a kernel port and send
+        its reply to the reply right."""
+        port = kmsg.dest
+        demux = self.servers.get(port.kotype)
+        if kmsg.dest_type == PORT_SEND:
+            port.srights -= 1
+        else:
+            port.sorights -= 1
+        self.stats["kernel_rpcs"] += 1
+        self.current_kmsg = kmsg
+        try:
+            rt, code, vals = demux.dispatch(port.kobject, kmsg.msgh_id, kmsg.body,
+                                            kmsg.descs, kmsg.ool)
+        except Exception:
+            log.exception("kernel routine failed", msgh_id=kmsg.msgh_id)
+            rt, code, vals = None, KernReturn.KERN_FAILURE, ()
+        finally:
+            self.current_kmsg = None
+        if code == MigReturn.MIG_NO_REPLY:
+            return
+        if code != 0:
+            for p, t in kmsg.descs:
+                release_right(self, p, t)
+        kmsg.descs = ()
+        if kmsg.reply is None:
+            return
+        reply_id = rt.reply_id if rt is not None else kmsg.msgh_id + 100
+        if code != 0:
+            body, descs, ool = M.packb([int(code)]), [], []
+        else:
+            bidx, pidx, oidx = rt._rep
+            body = M.packb([0, *(vals[i] for i in bidx)])
+            descs = [vals[i] for i in pidx]
+            ool = [vals[i] for i in oidx]
+        reply = IPCKmsg(reply_id, kmsg.reply, kmsg.reply_type, None, 0, descs, body, ool)
+        kmsg.reply = None
+        self.kernel_send(reply)
+
+    # ------------------------------------------------------------ tasks
+
+    def task_create(self, ident, pid, name, role) -> Task:
+        old = self.tasks.get(ident)
+        if old is not None:
+            self.task_destroy(old, "reconnected")
+        t = Task(ident, pid, name, role)
+        self.tasks[ident] = t
+        try:
+            t.pidfd = os.pidfd_open(pid)
+            self.tasks_by_fd[t.pidfd] = t
+            self.poller.register(t.pidfd, zmq.POLLIN)
+        except (OSError, AttributeError):
+            t.pidfd = None  # not on this host, or no pidfd: the heartbeat decides
+        self.stats["tasks_created"] += 1
+        log.info("task created", task=name, task_id=t.id, pid=pid, role=role)
+        return t
+
+    def task_destroy(self, task, why):
+        if not task.alive:
+            return
+        log.info("task destroyed", task=task.name, task_id=task.id, pid=task.pid, why=why)
+        if self.tasks.get(task.ident) is task:
+            del self.tasks[task.ident]
+        if task.pidfd is not None:
+            self.poller.unregister(task.pidfd)
+            self.tasks_by_fd.pop(task.pidfd, None)
+            os.close(task.pidfd)
+            task.pidfd = None
+        self.stats["tasks_destroyed"] += 1
+        task_terminate(self, task)
+
+    def disconnect(self, ident, task, code, why):
+        """Drop a misbehaving peer: its task dies, everyone else goes on."""
+        self.stats["peers_disconnected"] += 1
+        if task is not None:
+            self.task_destroy(task, why)
+        try:
+            self.sock.send_multipart([ident, M.packb([K_DISCONNECT, 0, 0, int(code)])],
+                                     flags=zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass
+
+    # ------------------------------------------------------------ frames
+
+    def handle(self, frames):
+        ident = frames[0]
+        task = self.tasks.get(ident)
+        n = len(frames)
+        if n < 2 or n > M.MAX_FRAMES + 1 or len(frames[1]) > M.MAX_HEADER_BYTES:
+            self.disconnect(ident, task, MachMsgReturn.MACH_SEND_INVALID_HEADER, "bad frames")
+            return
+        try:
+            h = M.unpackb(frames[1])
+        except Exception:
+            h = None
+        if type(h) is not list or not h or type(h[0]) is not int:
+            self.disconnect(ident, task, MachMsgReturn.MACH_SEND_INVALID_HEADER, "bad header")
+            return
+        op = h[0]
+        if task is not None:
+            task.last_seen = time.monotonic()
+        if op == M.OP_MSG and task is not None:
+            if len(h) < 3 or not (_is_int(h[1], 1, M.THREAD_MAX) and _is_int(h[2], 0, 2**63)):
+                self.disconnect(ident, task, MachMsgReturn.MACH_SEND_INVALID_HEADER,
+                                "no thread in trap")
+                return
+            task.traps += 1
+            if (not check_msg_header(h) or n < 3 or len(frames[2]) > M.MAX_BODY_BYTES
+                    or any(len(f) > M.MAX_OOL_BYTES for f in frames[3:])):
+                self.stats["bad_traps"] += 1
+                self.reply_result(task, h[1], h[2], MachMsgReturn.MACH_SEND_INVALID_HEADER)
+                return
+            mach_msg_trap(self, task, h, frames)
+        elif op == M.OP_HEARTBEAT and task is not None:
+            self.emit(task, [M.packb([M.K_RESULT, 0, 0, 0])])
+        elif op == OP_REPLY_PORT and task is not None:
+            if len(h) != 3 or not (_is_int(h[1], 1, M.THREAD_MAX) and _is_int(h[2], 0, 2**63)):
+                self.disconnect(ident, task, MachMsgReturn.MACH_SEND_INVALID_HEADER, "bad trap")
+                return
+            port = IPCPort(receiver=task.space, qlimit=self.config.qlimit_default)
+            name = task.space.insert(port, T_RECEIVE)
+            self.reply_result(task, h[1], h[2], 0, name)
+        elif op == M.OP_HELLO:
+            if not (len(h) == 6 and _is_int(h[1], 1, M.THREAD_MAX) and _is_int(h[2], 0, 2**63)
+                    and _is_int(h[3], 0, 2**31) and type(h[4]) is str and len(h[4]) <= 128
+                    and type(h[5]) is str and len(h[5]) <= 64):
+                self.disconnect(ident, task, MachMsgReturn.MACH_SEND_INVALID_HEADER, "bad hello")
+                return
+            if task is None and len(self.tasks) >= self.config.max_tasks:
+                self.disconnect(ident, None, KernReturn.KERN_RESOURCE_SHORTAGE, "too many tasks")
+                return
+            t = self.task_create(ident, h[3], h[4], h[5])
+            sp = t.space
+            names = []
+            for port in (t.port, self.host_port, self.netname_port):
+                ipc_port_make_send(port)
+                names.append(sp.insert(port, T_SEND, 1))
+            self.emit(t, [M.packb([M.K_HELLO, h[1], h[2], 0, *names, t.id])])
+        elif op == M.OP_BYE and task is not None:
+            self.task_destroy(task, "goodbye")
+        else:
+            self.disconnect(ident, task, MachMsgReturn.MACH_SEND_INVALID_HEADER,
+                            "unknown operation" if task is not None else "not a task")
+
+    # ------------------------------------------------------------ loop
+
+    def run_timers(self):
+        now = time.monotonic()
+        timers = self.timers
+        while timers and timers[0][0] <= now:
+            _, _, w = heapq.heappop(timers)
+            if not w.done:
+                waiter_timeout(self, w)
+
+    def check_heartbeats(self):
+        limit = time.monotonic() - self.config.heartbeat_timeout
+        for t in list(self.tasks.values()):
+            if t.last_seen < limit:
+                self.task_destroy(t, "no heartbeat")
+
+    def reap(self):
+        while self.doomed:
+            t, why = self.doomed.pop()
+            self.task_destroy(t, why)
+
+    def run(self):
+        sock = self.sock
+        next_hb = time.monotonic() + 1.0
+        while self.running:
+            timeout = 200.0
+            if self.timers:
+                timeout = max(0.0, min(timeout, (self.timers[0][0] - time.monotonic()) * 1000))
+            try:
+                events = self.poller.poll(timeout)
+            except zmq.ZMQError:
+                continue
+            for s, _ in events:
+                if s is sock:
+                    for _ in range(DRAIN_BATCH):
+                        try:
+                            frames = sock.recv_multipart(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        try:
+                            self.handle(frames)
+                        except Exception:
+                            log.exception("trap failed")
+                            self.stats["internal_errors"] += 1
+                        if self.doomed:
+                            self.reap()
+                else:
+                    t = self.tasks_by_fd.get(s)
+                    if t is not None:
+                        self.task_destroy(t, "process exited")
+            self.run_timers()
+            self.reap()
+            now = time.monotonic()
+            if now >= next_hb:
+                self.check_heartbeats()
+                next_hb = now + 1.0
+        log.info("kernel stopping", tasks=len(self.tasks))
+
+    def close(self):
+        for t in list(self.tasks.values()):
+            try:
+                self.sock.send_multipart([t.ident, M.packb([K_DISCONNECT, 0, 0, 0])],
+                                         flags=zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
+        self.sock.close(linger=0)
+        self.ctx.term()
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="machemu-kernel", description=__doc__.splitlines()[0])
+    ap.add_argument("--run-dir", default=os.environ.get("MACHEMU_RUN_DIR", "run"))
+    ap.add_argument("--endpoint", help="default ipc://RUN_DIR/kernel.sock")
+    ap.add_argument("--config", help="TOML file with a [kernel] table")
+    ap.add_argument("--log-level", default="info")
+    args = ap.parse_args(argv)
+    run_dir = Path(args.run_dir).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    endpoint = args.endpoint or f"ipc://{run_dir}/kernel.sock"
+    logs.setup("kernel", run_dir / "kernel.log", args.log_level)
+    k = Kernel(endpoint, KernelConfig.load(args.config))
+
+    def on_signal(signum, frame):
+        k.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    (run_dir / "kernel.ready").write_text(endpoint + "\n")
+    log.info("kernel ready", endpoint=endpoint, pid=os.getpid())
+    try:
+        k.run()
+    finally:
+        k.close()
+        try:
+            (run_dir / "kernel.ready").unlink()
+        except FileNotFoundError:
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,30 @@
+"""The log format every machemu process writes: structlog, JSON lines, one file per
+process, with bound context (task, port, object, offset)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import structlog
+
+
+def setup(process: str, path: str | os.PathLike | None = None, level: str = "info"):
+    """Send this process's structlog output, as JSON lines, to ``path`` (stderr if None)."""
+    stream = open(path, "a", buffering=1) if path else sys.stderr
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            getattr(logging, level.upper(), logging.INFO)),
+        logger_factory=structlog.PrintLoggerFactory(stream),
+        cache_logger_on_first_use=True,
+    )
+    structlog.contextvars.bind_contextvars(process=process, pid=os.getpid())
+    return structlog.get_logger(process)

@@ -1,0 +1,145 @@
+"""Mach message constants and the wire layout of a message (include/mach/message.h).
+
+A message crosses ZeroMQ as frames: a small msgpack header, a msgpack body, then one raw
+frame per out-of-line datum.  The kernel decodes and rewrites only the header: names and
+rights are per task.  A body addressed to a task's port is forwarded untouched.
+
+Task -> kernel header (a msgpack array):
+    [OP_MSG, thread, seq, option, send_timeout_ms, rcv_name, rcv_timeout_ms,
+     msgh_id, remote_name, remote_disp, local_name, local_disp, descs]
+    [OP_HELLO, thread, seq, pid, task_name, role]
+    [OP_HEARTBEAT]
+    [OP_BYE]
+Kernel -> task header:
+    [K_RESULT, thread, seq, code]                                    (send done / error)
+    [K_MSG, thread, seq, 0, msgh_id, remote_name, remote_type,
+     local_name, local_type, descs, msgh_seqno]                       (a received message)
+    [K_HELLO, thread, seq, code, task_self, host, name_server, task_id]
+
+``descs`` is a flat list ``[name, disposition, name, disposition, ...]`` naming the port
+rights carried in the body's port fields, in order.  In a received message each
+disposition is replaced by the type of right the receiver now holds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import msgpack
+
+# Port names.
+MACH_PORT_NULL = 0
+MACH_PORT_DEAD = 0xFFFFFFFF
+
+# Message type names (dispositions) for ports.
+MACH_MSG_TYPE_MOVE_RECEIVE = 16
+MACH_MSG_TYPE_MOVE_SEND = 17
+MACH_MSG_TYPE_MOVE_SEND_ONCE = 18
+MACH_MSG_TYPE_COPY_SEND = 19
+MACH_MSG_TYPE_MAKE_SEND = 20
+MACH_MSG_TYPE_MAKE_SEND_ONCE = 21
+# What the receiver holds after copyout.
+MACH_MSG_TYPE_PORT_NAME = 15
+MACH_MSG_TYPE_PORT_RECEIVE = MACH_MSG_TYPE_MOVE_RECEIVE
+MACH_MSG_TYPE_PORT_SEND = MACH_MSG_TYPE_MOVE_SEND
+MACH_MSG_TYPE_PORT_SEND_ONCE = MACH_MSG_TYPE_MOVE_SEND_ONCE
+
+DISPOSITIONS = frozenset(range(MACH_MSG_TYPE_MOVE_RECEIVE, MACH_MSG_TYPE_MAKE_SEND_ONCE + 1))
+
+# mach_msg options.
+MACH_MSG_OPTION_NONE = 0
+MACH_SEND_MSG = 0x00000001
+MACH_RCV_MSG = 0x00000002
+MACH_SEND_TIMEOUT = 0x00000010
+MACH_SEND_NOTIFY = 0x00000020
+MACH_SEND_INTERRUPT = 0x00000040
+MACH_SEND_CANCEL = 0x00000080
+MACH_RCV_TIMEOUT = 0x00000100
+MACH_RCV_NOTIFY = 0x00000200
+MACH_RCV_INTERRUPT = 0x00000400
+MACH_RCV_LARGE = 0x00000800
+MACH_SEND_ALWAYS = 0x00010000
+
+# mach_port_allocate rights (include/mach/port.h).
+MACH_PORT_RIGHT_SEND = 0
+MACH_PORT_RIGHT_RECEIVE = 1
+MACH_PORT_RIGHT_SEND_ONCE = 2
+MACH_PORT_RIGHT_PORT_SET = 3
+MACH_PORT_RIGHT_DEAD_NAME = 4
+MACH_PORT_RIGHT_NUMBER = 5
+
+# mach_port_type_t bits.
+MACH_PORT_TYPE_SEND = 1 << (MACH_PORT_RIGHT_SEND + 16)
+MACH_PORT_TYPE_RECEIVE = 1 << (MACH_PORT_RIGHT_RECEIVE + 16)
+MACH_PORT_TYPE_SEND_ONCE = 1 << (MACH_PORT_RIGHT_SEND_ONCE + 16)
+MACH_PORT_TYPE_PORT_SET = 1 << (MACH_PORT_RIGHT_PORT_SET + 16)
+MACH_PORT_TYPE_DEAD_NAME = 1 << (MACH_PORT_RIGHT_DEAD_NAME + 16)
+MACH_PORT_TYPE_SEND_RECEIVE = MACH_PORT_TYPE_SEND | MACH_PORT_TYPE_RECEIVE
+MACH_PORT_TYPE_DNREQUEST = 0x80000000
+
+# Queue limits (include/mach/port.h).
+MACH_PORT_QLIMIT_DEFAULT = 5
+MACH_PORT_QLIMIT_MAX = 16
+
+# Wire operations, task -> kernel.
+OP_MSG = 1
+OP_HELLO = 2
+OP_HEARTBEAT = 3
+OP_BYE = 4
+# Wire kinds, kernel -> task.
+K_RESULT = 1
+K_MSG = 2
+K_HELLO = 3
+
+# Bounds every peer is held to.
+MAX_FRAMES = 2 + 8  # header, body, at most 8 out-of-line frames
+MAX_HEADER_BYTES = 4096
+MAX_BODY_BYTES = 256 * 1024
+MAX_OOL_BYTES = 4 * 1024 * 1024  # one out-of-line frame: 1024 pages
+MAX_MESSAGE_BYTES = MAX_HEADER_BYTES + MAX_BODY_BYTES + 8 * MAX_OOL_BYTES
+MAX_DESCRIPTORS = 64
+MAX_TIMEOUT_MS = 24 * 3600 * 1000
+NATURAL_MAX = 0xFFFFFFFF
+THREAD_MAX = 0x7FFFFFFF
+
+_packb = msgpack.Packer(use_bin_type=True).pack
+
+
+def packb(obj) -> bytes:
+    """msgpack-encode: str as str, bytes as bin."""
+    return _packb(obj)
+
+
+def unpackb(data) -> object:
+    """msgpack-decode strictly: no ext types, bounded container and string sizes."""
+    return msgpack.unpackb(
+        data,
+        raw=False,
+        strict_map_key=True,
+        max_bin_len=MAX_BODY_BYTES,
+        max_str_len=MAX_BODY_BYTES,
+        max_array_len=MAX_BODY_BYTES // 2,
+        max_map_len=4096,
+        max_ext_len=0,
+    )
+
+
+@dataclass(slots=True)
+class Message:
+    """A Mach message as a task sees it (mach_msg_header_t plus body and OOL data).
+
+    ``remote_port`` is msgh_remote_port: the destination when sending, the reply right
+    when received.  ``local_port`` is msgh_local_port: the reply port when sending, the
+    port it was received on when received.  ``descs`` holds (name, disposition) pairs on
+    send, (name, type) pairs on receive.  ``body`` is msgpack bytes; ``ool`` raw frames.
+    """
+
+    msgh_id: int
+    remote_port: int = MACH_PORT_NULL
+    remote_disp: int = 0
+    local_port: int = MACH_PORT_NULL
+    local_disp: int = 0
+    descs: list = field(default_factory=list)
+    body: bytes = b"\x90"
+    ool: list = field(default_factory=list)
+    seqno: int = 0

@@ -1,0 +1,353 @@
+"""The task runtime: a process's one DEALER socket to the kernel, shared by its threads.
+
+Every thread of a task process calls ``mach_msg`` through one ``TaskRuntime``.  A thread
+sends its trap itself, under the socket lock (no hand-off on the way out); the runtime's
+I/O thread owns receiving: it waits on the socket's file descriptor without holding the
+lock, drains arriving frames and hands each to the mailbox of the thread it names.  It
+also sends the heartbeat the kernel uses to tell a live task from a hung one.
+
+ZeroMQ's FD is edge-triggered and any operation on the socket may consume the edge, so
+a thread that sends checks ZMQ_EVENTS afterwards and wakes the I/O thread if input is
+pending; the I/O thread re-checks before it sleeps.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import queue
+import select
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import structlog
+import zmq
+
+from protocol import message as M
+from protocol.kern_return import MachError, MachMsgReturn
+
+log = structlog.get_logger("runtime")
+
+OP_REPLY_PORT = 5  # the mach_reply_port trap
+
+HEARTBEAT_INTERVAL = 0.5
+KERNEL_DEAD_AFTER = 6.0
+
+
+def _ms(timeout: float | None) -> int:
+    if timeout is None:
+        return -1
+    return max(0, min(int(timeout * 1000), M.MAX_TIMEOUT_MS))
+
+
+class KernelGone(MachError):
+    """The kernel stopped answering: every trap fails from now on."""
+
+
+class TaskRuntime:
+    """One task: its connection to the kernel and its threads' traps.
+
+    ``task_self``, ``host`` and ``name_server`` are the names of the send rights the kernel
+    gives a new task (mach_task_self, mach_host_self, the netname server port).
+    """
+
+    def __init__(self, endpoint: str, name: str = "task", role: str = "task",
+                 connect_timeout: float = 15.0):
+        self.endpoint, self.name, self.role = endpoint, name, role
+        self._ctx = zmq.Context()
+        s = self._ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.ROUTING_ID, b"t" + uuid.uuid4().bytes)
+        s.setsockopt(zmq.SNDHWM, 100000)
+        s.setsockopt(zmq.RCVHWM, 100000)
+        s.connect(endpoint)
+        self._sock = s
+        self._fd = s.getsockopt(zmq.FD)
+        self._lock = threading.Lock()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._boxes: dict[int, queue.SimpleQueue] = {}
+        self._tls = threading.local()
+        self._tids = itertools.count(1)
+        self._seq = itertools.count(1)
+        self._closed = False
+        self.dead = False
+        self._last_kernel = time.monotonic()
+        self._io = threading.Thread(target=self._io_loop, name="mach-io", daemon=True)
+        self._io.start()
+        hdr, _ = self._trap([M.OP_HELLO, None, None, os.getpid(), name, role], b"", (),
+                            wait=connect_timeout)
+        if hdr[3] != 0:
+            raise MachError(hdr[3], "task hello")
+        self.task_self, self.host, self.name_server, self.task_id = hdr[4:8]
+
+    # ------------------------------------------------------------ threads
+
+    def _thread(self):
+        tl = self._tls
+        tid = getattr(tl, "tid", None)
+        if tid is None:
+            tid = tl.tid = next(self._tids)
+            tl.box = queue.SimpleQueue()
+            tl.reply_port = 0
+            self._boxes[tid] = tl.box
+        return tid, tl.box
+
+    def thread_id(self) -> int:
+        return self._thread()[0]
+
+    def reply_port(self) -> int:
+        """mig_get_reply_port: this thread's reply port, made with mach_reply_port."""
+        self._thread()
+        if not self._tls.reply_port:
+            hdr, _ = self._trap([OP_REPLY_PORT, None, None], b"", ())
+            if hdr[3] != 0:
+                raise MachError(hdr[3], "mach_reply_port")
+            self._tls.reply_port = hdr[4]
+        return self._tls.reply_port
+
+    def thread_exit(self):
+        """Release what this thread holds: its reply port and mailbox (as a thread
+        library does at thread exit)."""
+        tl = self._tls
+        tid = getattr(tl, "tid", None)
+        if tid is None:
+            return
+        if tl.reply_port and not self.dead and not self._closed:
+            from protocol.defs.mach_port import mach_port_destroy
+
+            try:
+                mach_port_destroy(self.task_self, tl.reply_port, timeout=5, rt=self)
+            except MachError:
+                pass
+        tl.reply_port = 0
+        self._boxes.pop(tid, None)
+        tl.tid = None
+
+    # ------------------------------------------------------------ traps
+
+    def _send_frames(self, frames):
+        with self._lock:
+            self._sock.send_multipart(frames, copy=False)
+            if self._sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                self._wake()
+
+    def _wake(self):
+        try:
+            os.write(self._wake_w, b"x")
+        except BlockingIOError:
+            pass
+
+    def _trap(self, hdr, body, ool, wait: float | None = None):
+        """Send one trap and wait for the kernel's one answer to it."""
+        if self.dead or self._closed:
+            raise KernelGone(MachMsgReturn.MACH_SEND_INVALID_DEST, "kernel gone")
+        tid, box = self._thread()
+        seq = next(self._seq)
+        hdr[1], hdr[2] = tid, seq
+        self._send_frames([M.packb(hdr), body, *ool])
+        deadline = None if wait is None else time.monotonic() + wait
+        while True:
+            try:
+                item = box.get(timeout=1.0 if deadline is None
+                               else max(0.0, min(1.0, deadline - time.monotonic())))
+            except queue.Empty:
+                if self.dead or self._closed:
+                    raise KernelGone(MachMsgReturn.MACH_SEND_INVALID_DEST, "kernel gone")
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise MachError(MachMsgReturn.MACH_SEND_TIMED_OUT, "no answer from kernel")
+                continue
+            if item is None:
+                raise KernelGone(MachMsgReturn.MACH_SEND_INVALID_DEST, "kernel gone")
+            rhdr, frames = item
+            if rhdr[2] == seq:
+                return rhdr, frames
+            # An answer to an earlier trap this thread gave up on: drop it.
+
+    def mach_msg(self, option: int, msg: M.Message | None = None, rcv_name: int = 0,
+                 send_timeout: float | None = None, rcv_timeout: float | None = None):
+        """mach_msg(): send ``msg``, receive on ``rcv_name``, or both (an RPC).
+
+        Returns (code, received Message or None).  Timeouts are seconds, None = forever.
+        """
+        if send_timeout is not None:
+            option |= M.MACH_SEND_TIMEOUT
+        if rcv_timeout is not None:
+            option |= M.MACH_RCV_TIMEOUT
+        if option & M.MACH_SEND_MSG and msg is not None:
+            descs = []
+            for name, disp in msg.descs:
+                descs += (name, disp)
+            hdr = [M.OP_MSG, None, None, option, _ms(send_timeout), rcv_name,
+                   _ms(rcv_timeout), msg.msgh_id, msg.remote_port, msg.remote_disp,
+                   msg.local_port, msg.local_disp, descs]
+            body, ool = msg.body, msg.ool
+        else:
+            option &= ~M.MACH_SEND_MSG
+            hdr = [M.OP_MSG, None, None, option, -1, rcv_name, _ms(rcv_timeout),
+                   0, 0, 0, 0, 0, []]
+            body, ool = b"", ()
+        wait = None
+        if not option & M.MACH_RCV_MSG and send_timeout is None:
+            wait = None
+        rhdr, frames = self._trap(hdr, body, ool, wait)
+        if rhdr[0] != M.K_MSG:
+            return rhdr[3], None
+        d = rhdr[9]
+        return 0, M.Message(
+            msgh_id=rhdr[4], remote_port=rhdr[5], remote_disp=rhdr[6],
+            local_port=rhdr[7], local_disp=rhdr[8],
+            descs=[(d[i], d[i + 1]) for i in range(0, len(d), 2)],
+            body=frames[1], ool=frames[2:], seqno=rhdr[10])
+
+    def send(self, msg: M.Message, timeout: float | None = None):
+        code, _ = self.mach_msg(M.MACH_SEND_MSG, msg, send_timeout=timeout)
+        if code:
+            raise MachError(code, "mach_msg send")
+
+    def receive(self, name: int, timeout: float | None = None) -> M.Message:
+        code, m = self.mach_msg(M.MACH_RCV_MSG, None, name, rcv_timeout=timeout)
+        if code:
+            raise MachError(code, "mach_msg receive")
+        return m
+
+    def rpc(self, msg: M.Message, timeout: float | None = None) -> M.Message:
+        """Send ``msg`` and receive the reply on its reply port (msg.local_port)."""
+        code, m = self.mach_msg(M.MACH_SEND_MSG | M.MACH_RCV_MSG, msg, msg.local_port,
+                                send_timeout=timeout, rcv_timeout=timeout)
+        if code:
+            raise MachError(code, "mach_msg rpc")
+        return m
+
+    # ------------------------------------------------------------ I/O thread
+
+    def _io_loop(self):
+        poller = select.poll()
+        poller.register(self._fd, select.POLLIN)
+        poller.register(self._wake_r, select.POLLIN)
+        next_hb = time.monotonic() + HEARTBEAT_INTERVAL
+        sock = self._sock
+        while not self._closed:
+            pending = False
+            try:
+                with self._lock:
+                    while True:
+                        try:
+                            frames = sock.recv_multipart(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        self._dispatch(frames)
+                    now = time.monotonic()
+                    if now >= next_hb:
+                        sock.send(M.packb([M.OP_HEARTBEAT]), zmq.NOBLOCK)
+                        next_hb = now + HEARTBEAT_INTERVAL
+                    pending = bool(sock.getsockopt(zmq.EVENTS) & zmq.POLLIN)
+            except zmq.ZMQError:
+                if self._closed:
+                    return
+                raise
+            if time.monotonic() - self._last_kernel > KERNEL_DEAD_AFTER and not self.dead:
+                self._kernel_gone()
+            if pending:
+                continue
+            wait = max(0, int((next_hb - time.monotonic()) * 1000)) + 1
+            for fd, _ in poller.poll(wait):
+                if fd == self._wake_r:
+                    try:
+                        os.read(self._wake_r, 4096)
+                    except BlockingIOError:
+                        pass
+
+    def _dispatch(self, frames):
+        self._last_kernel = time.monotonic()
+        try:
+            hdr = M.unpackb(frames[0])
+            tid = hdr[1]
+        except Exception:
+            log.warning("bad frame from kernel")
+            return
+        if tid == 0:
+            return  # heartbeat answer
+        box = self._boxes.get(tid)
+        if box is not None:
+            box.put((hdr, frames))
+
+    def _kernel_gone(self):
+        self.dead = True
+        log.warning("kernel not answering", endpoint=self.endpoint)
+        for box in list(self._boxes.values()):
+            box.put(None)
+
+    # ------------------------------------------------------------ shutdown
+
+    def close(self):
+        if self._closed:
+            return
+        try:
+            if not self.dead:
+                with self._lock:
+                    self._sock.send(M.packb([M.OP_BYE]), zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass
+        self._closed = True
+        self._wake()
+        self._io.join(timeout=5)
+        for box in list(self._boxes.values()):
+            box.put(None)
+        self._sock.close(linger=0)
+        self._ctx.term()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+# ---------------------------------------------------------------- the process's task
+
+_current: TaskRuntime | None = None
+_current_lock = threading.Lock()
+
+
+def kernel_endpoint(run_dir: str | os.PathLike | None = None) -> str:
+    """Where the kernel is: $MACHEMU_KERNEL, else the run directory's cluster.json
+    (run directory from the argument, $MACHEMU_RUN_DIR, or ./run)."""
+    env = os.environ.get("MACHEMU_KERNEL")
+    if env and run_dir is None:
+        return env
+    rd = Path(run_dir or os.environ.get("MACHEMU_RUN_DIR") or "run")
+    cj = rd / "cluster.json"
+    if cj.exists():
+        return json.loads(cj.read_text())["kernel"]["endpoint"]
+    return f"ipc://{rd.resolve()}/kernel.sock"
+
+
+def connect(endpoint: str | None = None, name: str = "task", role: str = "task") -> TaskRuntime:
+    """Make this process a task of the kernel at ``endpoint`` and return its runtime."""
+    global _current
+    with _current_lock:
+        if _current is not None and not _current._closed:
+            return _current
+        _current = TaskRuntime(endpoint or kernel_endpoint(), name, role)
+        return _current
+
+
+def current() -> TaskRuntime:
+    if _current is None:
+        raise RuntimeError("this process is not a task: call protocol.runtime.connect()")
+    return _current
+
+
+def disconnect():
+    global _current
+    with _current_lock:
+        if _current is not None:
+            _current.close()
+            _current = None
