@@ -71,6 +71,10 @@ def ipc_mqueue_send(k, kmsg: IPCKmsg, always: bool = False) -> int:
         k.kobject_server(kmsg)
         return 0
     mq = port.mqueue
+    # The limit is checked before any hand-off, as in GNU Mach: with qlimit 0 every user
+    # send blocks, whether or not a receiver is waiting.
+    if (not always and kmsg.dest_type == PORT_SEND and len(mq.messages) >= mq.qlimit):
+        return FULL
     if not mq.messages:
         w = mq.first_receiver() if mq.receivers else None
         if w is None and port.pset is not None and port.pset.mqueue.receivers:
@@ -78,8 +82,6 @@ def ipc_mqueue_send(k, kmsg: IPCKmsg, always: bool = False) -> int:
         if w is not None:
             deliver(k, w.task, w, port, kmsg)
             return 0
-    if (not always and kmsg.dest_type == PORT_SEND and len(mq.messages) >= mq.qlimit):
-        return FULL
     mq.messages.append(kmsg)
     return 0
 

@@ -23,10 +23,10 @@ import zmq
 
 from kernel import host, mach_port, netname
 from kernel.config import KernelConfig
-from kernel.ipc_kmsg import IPCKmsg, ipc_kmsg_destroy
+from kernel.ipc_kmsg import IPCKmsg
 from kernel.ipc_notify import IPCNotify
 from kernel.ipc_port import KERNEL, IPCPort, ipc_port_clear_receiver, ipc_port_destroy
-from kernel.ipc_right import (PORT_SEND, PORT_SEND_ONCE, ipc_port_make_send, release_right)
+from kernel.ipc_right import (PORT_SEND, ipc_port_make_send, release_right)
 from kernel.ipc_space import T_RECEIVE, T_SEND
 from kernel.mach_msg import ipc_mqueue_send, mach_msg_trap, waiter_timeout
 from kernel.task import Task, task_terminate
@@ -259,7 +259,7 @@ class Kernel:
                 self.reply_result(task, h[1], h[2], MachMsgReturn.MACH_SEND_INVALID_HEADER)
                 return
             mach_msg_trap(self, task, h, frames)
-        elif op == M.OP_HEARTBEAT and task is not None:
+        elif op == M.OP_HEARTBEAT and task is not None and len(h) == 1:
             self.emit(task, [M.packb([M.K_RESULT, 0, 0, 0])])
         elif op == OP_REPLY_PORT and task is not None:
             if len(h) != 3 or not (_is_int(h[1], 1, M.THREAD_MAX) and _is_int(h[2], 0, 2**63)):
@@ -284,7 +284,7 @@ class Kernel:
                 ipc_port_make_send(port)
                 names.append(sp.insert(port, T_SEND, 1))
             self.emit(t, [M.packb([M.K_HELLO, h[1], h[2], 0, *names, t.id])])
-        elif op == M.OP_BYE and task is not None:
+        elif op == M.OP_BYE and task is not None and len(h) == 1:
             self.task_destroy(task, "goodbye")
         else:
             self.disconnect(ident, task, MachMsgReturn.MACH_SEND_INVALID_HEADER,
@@ -377,7 +377,10 @@ def main(argv=None):
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    (run_dir / "kernel.ready").write_text(endpoint + "\n")
+    # Atomically: a reader polling for the file must never see it empty.
+    tmp = run_dir / f".kernel.ready.{os.getpid()}"
+    tmp.write_text(endpoint + "\n")
+    os.replace(tmp, run_dir / "kernel.ready")
     log.info("kernel ready", endpoint=endpoint, pid=os.getpid())
     try:
         k.run()

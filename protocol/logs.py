@@ -13,9 +13,18 @@ import structlog
 def setup(process: str, path: str | os.PathLike | None = None, level: str = "info"):
     """Send this process's structlog output, as JSON lines, to ``path`` (stderr if None)."""
     stream = open(path, "a", buffering=1) if path else sys.stderr
+    pid = os.getpid()
+
+    def add_process(_logger, _method, event):
+        # every thread's lines, not only the main thread's (contextvars are per thread)
+        event.setdefault("process", process)
+        event.setdefault("pid", pid)
+        return event
+
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            add_process,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
@@ -26,5 +35,4 @@ def setup(process: str, path: str | os.PathLike | None = None, level: str = "inf
         logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=True,
     )
-    structlog.contextvars.bind_contextvars(process=process, pid=os.getpid())
     return structlog.get_logger(process)

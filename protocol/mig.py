@@ -307,10 +307,16 @@ class Routine:
             rt.send(self.message(dest, args, dest_disp=dest_disp), timeout=timeout)
             return None
         msg = self.message(dest, args, rt.reply_port(), dest_disp)
-        reply = rt.rpc(msg, timeout=timeout)
+        try:
+            reply = rt.rpc(msg, timeout=timeout)
+        except MachError as e:
+            if e.code & 0xFFFFC000 == 0x10004000:  # a MACH_RCV_* error: the reply may come late
+                rt.drop_reply_port()
+            raise
         if reply.msgh_id != self.reply_id:
             if reply.msgh_id == MACH_NOTIFY_SEND_ONCE:
                 raise MachError(MigReturn.MIG_SERVER_DIED, self.name)
+            rt.drop_reply_port()
             raise MachError(MigReturn.MIG_REPLY_MISMATCH, self.name)
         code, vals = self.decode_reply(reply.body, [d[0] for d in reply.descs], reply.ool)
         if code != 0:

@@ -1,14 +1,16 @@
 """The task runtime: a process's one DEALER socket to the kernel, shared by its threads.
 
 Every thread of a task process calls ``mach_msg`` through one ``TaskRuntime``.  A thread
-sends its trap itself, under the socket lock (no hand-off on the way out); the runtime's
-I/O thread owns receiving: it waits on the socket's file descriptor without holding the
-lock, drains arriving frames and hands each to the mailbox of the thread it names.  It
-also sends the heartbeat the kernel uses to tell a live task from a hung one.
+sends its trap itself, under the socket lock.  Receiving follows the leader/followers
+pattern: of the threads waiting for an answer, one (the leader) reads the socket and
+hands other threads' answers to their mailboxes; when its own answer comes it resigns
+and passes the role to a waiting follower.  A lone thread doing RPCs thus reads its own
+reply with no thread hand-off.  The runtime's I/O thread sends the heartbeat the kernel
+uses to tell a live task from a hung one, and reads the socket when no thread does.
 
 ZeroMQ's FD is edge-triggered and any operation on the socket may consume the edge, so
-a thread that sends checks ZMQ_EVENTS afterwards and wakes the I/O thread if input is
-pending; the I/O thread re-checks before it sleeps.
+a thread that sends checks ZMQ_EVENTS afterwards and wakes the leader if input is
+pending; the leader re-checks before it sleeps.
 """
 
 from __future__ import annotations
@@ -29,9 +31,22 @@ import zmq
 from protocol import message as M
 from protocol.kern_return import MachError, MachMsgReturn
 
+if not structlog.is_configured():
+    # A process that did not call protocol.logs.setup() must not get log lines on stdout
+    # (scripts print JSON there): warnings and errors go to stderr.
+    import logging
+    import sys
+
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+
 log = structlog.get_logger("runtime")
 
 OP_REPLY_PORT = 5  # the mach_reply_port trap
+K_DISCONNECT = 4  # the kernel dropped this task
+_EMPTY = object()
+_LEAD = object()  # mailbox token: the reader role is yours
 
 HEARTBEAT_INTERVAL = 0.5
 KERNEL_DEAD_AFTER = 6.0
@@ -77,12 +92,23 @@ class TaskRuntime:
         self._closed = False
         self.dead = False
         self._last_kernel = time.monotonic()
+        self._rlock = threading.Lock()
+        self._reader = None  # tid of the thread reading the socket (0: the I/O thread)
+        self._followers: dict[int, queue.SimpleQueue] = {}
+        self._poller = select.poll()
+        self._poller.register(self._fd, select.POLLIN)
+        self._poller.register(self._wake_r, select.POLLIN)
+        self._stop = threading.Event()
         self._io = threading.Thread(target=self._io_loop, name="mach-io", daemon=True)
         self._io.start()
-        hdr, _ = self._trap([M.OP_HELLO, None, None, os.getpid(), name, role], b"", (),
-                            wait=connect_timeout)
-        if hdr[3] != 0:
-            raise MachError(hdr[3], "task hello")
+        try:
+            hdr, _ = self._trap([M.OP_HELLO, None, None, os.getpid(), name, role], b"", (),
+                                wait=connect_timeout)
+            if hdr[3] != 0:
+                raise MachError(hdr[3], "task hello")
+        except BaseException:
+            self.close(say_bye=False)
+            raise
         self.task_self, self.host, self.name_server, self.task_id = hdr[4:8]
 
     # ------------------------------------------------------------ threads
@@ -110,6 +136,20 @@ class TaskRuntime:
             self._tls.reply_port = hdr[4]
         return self._tls.reply_port
 
+    def drop_reply_port(self):
+        """mig_dealloc_reply_port: destroy this thread's reply port after a failed RPC, so
+        a late reply can never be taken for the next call's; a new one is made on demand."""
+        tl = self._tls
+        port = getattr(tl, "reply_port", 0)
+        tl.reply_port = 0
+        if port and not self.dead and not self._closed:
+            from protocol.defs.mach_port import mach_port_destroy
+
+            try:
+                mach_port_destroy(self.task_self, port, timeout=5, rt=self)
+            except MachError:
+                pass
+
     def thread_exit(self):
         """Release what this thread holds: its reply port and mailbox (as a thread
         library does at thread exit)."""
@@ -117,14 +157,7 @@ class TaskRuntime:
         tid = getattr(tl, "tid", None)
         if tid is None:
             return
-        if tl.reply_port and not self.dead and not self._closed:
-            from protocol.defs.mach_port import mach_port_destroy
-
-            try:
-                mach_port_destroy(self.task_self, tl.reply_port, timeout=5, rt=self)
-            except MachError:
-                pass
-        tl.reply_port = 0
+        self.drop_reply_port()
         self._boxes.pop(tid, None)
         tl.tid = None
 
@@ -133,8 +166,9 @@ class TaskRuntime:
     def _send_frames(self, frames):
         with self._lock:
             self._sock.send_multipart(frames, copy=False)
-            if self._sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                self._wake()
+            pending = self._sock.getsockopt(zmq.EVENTS) & zmq.POLLIN
+        if pending:
+            self._wake()
 
     def _wake(self):
         try:
@@ -151,22 +185,109 @@ class TaskRuntime:
         hdr[1], hdr[2] = tid, seq
         self._send_frames([M.packb(hdr), body, *ool])
         deadline = None if wait is None else time.monotonic() + wait
+        return self._await(tid, box, seq, deadline)
+
+    def _await(self, tid, box, seq, deadline):
         while True:
             try:
-                item = box.get(timeout=1.0 if deadline is None
-                               else max(0.0, min(1.0, deadline - time.monotonic())))
+                item = box.get_nowait()
             except queue.Empty:
-                if self.dead or self._closed:
-                    raise KernelGone(MachMsgReturn.MACH_SEND_INVALID_DEST, "kernel gone")
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise MachError(MachMsgReturn.MACH_SEND_TIMED_OUT, "no answer from kernel")
+                item = _EMPTY
+            if item is not _EMPTY and item is not _LEAD:
+                got = self._check(item, seq)
+                if got is not None:
+                    return got
                 continue
-            if item is None:
+            if self.dead or self._closed:
                 raise KernelGone(MachMsgReturn.MACH_SEND_INVALID_DEST, "kernel gone")
-            rhdr, frames = item
-            if rhdr[2] == seq:
-                return rhdr, frames
-            # An answer to an earlier trap this thread gave up on: drop it.
+            with self._rlock:
+                lead = self._reader is None
+                if lead:
+                    self._reader = tid
+                else:
+                    self._followers[tid] = box
+            if lead:
+                try:
+                    got = self._lead(tid, seq, deadline)
+                finally:
+                    self._resign()
+                if got is not None:
+                    return got
+            else:
+                remaining = 1.0 if deadline is None else deadline - time.monotonic()
+                try:
+                    item = box.get(timeout=max(0.0, min(1.0, remaining)))
+                except queue.Empty:
+                    item = _EMPTY
+                with self._rlock:
+                    handed = self._followers.pop(tid, None) is None
+                if item is not _EMPTY and item is not _LEAD:
+                    if handed:
+                        self._pass_lead()
+                    got = self._check(item, seq)
+                    if got is not None:
+                        return got
+                    continue
+            if deadline is not None and time.monotonic() >= deadline:
+                raise MachError(MachMsgReturn.MACH_SEND_TIMED_OUT, "no answer from kernel")
+
+    def _check(self, item, seq):
+        if item is None:
+            raise KernelGone(MachMsgReturn.MACH_SEND_INVALID_DEST, "kernel gone")
+        if item[0][2] == seq:
+            return item
+        return None  # an answer to an earlier trap this thread gave up on
+
+    def _lead(self, tid, seq, deadline):
+        """Read the socket until this thread's answer comes (returned) or the deadline
+        passes (None).  Other threads' answers go to their mailboxes."""
+        sock = self._sock
+        poller = self._poller
+        while True:
+            mine = None
+            with self._lock:
+                while True:
+                    try:
+                        frames = sock.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    item = self._dispatch(frames, tid)
+                    if item is not None and item[0][2] == seq:
+                        mine = item
+                        break
+                pending = sock.getsockopt(zmq.EVENTS) & zmq.POLLIN
+            if mine is not None:
+                return mine
+            if self.dead or self._closed:
+                raise KernelGone(MachMsgReturn.MACH_SEND_INVALID_DEST, "kernel gone")
+            if pending:
+                continue
+            if deadline is None:
+                wait = 1000
+            else:
+                wait = int((deadline - time.monotonic()) * 1000) + 1
+                if wait <= 0:
+                    return None
+                wait = min(wait, 1000)
+            for fd, _ in poller.poll(wait):
+                if fd == self._wake_r:
+                    try:
+                        os.read(self._wake_r, 4096)
+                    except BlockingIOError:
+                        pass
+
+    def _resign(self):
+        with self._rlock:
+            self._reader = None
+        self._pass_lead()
+
+    def _pass_lead(self):
+        """Give the reader role to a waiting follower, if the role is free."""
+        with self._rlock:
+            if self._reader is not None or not self._followers:
+                return
+            _, box = self._followers.popitem()
+        box.put(_LEAD)
 
     def mach_msg(self, option: int, msg: M.Message | None = None, rcv_name: int = 0,
                  send_timeout: float | None = None, rcv_timeout: float | None = None):
@@ -191,10 +312,7 @@ class TaskRuntime:
             hdr = [M.OP_MSG, None, None, option, -1, rcv_name, _ms(rcv_timeout),
                    0, 0, 0, 0, 0, []]
             body, ool = b"", ()
-        wait = None
-        if not option & M.MACH_RCV_MSG and send_timeout is None:
-            wait = None
-        rhdr, frames = self._trap(hdr, body, ool, wait)
+        rhdr, frames = self._trap(hdr, body, ool)
         if rhdr[0] != M.K_MSG:
             return rhdr[3], None
         d = rhdr[9]
@@ -226,79 +344,83 @@ class TaskRuntime:
     # ------------------------------------------------------------ I/O thread
 
     def _io_loop(self):
-        poller = select.poll()
-        poller.register(self._fd, select.POLLIN)
-        poller.register(self._wake_r, select.POLLIN)
-        next_hb = time.monotonic() + HEARTBEAT_INTERVAL
-        sock = self._sock
-        while not self._closed:
-            pending = False
+        """Heartbeat, kernel-death watch, and reading when no thread leads."""
+        while not self._stop.wait(HEARTBEAT_INTERVAL):
             try:
                 with self._lock:
-                    while True:
-                        try:
-                            frames = sock.recv_multipart(zmq.NOBLOCK)
-                        except zmq.Again:
-                            break
-                        self._dispatch(frames)
-                    now = time.monotonic()
-                    if now >= next_hb:
-                        sock.send(M.packb([M.OP_HEARTBEAT]), zmq.NOBLOCK)
-                        next_hb = now + HEARTBEAT_INTERVAL
-                    pending = bool(sock.getsockopt(zmq.EVENTS) & zmq.POLLIN)
+                    self._sock.send(M.packb([M.OP_HEARTBEAT]), zmq.NOBLOCK)
+                    pending = self._sock.getsockopt(zmq.EVENTS) & zmq.POLLIN
+                with self._rlock:
+                    lead = self._reader is None
+                    if lead:
+                        self._reader = 0
+                if lead:
+                    try:
+                        with self._lock:
+                            while True:
+                                try:
+                                    frames = self._sock.recv_multipart(zmq.NOBLOCK)
+                                except zmq.Again:
+                                    break
+                                self._dispatch(frames, 0)
+                    finally:
+                        self._resign()
+                elif pending:
+                    self._wake()
             except zmq.ZMQError:
                 if self._closed:
                     return
                 raise
             if time.monotonic() - self._last_kernel > KERNEL_DEAD_AFTER and not self.dead:
                 self._kernel_gone()
-            if pending:
-                continue
-            wait = max(0, int((next_hb - time.monotonic()) * 1000)) + 1
-            for fd, _ in poller.poll(wait):
-                if fd == self._wake_r:
-                    try:
-                        os.read(self._wake_r, 4096)
-                    except BlockingIOError:
-                        pass
 
-    def _dispatch(self, frames):
+    def _dispatch(self, frames, reader_tid):
+        """Route one answer: returned if it is the reader's own, else to its mailbox."""
         self._last_kernel = time.monotonic()
         try:
             hdr = M.unpackb(frames[0])
             tid = hdr[1]
         except Exception:
             log.warning("bad frame from kernel")
-            return
+            return None
         if tid == 0:
-            return  # heartbeat answer
+            if hdr[0] == K_DISCONNECT:
+                self._kernel_gone()
+            return None  # heartbeat answer
+        item = (hdr, frames)
+        if tid == reader_tid:
+            return item
         box = self._boxes.get(tid)
         if box is not None:
-            box.put((hdr, frames))
+            box.put(item)
+        return None
 
     def _kernel_gone(self):
         self.dead = True
         log.warning("kernel not answering", endpoint=self.endpoint)
         for box in list(self._boxes.values()):
             box.put(None)
+        self._wake()
 
     # ------------------------------------------------------------ shutdown
 
-    def close(self):
+    def close(self, say_bye: bool = True):
         if self._closed:
             return
         try:
-            if not self.dead:
+            if say_bye and not self.dead:
                 with self._lock:
                     self._sock.send(M.packb([M.OP_BYE]), zmq.NOBLOCK)
         except zmq.ZMQError:
             pass
         self._closed = True
+        self._stop.set()
         self._wake()
         self._io.join(timeout=5)
         for box in list(self._boxes.values()):
             box.put(None)
-        self._sock.close(linger=0)
+        with self._lock:
+            self._sock.close(linger=0)
         self._ctx.term()
         os.close(self._wake_r)
         os.close(self._wake_w)

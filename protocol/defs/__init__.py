@@ -4,4 +4,5 @@ Importing this package registers every subsystem, so ``protocol.mig.REGISTRY`` h
 every message id in use; a retired id stays reserved in its subsystem's module.
 """
 
-from protocol.defs import demo, machemu, mach_port, netname, notify  # noqa: F401
+from protocol.defs import (demo, mach, mach_port, machemu, memory_object,  # noqa: F401
+                           netname, notify, fs)

@@ -1,0 +1,1 @@
+"""Bounded stress tests: real processes, bounded in count and time, run with the rest."""

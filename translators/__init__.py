@@ -1,0 +1,1 @@
+"""Translators: Hurd-style servers (libports, libpager and the file systems built on them)."""
