@@ -17,6 +17,7 @@ class KernelConfig:
     heartbeat_timeout: float = 10.0  # seconds without a word before a task is destroyed
     max_waiters_per_task: int = 8192  # suspended traps (threads) one task may have
     max_blocked_bytes_per_task: int = 64 << 20  # message bytes held for blocked sends
+    max_blocked_bytes_total: int = 256 << 20  # the same, over all tasks
     max_tasks: int = 4096
 
     @classmethod

@@ -7,7 +7,7 @@ translated.
 
 from __future__ import annotations
 
-from kernel.ipc_right import (SEND_DISPOSITIONS, ipc_right_copyin, ipc_right_copyin_undo,
+from kernel.ipc_right import (PORT_RECEIVE, SEND_DISPOSITIONS, ipc_right_copyin, ipc_right_copyin_undo,
                               ipc_right_copyout, release_right)
 from protocol import message as M
 from protocol.kern_return import MachMsgReturn as R
@@ -70,7 +70,27 @@ def ipc_kmsg_copyin(k, space, msgh_id, remote, rdisp, local, ldisp, descs, body,
             return None, R.MACH_SEND_INVALID_RIGHT
         carried.append((r[0], r[1]))
         undo.append(r)
+    for port, typ in carried:
+        if typ == PORT_RECEIVE:
+            if ipc_port_check_circularity(port, d[0]):
+                _undo(k, space, undo)
+                return None, R.MACH_SEND_INVALID_RIGHT
+            port.destination = d[0]
     return IPCKmsg(msgh_id, d[0], d[1], reply, reply_type, carried, body, ool, undo), 0
+
+
+def ipc_port_check_circularity(port, dest) -> bool:
+    """Would sending ``port``'s receive right to ``dest`` put it inside its own queue
+    (directly, or through ports in transit)?  GNU Mach destroys such a message; machemu
+    refuses the send, which leaves the sender's rights intact."""
+    x = dest
+    while x is not None:
+        if x is port:
+            return True
+        if x.receiver is not None:
+            return False
+        x = x.destination
+    return False
 
 
 def _undo(k, space, undo):

@@ -22,7 +22,7 @@ _ids = itertools.count(1)
 class IPCPort:
     __slots__ = ("id", "active", "receiver", "kobject", "kotype", "mqueue", "srights",
                  "sorights", "mscount", "nsrequest", "nssync", "pdrequest", "dnrequests",
-                 "pset", "seqno", "label", "__weakref__")
+                 "pset", "seqno", "label", "destination", "__weakref__")
 
     def __init__(self, receiver=None, kobject=None, kotype=None,
                  qlimit: int = MACH_PORT_QLIMIT_DEFAULT, label: str = ""):
@@ -42,6 +42,7 @@ class IPCPort:
         self.pset = None
         self.seqno = 0
         self.label = label
+        self.destination = None  # while the receive right is in transit: where it goes
 
     def __repr__(self):
         state = "" if self.active else " dead"

@@ -185,6 +185,7 @@ def ipc_right_copyout(k, space: IPCSpace, port, typ, prefer: int | None = None) 
         return space.insert(port, T_SEND, 1)
     if typ == PORT_RECEIVE:
         port.receiver = space
+        port.destination = None
         if name is not None:
             table[name].type |= T_RECEIVE
             return name

@@ -38,8 +38,10 @@ def mach_msg_trap(k, task, h, frames):
                 ipc_kmsg_copyin_undo(k, task.space, kmsg)
                 k.reply_result(task, tid, seq, R.MACH_SEND_TIMED_OUT)
                 return
-            if (len(task.waiters) >= k.config.max_waiters_per_task
-                    or task.blocked_bytes + kmsg.size > k.config.max_blocked_bytes_per_task):
+            cfg = k.config
+            if (len(task.waiters) >= cfg.max_waiters_per_task
+                    or task.blocked_bytes + kmsg.size > cfg.max_blocked_bytes_per_task
+                    or k.blocked_bytes + kmsg.size > cfg.max_blocked_bytes_total):
                 ipc_kmsg_copyin_undo(k, task.space, kmsg)
                 k.reply_result(task, tid, seq, R.MACH_SEND_NO_BUFFER)
                 return
@@ -51,6 +53,7 @@ def mach_msg_trap(k, task, h, frames):
             w.queue.senders.append(w)
             task.waiters.add(w)
             task.blocked_bytes += w.nbytes
+            k.blocked_bytes += w.nbytes
             k.stats["sends_blocked"] += 1
             k.add_timer(w)
             return
@@ -168,7 +171,7 @@ def admit_senders(k, port):
         kmsg, w.kmsg = w.kmsg, None
         w.done = True
         w.task.waiters.discard(w)
-        w.task.blocked_bytes -= w.nbytes
+        _unblock(k, w)
         ipc_mqueue_send(k, kmsg, always=True)
         resume_sender(k, w)
 
@@ -189,12 +192,17 @@ def waiter_timeout(k, w):
     task.waiters.discard(w)
     _unlink(w)
     if w.kmsg is not None:
-        task.blocked_bytes -= w.nbytes
+        _unblock(k, w)
         kmsg, w.kmsg = w.kmsg, None
         ipc_kmsg_copyin_undo(k, task.space, kmsg)
         k.reply_result(task, w.tid, w.seq, R.MACH_SEND_TIMED_OUT)
     else:
         k.reply_result(task, w.tid, w.seq, R.MACH_RCV_TIMED_OUT)
+
+
+def _unblock(k, w):
+    w.task.blocked_bytes -= w.nbytes
+    k.blocked_bytes -= w.nbytes
 
 
 def _unlink(w):
@@ -215,7 +223,7 @@ def fail_waiter(k, w, code, destroy_kmsg=False):
     task = w.task
     task.waiters.discard(w)
     if w.kmsg is not None:
-        task.blocked_bytes -= w.nbytes
+        _unblock(k, w)
         kmsg, w.kmsg = w.kmsg, None
         if destroy_kmsg:
             ipc_kmsg_destroy(k, kmsg)

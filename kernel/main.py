@@ -83,6 +83,7 @@ class Kernel:
         self.tasks_by_fd: dict[int, Task] = {}
         self.doomed: list[tuple[Task, str]] = []
         self.timers: list = []
+        self.blocked_bytes = 0  # message bytes held for blocked sends, all tasks
         self._tseq = itertools.count()
         self.stats = collections.Counter()
         self.started = time.time()

@@ -86,7 +86,13 @@ class Str(FieldType):
         self.max_len = max_len
 
     def check(self, value) -> bool:
-        return type(value) is str and len(value) <= self.max_len and "\x00" not in value
+        if type(value) is not str or len(value) > self.max_len or "\x00" in value:
+            return False
+        try:
+            value.encode("utf-8")  # lone surrogates cannot cross the wire
+        except UnicodeEncodeError:
+            return False
+        return True
 
 
 class Array(FieldType):
@@ -298,7 +304,8 @@ class Routine:
     def __call__(self, dest: int, *args, timeout: float | None = None,
                  dest_disp: int | None = None, rt=None):
         """Call the routine on ``dest`` (a send right in this task).  Returns None, the
-        single reply value, or a tuple of them; raises MachError for a non-zero RetCode,
+        single reply value, or a tuple of them (a port field, polymorphic or not, gives the
+        name only, as a C stub's out parameter does); raises MachError for a non-zero RetCode,
         a mach_msg error, MIG_SERVER_DIED when the server dropped the reply right."""
         from protocol import runtime
 
