@@ -35,6 +35,8 @@ from protocol import message as M
 from protocol.kern_return import KernReturn, MachMsgReturn, MigReturn
 
 K_DISCONNECT = 4
+K_BATCH = 5  # [K_BATCH, frame count of each answer...], then the answers' frames
+MAX_BATCH = 64
 OP_REPLY_PORT = 5
 DRAIN_BATCH = 512
 
@@ -82,6 +84,7 @@ class Kernel:
         self.tasks: dict[bytes, Task] = {}
         self.tasks_by_fd: dict[int, Task] = {}
         self.doomed: list[tuple[Task, str]] = []
+        self.dirty: list[Task] = []  # tasks with answers in their outbox
         self.timers: list = []
         self.blocked_bytes = 0  # message bytes held for blocked sends, all tasks
         self._tseq = itertools.count()
@@ -128,12 +131,37 @@ class Kernel:
             heapq.heappush(self.timers, (w.deadline, next(self._tseq), w))
 
     def emit(self, task: Task, frames):
+        """Queue an answer for a task.  Answers are sent when the loop has drained what
+        arrived (``flush``); several for one task go as one K_BATCH message, so a burst
+        costs one socket operation per task, not one per answer."""
         if not task.alive:
             return
+        box = task.outbox
+        box.append(frames)
+        if len(box) == 1:
+            self.dirty.append(task)
+        elif len(box) >= MAX_BATCH:
+            self.flush_task(task)
+
+    def flush_task(self, task: Task):
+        box, task.outbox = task.outbox, []
+        if not box or not task.alive:
+            return
+        if len(box) == 1:
+            out = [task.ident, *box[0]]
+        else:
+            out = [task.ident, M.packb([K_BATCH, *(len(f) for f in box)])]
+            for f in box:
+                out += f
         try:
-            self.sock.send_multipart([task.ident, *frames], flags=zmq.NOBLOCK, copy=False)
+            self.sock.send_multipart(out, flags=zmq.NOBLOCK, copy=False)
         except zmq.ZMQError as e:  # peer gone (EHOSTUNREACH) or not reading (EAGAIN)
             self.doom(task, f"send failed: {e}")
+
+    def flush(self):
+        dirty, self.dirty = self.dirty, []
+        for t in dirty:
+            self.flush_task(t)
 
     def reply_result(self, task, tid, seq, code, *extra):
         self.emit(task, [M.packb([M.K_RESULT, tid, seq, int(code), *extra])])
@@ -337,12 +365,16 @@ class Kernel:
                             self.stats["internal_errors"] += 1
                         if self.doomed:
                             self.reap()
+                    if self.dirty:
+                        self.flush()
                 else:
                     t = self.tasks_by_fd.get(s)
                     if t is not None:
                         self.task_destroy(t, "process exited")
             self.run_timers()
             self.reap()
+            if self.dirty:
+                self.flush()
             now = time.monotonic()
             if now >= next_hb:
                 self.check_heartbeats()

@@ -17,7 +17,8 @@ _ids = itertools.count(1)
 
 class Task:
     __slots__ = ("id", "name", "role", "pid", "ident", "space", "port", "waiters",
-                 "blocked_bytes", "last_seen", "pidfd", "alive", "created", "traps")
+                 "blocked_bytes", "last_seen", "pidfd", "alive", "created", "traps",
+                 "outbox")
 
     def __init__(self, ident: bytes, pid: int, name: str, role: str):
         self.id = next(_ids)
@@ -31,6 +32,7 @@ class Task:
         self.alive = True
         self.created = time.time()
         self.traps = 0
+        self.outbox: list = []  # answers not yet sent (see Kernel.emit)
 
     def __repr__(self):
         return f"<task {self.id} {self.name} pid {self.pid}>"

@@ -45,6 +45,7 @@ log = structlog.get_logger("runtime")
 
 OP_REPLY_PORT = 5  # the mach_reply_port trap
 K_DISCONNECT = 4  # the kernel dropped this task
+K_BATCH = 5  # several answers in one message
 _EMPTY = object()
 _LEAD = object()  # mailbox token: the reader role is yours
 
@@ -375,14 +376,34 @@ class TaskRuntime:
                 self._kernel_gone()
 
     def _dispatch(self, frames, reader_tid):
-        """Route one answer: returned if it is the reader's own, else to its mailbox."""
+        """Route answers: the reader's own is returned, others go to their mailboxes.
+        A K_BATCH message carries several answers (see kernel.main.Kernel.emit)."""
         self._last_kernel = time.monotonic()
         try:
             hdr = M.unpackb(frames[0])
-            tid = hdr[1]
+            kind = hdr[0]
         except Exception:
             log.warning("bad frame from kernel")
             return None
+        if kind != K_BATCH:
+            return self._route(hdr, frames, reader_tid)
+        mine = None
+        i = 1
+        for count in hdr[1:]:
+            part = frames[i:i + count]
+            i += count
+            try:
+                phdr = M.unpackb(part[0])
+            except Exception:
+                log.warning("bad frame from kernel")
+                continue
+            item = self._route(phdr, part, reader_tid)
+            if item is not None:
+                mine = item
+        return mine
+
+    def _route(self, hdr, frames, reader_tid):
+        tid = hdr[1]
         if tid == 0:
             if hdr[0] == K_DISCONNECT:
                 self._kernel_gone()
