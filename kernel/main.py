@@ -33,6 +33,7 @@ from kernel.task import Task, task_terminate
 from protocol import logs
 from protocol import message as M
 from protocol.kern_return import KernReturn, MachMsgReturn, MigReturn
+from protocol.transport import readable, recv_frames, send_frames
 
 K_DISCONNECT = 4
 K_BATCH = 5  # [K_BATCH, frame count of each answer...], then the answers' frames
@@ -51,19 +52,21 @@ def check_msg_header(h) -> bool:
     """The OP_MSG header: every field's type and range (see protocol.message)."""
     if len(h) != 13:
         return False
-    option = h[3]
-    if not (_is_int(option, 0, 0xFFFFFFFF) and _is_int(h[4], -1, M.MAX_TIMEOUT_MS)
-            and _is_int(h[5], 0, M.NATURAL_MAX) and _is_int(h[6], -1, M.MAX_TIMEOUT_MS)):
+    for i in range(3, 12):
+        if type(h[i]) is not int:
+            return False
+    option, nmax, tmax = h[3], M.NATURAL_MAX, M.MAX_TIMEOUT_MS
+    if not (0 <= option <= nmax and -1 <= h[4] <= tmax and 0 <= h[5] <= nmax
+            and -1 <= h[6] <= tmax):
         return False
     if option & M.MACH_SEND_MSG:
         descs = h[12]
-        if not (_is_int(h[7], -(2**31), 2**31 - 1) and _is_int(h[8], 0, M.NATURAL_MAX)
-                and _is_int(h[9], 0, 255) and _is_int(h[10], 0, M.NATURAL_MAX)
-                and _is_int(h[11], 0, 255) and type(descs) is list
+        if not (-(2**31) <= h[7] < 2**31 and 0 <= h[8] <= nmax and 0 <= h[9] <= 255
+                and 0 <= h[10] <= nmax and 0 <= h[11] <= 255 and type(descs) is list
                 and len(descs) % 2 == 0 and len(descs) <= 2 * M.MAX_DESCRIPTORS):
             return False
         for i in range(0, len(descs), 2):
-            if not (_is_int(descs[i], 0, M.NATURAL_MAX) and _is_int(descs[i + 1], 0, 255)):
+            if not (_is_int(descs[i], 0, nmax) and _is_int(descs[i + 1], 0, 255)):
                 return False
     return True
 
@@ -154,7 +157,7 @@ class Kernel:
             for f in box:
                 out += f
         try:
-            self.sock.send_multipart(out, flags=zmq.NOBLOCK, copy=False)
+            send_frames(self.sock, out)
         except zmq.ZMQError as e:  # peer gone (EHOSTUNREACH) or not reading (EAGAIN)
             self.doom(task, f"send failed: {e}")
 
@@ -354,10 +357,9 @@ class Kernel:
             for s, _ in events:
                 if s is sock:
                     for _ in range(DRAIN_BATCH):
-                        try:
-                            frames = sock.recv_multipart(zmq.NOBLOCK)
-                        except zmq.Again:
+                        if not readable(sock):
                             break
+                        frames = recv_frames(sock)
                         try:
                             self.handle(frames)
                         except Exception:

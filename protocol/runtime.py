@@ -30,6 +30,7 @@ import zmq
 
 from protocol import message as M
 from protocol.kern_return import MachError, MachMsgReturn
+from protocol.transport import readable, recv_frames, send_frames
 
 if not structlog.is_configured():
     # A process that did not call protocol.logs.setup() must not get log lines on stdout
@@ -166,8 +167,8 @@ class TaskRuntime:
 
     def _send_frames(self, frames):
         with self._lock:
-            self._sock.send_multipart(frames, copy=False)
-            pending = self._sock.getsockopt(zmq.EVENTS) & zmq.POLLIN
+            send_frames(self._sock, frames, block=True)
+            pending = readable(self._sock)
         if pending:
             self._wake()
 
@@ -247,16 +248,12 @@ class TaskRuntime:
         while True:
             mine = None
             with self._lock:
-                while True:
-                    try:
-                        frames = sock.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    item = self._dispatch(frames, tid)
+                while readable(sock):
+                    item = self._dispatch(recv_frames(sock), tid)
                     if item is not None and item[0][2] == seq:
                         mine = item
                         break
-                pending = sock.getsockopt(zmq.EVENTS) & zmq.POLLIN
+                pending = readable(sock)
             if mine is not None:
                 return mine
             if self.dead or self._closed:
@@ -358,12 +355,8 @@ class TaskRuntime:
                 if lead:
                     try:
                         with self._lock:
-                            while True:
-                                try:
-                                    frames = self._sock.recv_multipart(zmq.NOBLOCK)
-                                except zmq.Again:
-                                    break
-                                self._dispatch(frames, 0)
+                            while readable(self._sock):
+                                self._dispatch(recv_frames(self._sock), 0)
                     finally:
                         self._resign()
                 elif pending:
