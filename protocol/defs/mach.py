@@ -7,7 +7,8 @@ vm_statistics_data_t fields as a map, plus machemu's extra counters.
 
 from protocol import message as M
 from protocol.mig import (OOL, Blob, Subsystem, boolean_t, integer_t, kern_return_t,
-                          mach_port_make_send_once_t, mach_port_name_t, mach_port_send_t,
+                          mach_port_make_send_once_t, mach_port_make_send_t, mach_port_name_t,
+                          mach_port_send_t,
                           natural_t, vm_address_t, vm_offset_t, vm_size_t)
 
 mach = Subsystem("mach", 2000)
@@ -79,6 +80,12 @@ memory_object_data_unavailable = mach.simpleroutine(
 memory_object_get_attributes = mach.routine(
     "memory_object_get_attributes", 40, [],
     [("object_ready", boolean_t), ("may_cache", boolean_t), ("copy_strategy", natural_t)])
+# Request port: the host port.  The caller becomes the default pager (memory_object_create
+# goes to the port it names); the previous default pager's port comes back.  A null port
+# only asks who it is.
+vm_set_default_memory_manager = mach.routine(
+    "vm_set_default_memory_manager", 41, [("default_manager", mach_port_make_send_t)],
+    [("default_manager", mach_port_send_t)])
 memory_object_lock_request = mach.simpleroutine(
     "memory_object_lock_request", 44,
     [("offset", vm_offset_t), ("size", vm_size_t), ("should_return", integer_t),

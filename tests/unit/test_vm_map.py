@@ -78,6 +78,15 @@ def spans(m):
     return [(e.vme_start, e.vme_end) for e in m]
 
 
+def page_attrs(m, base, n):
+    out = []
+    for i in range(n):
+        found, e = m.vm_map_lookup_entry(base + i * P)
+        assert found
+        out.append((e.protection, e.max_protection))
+    return out
+
+
 def code_of(excinfo):
     return excinfo.value.code
 
@@ -290,9 +299,9 @@ def test_protect_rules(lookup, merge):
     m.vm_map_protect(a, a + 2 * P, RW)  # raising current up to max is fine
     # set_max lowers the max and clamps the current protection.
     m.vm_map_protect(a + P, a + 4 * P, VM_PROT_READ, set_max=True)
-    got = [(e.vme_start - a, e.vme_end - a, e.protection, e.max_protection) for e in m]
-    assert got[:3] == [(0, P, RW, RW), (P, 4 * P, VM_PROT_READ, VM_PROT_READ),
-                       (4 * P, 8 * P, VM_PROT_READ, RW)]
+    R = VM_PROT_READ
+    assert page_attrs(m, a, 8) == [(RW, RW)] + [(R, R)] * 3 + [(R, RW)] * 4
+    assert m.nentries == (3 if merge == "coalesce" else 4)
     with pytest.raises(MachError) as ei:
         m.vm_map_protect(a, a + 8 * P, RW)  # the middle now has max READ
     assert code_of(ei) == K.KERN_PROTECTION_FAILURE
@@ -420,11 +429,20 @@ def test_coalesce_anonymous_objects(lookup):
     f = FakeObject(internal=False, pager="p")
     m.vm_map_enter(4 * P, P, obj=f)
     assert len(calls) == 1 and m.nentries == 2
-    # Nor an anonymous object with a second reference.
+    # Nor an anonymous object with a second reference (zero-fill memory after it).
     z = FakeObject()
     z.ref_count = 2
-    m.vm_map_enter(5 * P, P, obj=z)
-    assert len(calls) == 1 and m.nentries == 3
+    m.vm_map_enter(6 * P, P, obj=z)
+    m.vm_map_enter(7 * P, P)
+    assert len(calls) == 1 and m.nentries == 4
+    # With one reference, the callback takes the zero-fill memory into the object.
+    w = FakeObject()
+    m.vm_map_enter(33 * P, P, obj=w, offset=3 * P)
+    m.vm_map_enter(32 * P, P)
+    assert calls[-1] == (None, P, w, P, 0, 3 * P)
+    e = m.vm_region(32 * P)
+    assert (e.vme_start, e.vme_end, e.object, e.offset) == (32 * P, 34 * P, w, 2 * P)
+    assert w.ref_count == 1 and m.nentries == 5
     m.check_consistency()
 
 
@@ -433,7 +451,7 @@ def test_coalesce_callback_without_offsets_and_tuple_result():
 
     def coalesce(obj_a, size_a, obj_b, size_b):
         seen.append((obj_a, obj_b))
-        return (FakeObject(label="merged"), 0) if obj_a is not None else None
+        return (FakeObject(label="merged"), 0) if obj_b is not None else None
 
     m = VMMap(lookup="tree", merge="coalesce", coalesce=coalesce)
     x, y = FakeObject(), FakeObject()
@@ -681,10 +699,6 @@ def test_random_ops_match_model_and_structures_agree(merge, seq):
               e.offset, None if e.object is None else e.object.label)
              for e in maps["tree"]]
         assert a == b, (step, op)
-    if merge == "classic":
-        # Classic never merges what clipping split: no two neighbours over one object
-        # with contiguous offsets and equal attributes unless entered that way.
-        pass
 
 
 @pytest.mark.parametrize("lookup", LOOKUPS)
