@@ -19,6 +19,15 @@ class KernelConfig:
     max_blocked_bytes_per_task: int = 64 << 20  # message bytes held for blocked sends
     max_blocked_bytes_total: int = 256 << 20  # the same, over all tasks
     max_tasks: int = 4096
+    # VM
+    physical_pages: int = 16384  # 64 MiB of 4 KiB frames
+    pageout_policy: str = "classic"
+    map_lookup: str = "tree"  # "list" (Mach before 2012) or "tree"
+    map_merge: str = "classic"  # "classic" (extend previous) or "coalesce" (GNU Mach 2023)
+    deactivate_on_cache: bool = True  # classic: an object entering the cache loses its pages' activity
+    data_return_cluster: int = 1  # pages per data_return (classic: 1; clustering: up to 32)
+    object_cache_max: int = 4000  # classic vm_object_cached_max
+    absent_max: int = 50  # vm_object_absent_max
 
     @classmethod
     def load(cls, path=None, **overrides) -> "KernelConfig":
@@ -32,7 +41,18 @@ class KernelConfig:
         for key, value in data.items():
             if key not in known:
                 raise ValueError(f"unknown kernel setting {key!r}")
-            setattr(cfg, key, type(getattr(cfg, key))(value))
+            default = getattr(cfg, key)
+            if isinstance(default, bool) and not isinstance(value, bool):
+                raise ValueError(f"{key} must be true or false")
+            setattr(cfg, key, type(default)(value))
+        if cfg.map_lookup not in ("list", "tree"):
+            raise ValueError("map_lookup must be 'list' or 'tree'")
+        if cfg.map_merge not in ("classic", "coalesce"):
+            raise ValueError("map_merge must be 'classic' or 'coalesce'")
+        if not 1 <= cfg.data_return_cluster <= 32:
+            raise ValueError("data_return_cluster must be within 1..32 (DATA_WRITE_MAX)")
+        if not 64 <= cfg.physical_pages <= 1 << 22:
+            raise ValueError("physical_pages must be within 64..4194304")
         if not 0 <= cfg.qlimit_default <= 16:
             raise ValueError("qlimit_default must be within 0..16 (MACH_PORT_QLIMIT_MAX)")
         return cfg

@@ -8,7 +8,10 @@ import time
 
 import psutil
 
+from kernel.ipc_right import PORT_SEND, ipc_port_copy_send
 from kernel.ipc_space import T_RECEIVE
+from kernel.vm_init import PAGEOUT_EVENT
+from protocol.defs import mach as MD
 from protocol.defs import machemu as X
 from protocol.mig import Demux
 
@@ -36,9 +39,11 @@ def kernel_info(k) -> dict:
         tasks.append({"id": t.id, "name": t.name, "role": t.role, "pid": t.pid,
                       "names": len(t.space.table), "receive_rights": receive,
                       "suspended": len(t.waiters), "blocked_bytes": t.blocked_bytes,
-                      "traps": t.traps, "age": round(time.time() - t.created, 1)})
+                      "traps": t.traps, "age": round(time.time() - t.created, 1),
+                      "map_entries": t.map.nentries if t.map is not None else 0})
     proc = psutil.Process(os.getpid())
     return {"tasks": tasks, "ports": ports, "stats": dict(k.stats),
+            "vm": k.vm.statistics(),
             "kernel": {"pid": os.getpid(), "rss": proc.memory_info().rss,
                        "endpoint": k.endpoint, "uptime": round(time.time() - k.started, 1),
                        "netnames": sorted(k.netname.names)}}
@@ -51,4 +56,20 @@ def make_handlers(k) -> Demux:
     def shutdown(_host):
         k.stop()
 
-    return Demux({X.machemu_kernel_info: info, X.machemu_shutdown: shutdown})
+    def vm_set_default_memory_manager(_host, default_manager):
+        """The caller's port becomes the default pager; the old one's right comes back.
+        A null port only asks."""
+        port, typ = default_manager
+        old = k.vm.default_pager
+        if port is None:
+            if old is None:
+                return (None, 0)
+            ipc_port_copy_send(old)
+            return (old, PORT_SEND)
+        k.vm.default_pager = port  # keeps the send right made for the call
+        k.consume_descs()
+        k.sched.thread_wakeup(PAGEOUT_EVENT)
+        return (old, PORT_SEND) if old is not None else (None, 0)
+
+    return Demux({X.machemu_kernel_info: info, X.machemu_shutdown: shutdown,
+                  MD.vm_set_default_memory_manager: vm_set_default_memory_manager})

@@ -21,7 +21,7 @@ from pathlib import Path
 import structlog
 import zmq
 
-from kernel import host, mach_port, netname
+from kernel import host, mach_port, memory_object, netname, vm_user
 from kernel.config import KernelConfig
 from kernel.ipc_kmsg import IPCKmsg
 from kernel.ipc_notify import IPCNotify
@@ -29,7 +29,11 @@ from kernel.ipc_port import KERNEL, IPCPort, ipc_port_clear_receiver, ipc_port_d
 from kernel.ipc_right import (PORT_SEND, ipc_port_make_send, release_right)
 from kernel.ipc_space import T_RECEIVE, T_SEND
 from kernel.mach_msg import ipc_mqueue_send, mach_msg_trap, waiter_timeout
+from kernel.sched_prim import Scheduler
 from kernel.task import Task, task_terminate
+from kernel.vm_init import VMSystem
+from kernel.vm_pageout import POLICIES
+from protocol.kern_return import MachError
 from protocol import logs
 from protocol import message as M
 from protocol.kern_return import KernReturn, MachMsgReturn, MigReturn
@@ -99,7 +103,15 @@ class Kernel:
         self.host_port = IPCPort(receiver=KERNEL, kobject=self, kotype="host", label="host")
         self.netname_port = IPCPort(receiver=KERNEL, kobject=self.netname, kotype="netname",
                                     label="netname")
-        self.servers = {"task": mach_port.make_handlers(self),
+        self.sched = Scheduler()
+        self.vm = VMSystem(self, self.config)
+        policy = POLICIES[self.config.pageout_policy](self.vm)
+        self.vm.pageout = policy
+        task_server = mach_port.make_handlers(self)
+        for rt, fn in vm_user.make_handlers(self).table.values():
+            task_server.add(rt, fn)
+        self.servers = {"task": task_server,
+                        "memory_object_control": memory_object.make_handlers(self),
                         "host": host.make_handlers(self),
                         "netname": self.netname.demux()}
         self.poller = zmq.Poller()
@@ -188,15 +200,18 @@ class Kernel:
         else:
             port.sorights -= 1
         self.stats["kernel_rpcs"] += 1
-        self.current_kmsg = kmsg
-        try:
-            rt, code, vals = demux.dispatch(port.kobject, kmsg.msgh_id, kmsg.body,
-                                            kmsg.descs, kmsg.ool)
-        except Exception:
-            log.exception("kernel routine failed", msgh_id=kmsg.msgh_id)
-            rt, code, vals = None, KernReturn.KERN_FAILURE, ()
-        finally:
-            self.current_kmsg = None
+        if demux is None:  # e.g. a memory object name port: nothing is served there
+            rt, code, vals = None, MigReturn.MIG_BAD_ID, ()
+        else:
+            self.current_kmsg = kmsg
+            try:
+                rt, code, vals = demux.dispatch(port.kobject, kmsg.msgh_id, kmsg.body,
+                                                kmsg.descs, kmsg.ool)
+            except Exception:
+                log.exception("kernel routine failed", msgh_id=kmsg.msgh_id)
+                rt, code, vals = None, KernReturn.KERN_FAILURE, ()
+            finally:
+                self.current_kmsg = None
         if code == MigReturn.MIG_NO_REPLY:
             return
         if code != 0:
@@ -206,6 +221,12 @@ class Kernel:
         if kmsg.reply is None:
             return
         reply_id = rt.reply_id if rt is not None else kmsg.msgh_id + 100
+        self.mig_reply(rt, reply_id, kmsg.reply, kmsg.reply_type, code, vals)
+        kmsg.reply = None
+
+    def mig_reply(self, rt, reply_id, reply, reply_type, code, vals=()):
+        """Send a MIG reply (RetCode and, on success, the reply fields) to a reply right
+        the kernel holds."""
         if code != 0:
             body, descs, ool = M.packb([int(code)]), [], []
         else:
@@ -213,9 +234,46 @@ class Kernel:
             body = M.packb([0, *(vals[i] for i in bidx)])
             descs = [vals[i] for i in pidx]
             ool = [vals[i] for i in oidx]
-        reply = IPCKmsg(reply_id, kmsg.reply, kmsg.reply_type, None, 0, descs, body, ool)
+        self.kernel_send(IPCKmsg(reply_id, reply, reply_type, None, 0, descs, body, ool))
+
+    def consume_descs(self):
+        """A kernel routine took the rights its request carried: none to release."""
+        if self.current_kmsg is not None:
+            self.current_kmsg.descs = ()
+
+    def run_or_defer(self, gen, rt):
+        """Run a kernel routine's work (a generator, see sched_prim).  If it finishes
+        without waiting, return its result for the normal reply; otherwise keep the
+        reply right, finish it as a kernel thread, and return MIG_NO_REPLY."""
+        try:
+            first = gen.send(None)
+        except StopIteration as e:
+            return e.value
+        kmsg = self.current_kmsg
+        reply, reply_type = kmsg.reply, kmsg.reply_type
         kmsg.reply = None
-        self.kernel_send(reply)
+        nrep = len(rt.reply)
+
+        def finish():
+            what = first
+            try:
+                while True:
+                    yield what
+                    try:
+                        what = gen.send(None)
+                    except StopIteration as e:
+                        result = e.value
+                        break
+            except MachError as e:
+                if reply is not None:
+                    self.mig_reply(rt, rt.reply_id, reply, reply_type, e.code)
+                return
+            if reply is not None:
+                vals = () if nrep == 0 else ((result,) if nrep == 1 else tuple(result))
+                self.mig_reply(rt, rt.reply_id, reply, reply_type, 0, vals)
+
+        self.sched.spawn(finish(), rt.name)
+        return MigReturn.MIG_NO_REPLY
 
     # ------------------------------------------------------------ tasks
 
@@ -224,6 +282,7 @@ class Kernel:
         if old is not None:
             self.task_destroy(old, "reconnected")
         t = Task(ident, pid, name, role)
+        t.map = self.vm.map_create()
         self.tasks[ident] = t
         try:
             t.pidfd = os.pidfd_open(pid)
@@ -346,10 +405,17 @@ class Kernel:
     def run(self):
         sock = self.sock
         next_hb = time.monotonic() + 1.0
+        sched = self.sched
+        sched.spawn(self.vm.pageout.daemon(), "vm_pageout")
         while self.running:
             timeout = 200.0
             if self.timers:
                 timeout = max(0.0, min(timeout, (self.timers[0][0] - time.monotonic()) * 1000))
+            d = sched.next_deadline()
+            if d is not None:
+                timeout = max(0.0, min(timeout, (d - time.monotonic()) * 1000))
+            if sched.runq:
+                timeout = 0
             try:
                 events = self.poller.poll(timeout)
             except zmq.ZMQError:
@@ -365,6 +431,8 @@ class Kernel:
                         except Exception:
                             log.exception("trap failed")
                             self.stats["internal_errors"] += 1
+                        if sched.runq:
+                            sched.run()
                         if self.doomed:
                             self.reap()
                     if self.dirty:
@@ -374,6 +442,7 @@ class Kernel:
                     if t is not None:
                         self.task_destroy(t, "process exited")
             self.run_timers()
+            sched.run()
             self.reap()
             if self.dirty:
                 self.flush()

@@ -18,7 +18,7 @@ _ids = itertools.count(1)
 class Task:
     __slots__ = ("id", "name", "role", "pid", "ident", "space", "port", "waiters",
                  "blocked_bytes", "last_seen", "pidfd", "alive", "created", "traps",
-                 "outbox")
+                 "outbox", "map")
 
     def __init__(self, ident: bytes, pid: int, name: str, role: str):
         self.id = next(_ids)
@@ -33,6 +33,7 @@ class Task:
         self.created = time.time()
         self.traps = 0
         self.outbox: list = []  # answers not yet sent (see Kernel.emit)
+        self.map = None  # VMMap, made by the kernel (vm_map_create)
 
     def __repr__(self):
         return f"<task {self.id} {self.name} pid {self.pid}>"
@@ -62,3 +63,6 @@ def task_terminate(k, task: Task):
     space.table.clear()
     space.reverse.clear()
     k.ipc_port_destroy(task.port)
+    vmap, task.map = task.map, None
+    if vmap is not None:
+        vmap.vm_map_delete(vmap.min_offset, vmap.max_offset)

@@ -879,6 +879,7 @@ class VMMap:
         # Every subtree that changed lies on the path from x's parent to the root.
         p = x.rb_parent
         while p is not nil:
+            p.max_gap = max(p.gap_size, p.rb_left.max_gap, p.rb_right.max_gap)
             p = p.rb_parent
         if not y_red:
             self._rb_delete_fixup(x)

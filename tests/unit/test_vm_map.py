@@ -429,12 +429,18 @@ def test_coalesce_anonymous_objects(lookup):
     f = FakeObject(internal=False, pager="p")
     m.vm_map_enter(4 * P, P, obj=f)
     assert len(calls) == 1 and m.nentries == 2
+    # Nor an anonymous object already paged out (it has a default-pager port).
+    paged = FakeObject(internal=True, pager="default pager")
+    m.vm_map_enter(16 * P, P, obj=paged)
+    m.vm_map_enter(17 * P, P)
+    m.vm_map_enter(15 * P, P)
+    assert len(calls) == 1 and m.vm_region(16 * P).vme_end == 17 * P
     # Nor an anonymous object with a second reference (zero-fill memory after it).
     z = FakeObject()
     z.ref_count = 2
     m.vm_map_enter(6 * P, P, obj=z)
     m.vm_map_enter(7 * P, P)
-    assert len(calls) == 1 and m.nentries == 4
+    assert len(calls) == 1 and m.nentries == 7
     # With one reference, the callback takes the zero-fill memory into the object.
     w = FakeObject()
     m.vm_map_enter(33 * P, P, obj=w, offset=3 * P)
@@ -442,7 +448,7 @@ def test_coalesce_anonymous_objects(lookup):
     assert calls[-1] == (None, P, w, P, 0, 3 * P)
     e = m.vm_region(32 * P)
     assert (e.vme_start, e.vme_end, e.object, e.offset) == (32 * P, 34 * P, w, 2 * P)
-    assert w.ref_count == 1 and m.nentries == 5
+    assert w.ref_count == 1 and m.nentries == 8
     m.check_consistency()
 
 
@@ -545,13 +551,18 @@ MIN = 16 * P
 MAX = MIN + NPAGES * P
 page = st.integers(0, NPAGES + 2)
 npages = st.integers(1, 10)
-prot = st.sampled_from([VM_PROT_NONE, VM_PROT_READ, RW, VM_PROT_ALL])
-inh = st.sampled_from([VM_INHERIT_SHARE, VM_INHERIT_COPY, VM_INHERIT_NONE])
+# Skewed towards the defaults, so that neighbours often end up alike and merge.
+prot = st.sampled_from([RW, RW, RW, VM_PROT_NONE, VM_PROT_READ, VM_PROT_ALL])
+maxprot = st.sampled_from([VM_PROT_ALL, VM_PROT_ALL, VM_PROT_ALL, RW, VM_PROT_READ])
+inh = st.sampled_from([VM_INHERIT_COPY, VM_INHERIT_COPY, VM_INHERIT_SHARE, VM_INHERIT_NONE])
 
 ops = st.one_of(
     st.tuples(st.just("enter"), st.one_of(st.none(), page), npages,
               st.sampled_from(["none", "none", "anon", "external"]), st.integers(0, 4),
-              prot, prot, inh),
+              prot, maxprot, inh),
+    # Map an object that is already mapped again (a new reference), at some offset.
+    st.tuples(st.just("alias"), st.one_of(st.none(), page), npages, st.integers(0, 50),
+              st.integers(0, 12), prot, maxprot, inh),
     st.tuples(st.just("delete"), page, npages),
     st.tuples(st.just("protect"), page, npages, prot, st.booleans()),
     st.tuples(st.just("inherit"), page, npages, inh),
@@ -571,11 +582,19 @@ class Model:
         return None
 
 
-def apply(m, objs, op):
+def apply(m, objs, op, label=None):
     """Run one op on map ``m``; returns the MachError code or 0."""
     kind = op[0]
+    alias = None
     try:
-        if kind == "enter":
+        if kind == "alias":
+            _, p, n, _, off, cur, mx, ih = op
+            alias = next(o for o in objs if o.label == label)
+            alias.ref_count += 1  # the caller's new reference, donated on success
+            addr = None if p is None else MIN + p * P
+            m.vm_map_enter(addr, n * P, obj=alias, offset=off * P, protection=cur,
+                           max_protection=mx, inheritance=ih)
+        elif kind == "enter":
             _, p, n, ok, off, cur, mx, ih = op
             o = None
             if ok != "none":
@@ -595,15 +614,17 @@ def apply(m, objs, op):
             _, p, n, ih = op
             m.vm_map_inherit(MIN + p * P, MIN + (p + n) * P, ih)
     except MachError as e:
+        if alias is not None:
+            alias.ref_count -= 1
         if kind == "enter" and op[3] != "none":
             objs[-1].ref_count -= 1  # not consumed: the caller drops it
         return e.code
     return 0
 
 
-def model_apply(md, op):
+def model_apply(md, op, label=None):
     kind = op[0]
-    if kind == "enter":
+    if kind in ("enter", "alias"):
         _, p, n, ok, off, cur, mx, ih = op
         if p is None:
             p = md.first_fit(n)
@@ -613,7 +634,8 @@ def model_apply(md, op):
             return K.KERN_INVALID_ADDRESS
         elif any(q in md.pages for q in range(p, p + n)):
             return K.KERN_NO_SPACE
-        label = None if ok == "none" else "new"
+        if kind == "enter":
+            label = None if ok == "none" else "new"
         for i in range(n):
             md.pages[p + i] = [cur, mx, ih, label, (off + i) * P]
         return 0
@@ -671,34 +693,75 @@ def check_against_model(m, md, objs, tag):
         assert o.ref_count == held.get(id(o), 0), (tag, o)
 
 
-@pytest.mark.parametrize("merge", MERGES)
-@settings(max_examples=150, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(seq=st.lists(ops, max_size=40))
-def test_random_ops_match_model_and_structures_agree(merge, seq):
+def run_against_model(merge, seq):
+    """Apply ``seq`` to a list map and a tree map and to the model, checking all three
+    after every step."""
     maps = {lk: VMMap(MIN, MAX, lookup=lk, merge=merge) for lk in LOOKUPS}
     objs = {lk: [] for lk in LOOKUPS}
     md = Model()
     for step, op in enumerate(seq):
-        want = model_apply(md, op)
+        label = None
+        if op[0] == "alias":
+            live = [o.label for o in objs["list"] if o.ref_count > 0]
+            if not live:
+                continue
+            label = live[op[3] % len(live)]
+        want = model_apply(md, op, label)
         for lk, m in maps.items():
-            got = apply(m, objs[lk], op)
+            got = apply(m, objs[lk], op, label)
             assert got == want, (lk, step, op)
         if want == 0 and op[0] == "enter":
-            label = objs["list"][-1].label if op[3] != "none" else None
+            new = objs["list"][-1].label if op[3] != "none" else None
             for rec in md.pages.values():
                 if rec[3] == "new":
-                    rec[3] = label
+                    rec[3] = new
         for lk, m in maps.items():
             check_against_model(m, md, objs[lk], (lk, step, op))
         # Both lookup structures hold exactly the same entries.
-        a = [(e.vme_start, e.vme_end, e.protection, e.max_protection, e.inheritance,
-              e.offset, None if e.object is None else e.object.label)
-             for e in maps["list"]]
-        b = [(e.vme_start, e.vme_end, e.protection, e.max_protection, e.inheritance,
-              e.offset, None if e.object is None else e.object.label)
-             for e in maps["tree"]]
+        a, b = ([(e.vme_start, e.vme_end, e.protection, e.max_protection, e.inheritance,
+                  e.offset, None if e.object is None else e.object.label) for e in maps[lk]]
+                for lk in LOOKUPS)
         assert a == b, (step, op)
+    return maps
+
+
+@pytest.mark.parametrize("merge", MERGES)
+@settings(max_examples=200, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(seq=st.lists(ops, min_size=12, max_size=80))
+def test_random_ops_match_model_and_structures_agree(merge, seq):
+    run_against_model(merge, seq)
+
+
+def random_op(rng):
+    """One op drawn like the ``ops`` strategy, for long seeded runs."""
+    pick = rng.choice
+    prots = [RW, RW, RW, VM_PROT_NONE, VM_PROT_READ, VM_PROT_ALL]
+    maxes = [VM_PROT_ALL, VM_PROT_ALL, VM_PROT_ALL, RW, VM_PROT_READ]
+    inhs = [VM_INHERIT_COPY, VM_INHERIT_COPY, VM_INHERIT_SHARE, VM_INHERIT_NONE]
+    where = None if rng.random() < 0.3 else rng.randint(0, NPAGES + 2)
+    n = rng.randint(1, 10)
+    kind = pick(["enter", "enter", "alias", "delete", "protect", "protect", "inherit"])
+    if kind == "enter":
+        return ("enter", where, n, pick(["none", "none", "anon", "external"]),
+                rng.randint(0, 4), pick(prots), pick(maxes), pick(inhs))
+    if kind == "alias":
+        return ("alias", where, n, rng.randint(0, 50), rng.randint(0, 12), pick(prots),
+                pick(maxes), pick(inhs))
+    p = rng.randint(0, NPAGES + 2)
+    if kind == "delete":
+        return ("delete", p, n)
+    if kind == "protect":
+        return ("protect", p, n, pick(prots), rng.random() < 0.3)
+    return ("inherit", p, n, pick(inhs))
+
+
+@pytest.mark.parametrize("merge", MERGES)
+def test_long_random_runs_match_model(merge):
+    for seed in range(12):
+        rng = random.Random(seed)
+        maps = run_against_model(merge, [random_op(rng) for _ in range(250)])
+        assert maps["tree"].nentries == maps["list"].nentries
 
 
 @pytest.mark.parametrize("lookup", LOOKUPS)

@@ -1,0 +1,101 @@
+"""Page faults (GNU Mach vm/vm_fault.c), as kernel-thread generators.
+
+``vm_fault`` finds or makes the resident page behind one address of a task's map: it
+waits for busy pages, zero-fills new anonymous pages, asks the pager for missing pages of
+objects that have one (at most ``absent_max`` outstanding per object), waits for free
+memory when short, and sends memory_object_data_unlock for a write to a page whose
+``page_lock`` forbids writing.
+"""
+
+from __future__ import annotations
+
+from kernel import memory_object as MOK
+from kernel.vm_page import PAGE_SIZE, Q_INACTIVE, trunc_page
+from protocol.defs.mach import VM_PROT_WRITE
+from protocol.kern_return import KernReturn as K
+from protocol.kern_return import MachError
+
+
+def vm_fault(k, task, vaddr: int, fault_type: int):
+    """Generator: returns (object, page) with the page resident, not busy, and allowing
+    ``fault_type``; raises MachError (KERN_INVALID_ADDRESS, KERN_PROTECTION_FAILURE,
+    KERN_MEMORY_ERROR)."""
+    vm = k.vm
+    mem = vm.mem
+    mem.stats["faults"] += 1
+    vaddr = trunc_page(vaddr)
+    while True:
+        vmap = task.map
+        if vmap is None:
+            raise MachError(K.KERN_INVALID_ADDRESS)
+        found, entry = vmap.vm_map_lookup_entry(vaddr)
+        if not found:
+            raise MachError(K.KERN_INVALID_ADDRESS)
+        if fault_type & ~entry.protection:
+            raise MachError(K.KERN_PROTECTION_FAILURE)
+        obj = entry.object
+        if obj is None:
+            obj = entry.object = vm.object_allocate(entry.vme_end - entry.vme_start)
+            entry.offset = 0
+        offset = entry.offset + (vaddr - entry.vme_start)
+        page = obj.resident.get(offset)
+        if page is not None:
+            if page.busy:
+                page.wanted = True
+                yield page
+                continue
+            if page.error:
+                vm.page_free(page)
+                raise MachError(K.KERN_MEMORY_ERROR)
+            if fault_type & VM_PROT_WRITE and page.page_lock & VM_PROT_WRITE:
+                if not page.unlock_request & VM_PROT_WRITE:
+                    page.unlock_request |= VM_PROT_WRITE
+                    MOK.memory_object_data_unlock(k, obj, offset, VM_PROT_WRITE)
+                page.wanted = True
+                yield page
+                continue
+            if page.queue == Q_INACTIVE:
+                mem.vm_page_activate(page)
+            page.referenced = True
+            return obj, page
+        if not obj.alive:
+            raise MachError(K.KERN_MEMORY_ERROR)
+        if obj.pager is None:
+            page = vm.page_grab(privileged=obj.privileged)
+            if page is None:
+                yield from vm.page_wait()
+                continue
+            vm.page_insert(page, obj, offset)
+            mem.zero(page)
+            mem.stats["zero_fill_count"] += 1
+            page.referenced = True
+            mem.vm_page_activate(page)
+            return obj, page
+        if not obj.pager_ready or obj.absent_count >= vm.config.absent_max:
+            yield obj
+            continue
+        page = vm.page_grab(privileged=obj.privileged)
+        if page is None:
+            yield from vm.page_wait()
+            continue
+        vm.page_insert(page, obj, offset)
+        page.busy = page.absent = True
+        obj.absent_count += 1
+        obj.paging_in_progress += 1
+        MOK.memory_object_data_request(k, obj, offset, fault_type)
+        page.wanted = True
+        yield page
+
+
+def vm_fault_range(k, task, address: int, size: int, fault_type: int, each):
+    """Generator: fault every page of [address, address + size) and call
+    ``each(page, start_in_page, length, done)`` right after each fault — before anything
+    else can run and take the page away.  ``done`` counts bytes before this piece."""
+    end = address + size
+    a = address
+    while a < end:
+        page_start = trunc_page(a)
+        n = min(end, page_start + PAGE_SIZE) - a
+        _, page = yield from vm_fault(k, task, a, fault_type)
+        each(page, a - page_start, n, a - address)
+        a += n

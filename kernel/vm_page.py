@@ -1,0 +1,168 @@
+"""Physical memory: page frames holding real bytes, and the page queues (GNU Mach
+vm/vm_page.h, vm/vm_resident.c).
+
+Frames live in one bytearray (untouched frames cost no RSS).  A page is on at most one of
+the free, active and inactive queues (OrderedDicts keyed by frame number: O(1) insert,
+remove and take-oldest).  Wired pages and pages in transit are on none.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+PAGE_SIZE = 4096
+PAGE_SHIFT = 12
+
+Q_NONE, Q_FREE, Q_ACTIVE, Q_INACTIVE = 0, 1, 2, 3
+
+
+def trunc_page(x: int) -> int:
+    return x & ~(PAGE_SIZE - 1)
+
+
+def round_page(x: int) -> int:
+    return (x + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+
+
+class VMPage:
+    """struct vm_page: the frame's identity (object, offset), its flags, its locks."""
+
+    __slots__ = ("frame", "object", "offset", "queue", "busy", "absent", "dirty", "precious",
+                 "error", "wanted", "laundry", "referenced", "wire_count", "page_lock",
+                 "unlock_request", "potentially_dirty")
+
+    def __init__(self, frame: int):
+        self.frame = frame
+        self.object = None
+        self.offset = 0
+        self.queue = Q_FREE
+        self.busy = self.absent = self.dirty = self.precious = False
+        self.error = self.wanted = self.laundry = self.referenced = False
+        self.potentially_dirty = False
+        self.wire_count = 0
+        self.page_lock = 0  # accesses the pager forbids (VM_PROT_*)
+        self.unlock_request = 0  # accesses asked of the pager with data_unlock
+
+    def reset(self):
+        self.object = None
+        self.offset = 0
+        self.busy = self.absent = self.dirty = self.precious = False
+        self.error = self.wanted = self.laundry = self.referenced = False
+        self.potentially_dirty = False
+        self.wire_count = 0
+        self.page_lock = 0
+        self.unlock_request = 0
+
+    def __repr__(self):
+        flags = "".join(c for c, f in (("B", self.busy), ("A", self.absent), ("D", self.dirty),
+                                        ("P", self.precious), ("E", self.error),
+                                        ("L", self.laundry)) if f)
+        return f"<page {self.frame} obj {getattr(self.object, 'id', None)} +{self.offset:#x} {flags}>"
+
+
+class VMResident:
+    """The machine's physical pages and the page queues."""
+
+    def __init__(self, npages: int):
+        if npages < 64:
+            raise ValueError("at least 64 physical pages")
+        self.npages = npages
+        self.memory = bytearray(npages * PAGE_SIZE)
+        self.view = memoryview(self.memory)
+        self.pages = [VMPage(i) for i in range(npages)]
+        self.free: OrderedDict[int, VMPage] = OrderedDict((p.frame, p) for p in self.pages)
+        self.active: OrderedDict[int, VMPage] = OrderedDict()
+        self.inactive: OrderedDict[int, VMPage] = OrderedDict()
+        self.wired = 0
+        self.stats = {"zero_fill_count": 0, "reactivations": 0, "pageins": 0, "pageouts": 0,
+                      "faults": 0, "cow_faults": 0, "lookups": 0, "hits": 0}
+
+    # ------------------------------------------------------------ bytes
+
+    def data(self, page: VMPage) -> memoryview:
+        i = page.frame * PAGE_SIZE
+        return self.view[i:i + PAGE_SIZE]
+
+    def read(self, page: VMPage) -> bytes:
+        i = page.frame * PAGE_SIZE
+        return bytes(self.memory[i:i + PAGE_SIZE])
+
+    def write(self, page: VMPage, data, at: int = 0):
+        i = page.frame * PAGE_SIZE + at
+        self.memory[i:i + len(data)] = data
+
+    def zero(self, page: VMPage):
+        i = page.frame * PAGE_SIZE
+        self.memory[i:i + PAGE_SIZE] = bytes(PAGE_SIZE)
+
+    # ------------------------------------------------------------ queues
+
+    def _unqueue(self, page: VMPage):
+        q = page.queue
+        if q == Q_ACTIVE:
+            del self.active[page.frame]
+        elif q == Q_INACTIVE:
+            del self.inactive[page.frame]
+        elif q == Q_FREE:
+            del self.free[page.frame]
+        page.queue = Q_NONE
+
+    def vm_page_grab(self) -> VMPage | None:
+        """Take a free frame (the caller inserts it in an object), or None."""
+        if not self.free:
+            return None
+        _, page = self.free.popitem(last=False)
+        page.queue = Q_NONE
+        return page
+
+    def vm_page_free(self, page: VMPage):
+        """Return a frame to the free queue (the caller removed it from its object)."""
+        self._unqueue(page)
+        if page.wire_count:
+            self.wired -= 1
+        page.reset()
+        page.queue = Q_FREE
+        self.free[page.frame] = page
+
+    def vm_page_activate(self, page: VMPage):
+        if page.wire_count:
+            return
+        if page.queue == Q_INACTIVE:
+            self.stats["reactivations"] += 1
+        if page.queue != Q_ACTIVE:
+            self._unqueue(page)
+            page.queue = Q_ACTIVE
+            self.active[page.frame] = page
+
+    def vm_page_deactivate(self, page: VMPage):
+        if page.wire_count:
+            return
+        page.referenced = False
+        if page.queue != Q_INACTIVE:
+            self._unqueue(page)
+            page.queue = Q_INACTIVE
+            self.inactive[page.frame] = page
+
+    def vm_page_wire(self, page: VMPage):
+        if page.wire_count == 0:
+            self._unqueue(page)
+            self.wired += 1
+        page.wire_count += 1
+
+    def vm_page_unwire(self, page: VMPage):
+        page.wire_count -= 1
+        if page.wire_count == 0:
+            self.wired -= 1
+            self.vm_page_activate(page)
+
+    @property
+    def free_count(self) -> int:
+        return len(self.free)
+
+    def counts(self) -> dict:
+        """Every page is in exactly one of: free, active, inactive, wired, in transit
+        (busy pages off the queues while the kernel works on them)."""
+        free, active, inactive = len(self.free), len(self.active), len(self.inactive)
+        transit = self.npages - free - active - inactive - self.wired
+        return {"free": free, "active": active, "inactive": inactive, "wired": self.wired,
+                "transit": transit}

@@ -1,0 +1,639 @@
+"""memfs: a file system whose file pages live in its own memory; it is their pager.
+
+    python -m translators.memfs --run-dir DIR [--name memfs]
+        [--threads multithread|workers] [--workers N] [--thread-timeout S]
+        [--direct-io] [--max-bytes N] [--log-level L]
+
+Each regular file has a page store (a dict page offset -> 4096 bytes; a page never written
+reads as zeros) and, once used, one libpager pager whose ops (``FilePagerOps``) read and
+write that store.  Pages are supplied precious (pager_create with notify_on_evict), so the
+kernel hands them back with memory_object_data_return instead of dropping them.
+
+I/O modes:
+  mapped (default)  io_read / io_write go through memfs's own mapping of the file's memory
+                    object (fsserver.FileMapping: vm_map into memfs's task, vm_read /
+                    vm_write; remapped when the file outgrows the window) — the kernel's
+                    page cache holds the data, and pageout decides when it comes back.
+  --direct-io       io_read / io_write use the store directly (for kernels without VM).
+
+Space: the sum over files of round_page(st_size) may not exceed --max-bytes (ENOSPC), as
+Hurd tmpfs accounts allocsize.  The root directory port is checked in with the name
+server under NAME; DIR/NAME.ready holds the pid when serving; JSON logs go to
+DIR/NAME.log; SIGTERM or SIGINT stops it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import stat as S
+import sys
+import threading
+import time
+from pathlib import Path
+
+import structlog
+
+from protocol import logs, runtime
+from protocol.defs import fs as F
+from protocol.defs import mach as VM
+from protocol.defs import netname as NS
+from protocol.kern_return import MachError
+from translators import libports as LP
+from translators.fsserver import (DT_DIR, PAGE_SIZE, FileMapping, FileSystem, FsServer,
+                                  file_type, fs_error, round_page, trunc_page)
+
+log = structlog.get_logger("memfs")
+
+ZERO_PAGE = bytes(PAGE_SIZE)
+MAX_FILE_SIZE = 1 << 40
+
+
+# ---------------------------------------------------------------- the page store
+
+class PageStore:
+    """A file's pages in memfs's memory: page offset -> PAGE_SIZE bytes.  Pages never
+    written are zeros (and take no space)."""
+
+    def __init__(self):
+        self.pages: dict[int, bytes] = {}
+        self.lock = threading.Lock()
+
+    def __len__(self):
+        return len(self.pages)
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.pages) * PAGE_SIZE
+
+    def get(self, offset: int, length: int = PAGE_SIZE) -> bytes:
+        """Whole pages [offset, offset+length) (page aligned)."""
+        with self.lock:
+            return b"".join(self.pages.get(o, ZERO_PAGE)
+                            for o in range(offset, offset + length, PAGE_SIZE))
+
+    def put(self, offset: int, data: bytes, limit: int | None = None):
+        """Store whole pages at ``offset`` (page aligned); pages at or past ``limit``
+        are dropped (a data_return past the end of a truncated file)."""
+        with self.lock:
+            for i in range(0, len(data), PAGE_SIZE):
+                o = offset + i
+                if limit is not None and o >= limit:
+                    break
+                page = bytes(data[i:i + PAGE_SIZE])
+                if len(page) < PAGE_SIZE:
+                    page += bytes(PAGE_SIZE - len(page))
+                self.pages[o] = page
+
+    def read(self, offset: int, n: int) -> bytes:
+        """Bytes [offset, offset+n) (any alignment)."""
+        if n <= 0:
+            return b""
+        start, end = trunc_page(offset), round_page(offset + n)
+        return self.get(start, end - start)[offset - start:offset - start + n]
+
+    def write(self, offset: int, data: bytes):
+        """Store bytes at ``offset`` (any alignment)."""
+        n = len(data)
+        if not n:
+            return
+        with self.lock:
+            pos = 0
+            while pos < n:
+                o = offset + pos
+                po = trunc_page(o)
+                k = min(PAGE_SIZE - (o - po), n - pos)
+                if k == PAGE_SIZE:
+                    self.pages[po] = bytes(data[pos:pos + k])
+                else:
+                    page = bytearray(self.pages.get(po, ZERO_PAGE))
+                    page[o - po:o - po + k] = data[pos:pos + k]
+                    self.pages[po] = bytes(page)
+                pos += k
+
+    def truncate(self, size: int):
+        """Drop the pages past ``size`` and zero the tail of its last page."""
+        with self.lock:
+            end = round_page(size)
+            for o in [o for o in self.pages if o >= end]:
+                del self.pages[o]
+            po = trunc_page(size)
+            if size != po and po in self.pages:
+                page = self.pages[po]
+                self.pages[po] = page[:size - po] + bytes(PAGE_SIZE - (size - po))
+
+
+# ---------------------------------------------------------------- nodes
+
+class MemNode:
+    """One file or directory (struct node with memfs's disknode)."""
+
+    def __init__(self, ino: int, mode: int, parent: "MemNode | None" = None):
+        self.ino = ino
+        self.mode = mode
+        self.nlink = 2 if S.S_ISDIR(mode) else 1
+        self.references = 0  # open protids and walks in progress
+        self.parent = parent  # directories: ".."
+        self.entries: dict[str, MemNode] | None = {} if S.S_ISDIR(mode) else None
+        self.size = 0
+        self.store = PageStore() if S.S_ISREG(mode) else None
+        self.io_lock = threading.Lock()  # one file's reads, writes and size changes
+        self.pager = None  # libpager pager, made on first use
+        self.mapping: FileMapping | None = None
+        now = time.time()
+        self.atime = self.mtime = self.ctime = now
+
+    @property
+    def is_dir(self) -> bool:
+        return self.entries is not None
+
+    def __repr__(self):
+        return f"<memnode {self.ino} {'dir' if self.is_dir else 'file'} size {self.size}>"
+
+
+class FilePagerOps:
+    """The libpager callbacks of one file: its pages come from and go to its store."""
+
+    def __init__(self, node: MemNode):
+        self.node = node
+        self.stats = {"read_page": 0, "write_page": 0, "pages_written": 0}
+
+    def read_page(self, pager, offset: int, length: int):
+        """pager_read_page: the store's pages (zeros where never written), not
+        write-locked."""
+        self.stats["read_page"] += 1
+        return self.node.store.get(offset, round_page(length)), False
+
+    def write_page(self, pager, offset: int, data):
+        """pager_write_page: keep what the kernel gives back (nothing past EOF)."""
+        self.stats["write_page"] += 1
+        self.stats["pages_written"] += len(data) // PAGE_SIZE
+        self.node.store.put(offset, data, limit=round_page(self.node.size))
+
+    def write_pages(self, pager, offset: int, data):
+        """The multi-page write: the store takes a run as easily as one page."""
+        self.write_page(pager, offset, data)
+
+    def unlock_page(self, pager, offset: int, length: int):
+        """pager_unlock_page: nothing to allocate; pages are never write-locked."""
+        return None
+
+    def report_extent(self, pager) -> int:
+        """pager_report_extent: the object's size (whole pages)."""
+        return round_page(self.node.size)
+
+    def clear_user_data(self, pager):
+        return None
+
+    def notify_evict(self, pager, offset: int, length: int):
+        return None
+
+    def dropweak(self, pager):
+        return None
+
+
+# ---------------------------------------------------------------- the file system
+
+class MemFs(FileSystem):
+    """The directory tree, the stores and space accounting.  With ``rt`` and
+    ``pager_bucket`` files get pagers (io_map, mapped I/O); ``direct_io`` makes
+    io_read/io_write use the stores directly."""
+
+    def __init__(self, max_bytes: int | None = None, direct_io: bool = True, rt=None,
+                 pager_bucket=None):
+        self.lock = threading.RLock()  # the tree, references, accounting
+        self.max_bytes = max_bytes
+        self.direct_io = direct_io
+        self.rt = rt
+        self.pager_bucket = pager_bucket
+        self.next_ino = 2
+        self.root_node = MemNode(self._ino(), S.S_IFDIR | 0o755)
+        self.root_node.parent = self.root_node
+        self.root_node.references = 1  # the file system's own
+        self.nodes = 1
+        self.used = 0  # sum of round_page(size) over live files
+        self.stats = {"files_created": 0, "dirs_created": 0, "nodes_freed": 0,
+                      "pagers_created": 0, "remaps": 0, "truncations": 0}
+
+    def _ino(self) -> int:
+        ino, self.next_ino = self.next_ino, self.next_ino + 1
+        return ino
+
+    # ------------------------------------------------------------ references
+
+    def root(self):
+        return self._ref(self.root_node)
+
+    def _ref(self, node: MemNode) -> MemNode:
+        with self.lock:
+            node.references += 1
+        return node
+
+    def node_ref(self, node):
+        self._ref(node)
+
+    def node_unref(self, node: MemNode):
+        with self.lock:
+            if node.references <= 0:
+                raise AssertionError(f"{node}: reference underflow")
+            node.references -= 1
+            free = node.references == 0 and node.nlink == 0 and not node.is_dir
+            if free:
+                self.used -= round_page(node.size)
+                self.nodes -= 1
+                self.stats["nodes_freed"] += 1
+        if free:
+            self._drop_file(node)
+
+    def _drop_file(self, node: MemNode):
+        """diskfs_drop_node: the file is gone; forget its pages and pager."""
+        with node.io_lock:
+            if node.mapping is not None:
+                node.mapping.unmap()
+                node.mapping = None
+            pager, node.pager = node.pager, None
+            node.store.pages.clear()
+            node.size = 0
+        if pager is not None:
+            # pager_shutdown, then drop pager_create's reference: the kernel lets the
+            # object go, its port dies with its last send right.
+            from translators import libpager as PG
+            try:
+                shutdown = getattr(PG, "pager_shutdown", None)
+                if shutdown is not None:
+                    shutdown(pager)
+                else:
+                    PG.pager_flush(pager, True)
+            except MachError as e:
+                log.warning("pager shutdown failed", ino=node.ino, code=e.code)
+            deref = getattr(PG, "pager_deref", None)
+            if deref is not None:
+                deref(pager)
+
+    def is_dir(self, node) -> bool:
+        return node.is_dir
+
+    # ------------------------------------------------------------ directories
+
+    def _live_dir(self, dir: MemNode):
+        if not dir.is_dir:
+            raise fs_error(F.ENOTDIR)
+        if dir.nlink == 0:
+            raise fs_error(F.ENOENT, "directory removed")
+
+    def lookup(self, dir: MemNode, name: str) -> MemNode:
+        with self.lock:
+            self._live_dir(dir)
+            if name == ".":
+                return self._ref(dir)
+            if name == "..":
+                return self._ref(dir.parent)
+            node = dir.entries.get(name)
+            if node is None:
+                raise fs_error(F.ENOENT, name)
+            return self._ref(node)
+
+    def _enter(self, dir: MemNode, name: str, mode: int) -> MemNode:
+        if len(name.encode()) > F.NAME_MAX:
+            raise fs_error(F.ENAMETOOLONG)
+        if not name or "/" in name or name in (".", ".."):
+            raise fs_error(F.EINVAL)
+        self._live_dir(dir)
+        if name in dir.entries:
+            raise fs_error(F.EEXIST, name)
+        node = MemNode(self._ino(), mode, parent=dir if S.S_ISDIR(mode) else None)
+        dir.entries[name] = node
+        dir.mtime = dir.ctime = node.ctime
+        self.nodes += 1
+        return node
+
+    def create(self, dir: MemNode, name: str, mode: int) -> MemNode:
+        with self.lock:
+            node = self._enter(dir, name, S.S_IFREG | (mode & 0o7777))
+            self.stats["files_created"] += 1
+            return self._ref(node)
+
+    def mkdir(self, dir: MemNode, name: str, mode: int):
+        with self.lock:
+            self._enter(dir, name, S.S_IFDIR | (mode & 0o7777))
+            dir.nlink += 1
+            self.stats["dirs_created"] += 1
+
+    def rmdir(self, dir: MemNode, name: str):
+        with self.lock:
+            self._live_dir(dir)
+            node = dir.entries.get(name)
+            if node is None:
+                raise fs_error(F.ENOENT, name)
+            if not node.is_dir:
+                raise fs_error(F.ENOTDIR, name)
+            if node.entries:
+                raise fs_error(F.ENOTEMPTY, name)
+            del dir.entries[name]
+            dir.nlink -= 1
+            node.nlink = 0
+            dir.mtime = dir.ctime = time.time()
+            self.nodes -= 1
+            self.stats["nodes_freed"] += 1
+
+    def unlink(self, dir: MemNode, name: str):
+        with self.lock:
+            self._live_dir(dir)
+            node = dir.entries.get(name)
+            if node is None:
+                raise fs_error(F.ENOENT, name)
+            if node.is_dir:
+                raise fs_error(F.EISDIR, name)
+            del dir.entries[name]
+            dir.mtime = dir.ctime = time.time()
+            node.nlink -= 1
+            node.ctime = dir.ctime
+            self._ref(node)
+        self.node_unref(node)  # frees it unless it is still open
+
+    def readdir(self, dir: MemNode) -> list:
+        with self.lock:
+            self._live_dir(dir)
+            out = [[".", DT_DIR, dir.ino], ["..", DT_DIR, dir.parent.ino]]
+            out += [[n, file_type(c.mode), c.ino] for n, c in dir.entries.items()]
+            return out
+
+    # ------------------------------------------------------------ space
+
+    def _grow(self, node: MemNode, size: int):
+        """Account for ``node`` growing to ``size`` (diskfs_grow); ENOSPC past the
+        limit.  The caller holds node.io_lock."""
+        if size > MAX_FILE_SIZE:
+            raise fs_error(F.EFBIG)
+        with self.lock:
+            delta = round_page(size) - round_page(node.size)
+            if delta > 0 and self.max_bytes is not None and self.used + delta > self.max_bytes:
+                raise fs_error(F.ENOSPC)
+            self.used += delta
+            node.size = size
+
+    # ------------------------------------------------------------ pager and mapping
+
+    def _pager(self, node: MemNode):
+        """The file's pager, made on first use (pager_create: cacheable, copy delay,
+        precious pages)."""
+        with self.lock:
+            if node.pager is None:
+                if self.pager_bucket is None:
+                    raise fs_error(F.EOPNOTSUPP, "no pager bucket")
+                from translators import libpager as PG
+                node.pager = PG.pager_create(FilePagerOps(node), self.pager_bucket, True,
+                                             VM.MEMORY_OBJECT_COPY_DELAY, True)
+                self.stats["pagers_created"] += 1
+            return node.pager
+
+    def _port(self, node: MemNode) -> int:
+        from translators import libpager as PG
+        return PG.pager_get_port(self._pager(node))
+
+    def _mapping(self, node: MemNode, size: int) -> FileMapping:
+        """memfs's own mapping of the file, covering ``size`` (caller holds io_lock)."""
+        if node.mapping is None:
+            node.mapping = FileMapping(self.rt, lambda: self._port(node))
+        before = node.mapping.remaps
+        node.mapping.ensure(max(size, 1))
+        if node.mapping.remaps != before:
+            with self.lock:
+                self.stats["remaps"] += 1
+        return node.mapping
+
+    # ------------------------------------------------------------ file I/O
+
+    def _file(self, node: MemNode):
+        if node.is_dir:
+            raise fs_error(F.EISDIR)
+
+    def read(self, node: MemNode, offset: int, amount: int) -> bytes:
+        self._file(node)
+        with node.io_lock:
+            n = min(amount, node.size - offset)
+            if n <= 0:
+                return b""
+            node.atime = time.time()
+            if self.direct_io:
+                return node.store.read(offset, n)
+            return self._mapping(node, offset + n).read(offset, n)
+
+    def write(self, node: MemNode, offset: int, data: bytes) -> int:
+        self._file(node)
+        n = len(data)
+        with node.io_lock:
+            if offset + n > node.size:
+                self._grow(node, offset + n)
+            if n:
+                if self.direct_io:
+                    node.store.write(offset, data)
+                else:
+                    self._mapping(node, offset + n).write(offset, data)
+            node.mtime = node.ctime = time.time()
+        return n
+
+    def set_size(self, node: MemNode, size: int):
+        """file_set_size: extend (new pages read as zeros) or truncate: the kernel's
+        cached pages past the new end are flushed (pager_flush_some), the partial last
+        page is returned first (pager_return_some) so its head survives, then the store
+        drops what lies past the end."""
+        self._file(node)
+        if size < 0:
+            raise fs_error(F.EINVAL)
+        with node.io_lock:
+            old = node.size
+            if size >= old:
+                self._grow(node, size)
+            else:
+                with self.lock:
+                    self.used -= round_page(old) - round_page(size)
+                    node.size = size
+                    self.stats["truncations"] += 1
+                if node.pager is not None:
+                    self._flush_past(node, size, old)
+                node.store.truncate(size)
+            node.mtime = node.ctime = time.time()
+
+    def _flush_past(self, node: MemNode, size: int, old: int):
+        from translators import libpager as PG
+        pager = node.pager
+        end = max(round_page(old), node.mapping.size if node.mapping else 0)
+        flush_some = getattr(PG, "pager_flush_some", None)
+        return_some = getattr(PG, "pager_return_some", None)
+        if flush_some is None or return_some is None:
+            PG.pager_return(pager, True)  # everything back, nothing cached
+            return
+        if size % PAGE_SIZE:
+            return_some(pager, trunc_page(size), PAGE_SIZE, True)
+        if end > round_page(size):
+            flush_some(pager, round_page(size), end - round_page(size), True)
+
+    def stat(self, node: MemNode) -> dict:
+        with self.lock:
+            blocks = len(node.store) * (PAGE_SIZE // 512) if node.store is not None else 0
+            return {"st_dev": 0, "st_ino": node.ino, "st_mode": node.mode,
+                    "st_nlink": node.nlink, "st_uid": 0, "st_gid": 0,
+                    "st_size": node.size if not node.is_dir else PAGE_SIZE,
+                    "st_blksize": PAGE_SIZE, "st_blocks": blocks,
+                    "st_atime": node.atime, "st_mtime": node.mtime,
+                    "st_ctime": node.ctime}
+
+    def map(self, node: MemNode) -> int:
+        if node.is_dir:
+            raise fs_error(F.EOPNOTSUPP, "directories have no memory object")
+        return self._port(node)
+
+    def sync(self, node: MemNode, wait: bool):
+        """file_sync: get the file's dirty pages back from the kernel (pager_sync)."""
+        pager = node.pager
+        if pager is not None:
+            from translators import libpager as PG
+            PG.pager_sync(pager, wait)
+
+    def syncfs(self, wait: bool):
+        """fsys_syncfs: pager_sync on every file that has a pager."""
+        with self.lock:
+            files = []
+            stack = [self.root_node]
+            while stack:
+                d = stack.pop()
+                for c in d.entries.values():
+                    (stack if c.is_dir else files).append(c)
+        for node in files:
+            self.sync(node, wait)
+
+
+# ---------------------------------------------------------------- the translator
+
+def pager_demuxer(bucket):
+    """libpager's demuxer for the pager bucket (ImportError when libpager lacks one)."""
+    from translators import libpager as PG
+    for name in ("PagerDemuxer", "pager_demuxer"):
+        make = getattr(PG, name, None)
+        if make is not None:
+            return make(bucket)
+    raise ImportError("translators.libpager has no demuxer")
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m translators.memfs",
+                                 description=__doc__.splitlines()[0])
+    ap.add_argument("--run-dir", default=os.environ.get("MACHEMU_RUN_DIR", "run"))
+    ap.add_argument("--name", default="memfs")
+    ap.add_argument("--threads", choices=LP.THREAD_MODELS, default="multithread")
+    ap.add_argument("--workers", type=int, default=LP.DEFAULT_WORKERS)
+    ap.add_argument("--thread-timeout", type=float, default=1.0,
+                    help="seconds an idle multithread server thread waits (0 = never)")
+    ap.add_argument("--direct-io", action="store_true",
+                    help="io_read/io_write use the page store directly, not memfs's own "
+                         "mapping of the file (for kernels without VM)")
+    ap.add_argument("--max-bytes", type=int, default=None,
+                    help="space limit: sum of round_page(st_size) over files (ENOSPC)")
+    ap.add_argument("--endpoint")
+    ap.add_argument("--stats-interval", type=float, default=5.0)
+    ap.add_argument("--log-level", default="info")
+    args = ap.parse_args(argv)
+    if args.workers < 1:
+        ap.error("--workers must be at least 1")
+    if args.max_bytes is not None and args.max_bytes < 0:
+        ap.error("--max-bytes must not be negative")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    run_dir = Path(args.run_dir).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    name = args.name
+    logs.setup(name, run_dir / f"{name}.log", args.log_level)
+    ready = run_dir / f"{name}.ready"
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    endpoint = args.endpoint or os.environ.get("MACHEMU_KERNEL") or runtime.kernel_endpoint(
+        run_dir)
+    try:
+        rt = runtime.connect(endpoint, name=name, role="server")
+    except MachError as e:
+        log.error("cannot connect to the kernel", endpoint=endpoint, error=str(e))
+        return 1
+    servers = []
+    code = 0
+    srv = None
+    try:
+        fs_bucket = LP.ports_create_bucket(rt)
+        pager_bucket = None
+        try:
+            pager_bucket = LP.ports_create_bucket(rt)
+            pdemux = pager_demuxer(pager_bucket)
+        except ImportError:
+            if not args.direct_io:
+                raise
+            log.warning("libpager missing: io_map unavailable")
+            pdemux = None
+        memfs = MemFs(max_bytes=args.max_bytes, direct_io=args.direct_io, rt=rt,
+                      pager_bucket=pager_bucket if pdemux is not None else None)
+        srv = FsServer(memfs, fs_bucket, name=name)
+
+        def all_stats():
+            d = {**srv.stats, **memfs.stats, "nodes": memfs.nodes, "used": memfs.used}
+            if memfs.pager_bucket is not None:
+                from translators import libpager as PG
+                d.update({f"pager_{k}": v
+                          for k, v in PG.pager_bucket_stats(memfs.pager_bucket).items()})
+            return d
+
+        kw = dict(thread_timeout=args.thread_timeout or None, workers=args.workers)
+        if pdemux is not None:
+            # Pager ports get their own threads: an io_write blocked in vm_write waits for
+            # a data_request that only a pager thread can answer.
+            servers.append(LP.make_server(args.threads, pager_bucket, pdemux,
+                                          name=f"{name}-pager", **kw).start())
+        servers.append(LP.make_server(args.threads, fs_bucket, srv.demuxer(), name=name,
+                                      **kw).start())
+        root = srv.root_send_right()
+        NS.netname_check_in(rt.name_server, name, root, root, rt=rt)
+        tmp = ready.with_suffix(".ready.tmp")
+        tmp.write_text(f"{os.getpid()}\n")
+        os.replace(tmp, ready)
+        log.info("memfs ready", pid=os.getpid(), model=args.threads,
+                 direct_io=args.direct_io, max_bytes=args.max_bytes, port=root,
+                 endpoint=endpoint)
+        next_stats = time.monotonic() + args.stats_interval
+        while not stop.is_set():
+            if any(s.done.is_set() for s in servers):
+                log.error("server loop ended", errors=[s.error for s in servers])
+                code = 1
+                break
+            stop.wait(0.25)
+            if args.stats_interval and time.monotonic() >= next_stats:
+                log.info("stats", **all_stats())
+                next_stats = time.monotonic() + args.stats_interval
+    except MachError as e:
+        log.error("memfs failed", error=str(e))
+        code = 1
+    except Exception:
+        log.exception("memfs failed")
+        code = 1
+    finally:
+        stop.set()
+        clean = True
+        for s in reversed(servers):
+            clean = s.stop(timeout=10) and clean
+        log.info("memfs stopping", clean=clean, **(all_stats() if srv else {}))
+        try:
+            ready.unlink()
+        except FileNotFoundError:
+            pass
+        runtime.disconnect()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
