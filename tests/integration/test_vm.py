@@ -1,0 +1,162 @@
+"""The kernel's VM through the task calls, with real processes: vm_allocate, vm_write,
+vm_read, vm_protect, vm_region, vm_deallocate, vm_statistics; map entry counts under both
+merge modes (the acceptance behaviours of the VM issue that need no pager)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from protocol.defs import mach as MD
+from protocol.kern_return import KernReturn as K
+from protocol.kern_return import MachError
+from protocol.runtime import TaskRuntime
+from tests.conftest import wait_for
+
+PAGE = 4096
+
+
+def start_kernel(run_dir, procs, **settings):
+    """A real kernel with a [kernel] config table; returns its endpoint."""
+    cfg = run_dir / "kernel.toml"
+    lines = ["[kernel]"]
+    for key, value in settings.items():
+        lines.append(f"{key} = {value!r}" if isinstance(value, str)
+                     else f"{key} = {str(value).lower() if isinstance(value, bool) else value}")
+    cfg.write_text("\n".join(lines) + "\n")
+    kp = procs.python(["-m", "kernel", "--run-dir", str(run_dir), "--config", str(cfg)],
+                      name="kernel")
+    ready = run_dir / "kernel.ready"
+    wait_for(lambda: (ready.exists() and ready.read_text().strip()) or kp.p.poll() is not None,
+             30, what="kernel ready")
+    assert kp.p.poll() is None, kp.output()
+    return ready.read_text().strip()
+
+
+@pytest.fixture
+def vmtask(run_dir, procs, request):
+    settings = getattr(request, "param", {})
+    rt = TaskRuntime(start_kernel(run_dir, procs, **settings), "vmtask")
+    rt.settings = settings
+    yield rt
+    rt.close()
+
+
+def regions(rt):
+    """Every map entry, by walking vm_region."""
+    out, addr = [], 0
+    while True:
+        try:
+            start, size, prot, maxprot, inh, shared, _name, offset = MD.vm_region(
+                rt.task_self, addr, rt=rt)
+        except MachError as e:
+            assert e.code in (K.KERN_NO_SPACE, K.KERN_INVALID_ADDRESS)
+            return out
+        out.append((start, size, prot))
+        addr = start + size
+
+
+def stats(rt):
+    return MD.vm_statistics(rt.task_self, rt=rt)
+
+
+@pytest.mark.timeout(90)
+def test_anonymous_memory_bytes_and_queues(vmtask):
+    rt = vmtask
+    n = 40
+    a = MD.vm_allocate(rt.task_self, 0, n * PAGE, True, rt=rt)
+    assert a % PAGE == 0 and a != 0
+    assert MD.vm_read(rt.task_self, a, 3 * PAGE, rt=rt) == bytes(3 * PAGE)  # zero-filled
+    blobs = {}
+    for i in range(n):
+        data = os.urandom(PAGE)
+        MD.vm_write(rt.task_self, a + i * PAGE, data, rt=rt)
+        blobs[i] = data
+    # unaligned, page-crossing access
+    MD.vm_write(rt.task_self, a + 5 * PAGE - 3, b"abcdefg", rt=rt)
+    blobs[4] = blobs[4][:-3] + b"abc"
+    blobs[5] = b"defg" + blobs[5][4:]
+    for i in range(n):
+        assert MD.vm_read(rt.task_self, a + i * PAGE, PAGE, rt=rt) == blobs[i], i
+    assert MD.vm_read(rt.task_self, a + 5 * PAGE - 3, 7, rt=rt) == b"abcdefg"
+    s = stats(rt)
+    assert s["free_count"] + s["active_count"] + s["inactive_count"] + s["wire_count"] \
+        == s["physical_pages"]
+    assert s["active_count"] + s["inactive_count"] == n
+    assert s["zero_fill_count"] == n
+    MD.vm_deallocate(rt.task_self, a, n * PAGE, rt=rt)
+    s = stats(rt)
+    assert s["free_count"] == s["physical_pages"] and s["map_entries"] == 0
+    with pytest.raises(MachError) as e:
+        MD.vm_read(rt.task_self, a, PAGE, rt=rt)
+    assert e.value.code == K.KERN_INVALID_ADDRESS
+
+
+@pytest.mark.timeout(90)
+def test_protection(vmtask):
+    rt = vmtask
+    a = MD.vm_allocate(rt.task_self, 0, 4 * PAGE, True, rt=rt)
+    MD.vm_write(rt.task_self, a, b"x" * PAGE, rt=rt)
+    MD.vm_protect(rt.task_self, a, PAGE, False, MD.VM_PROT_READ, rt=rt)
+    with pytest.raises(MachError) as e:
+        MD.vm_write(rt.task_self, a, b"y", rt=rt)
+    assert e.value.code == K.KERN_PROTECTION_FAILURE
+    assert MD.vm_read(rt.task_self, a, 1, rt=rt) == b"x"
+    MD.vm_protect(rt.task_self, a, PAGE, True, MD.VM_PROT_READ, rt=rt)  # lower the max
+    with pytest.raises(MachError) as e:
+        MD.vm_protect(rt.task_self, a, PAGE, False, MD.VM_PROT_DEFAULT, rt=rt)
+    assert e.value.code == K.KERN_PROTECTION_FAILURE
+    MD.vm_protect(rt.task_self, a + PAGE, PAGE, False, MD.VM_PROT_NONE, rt=rt)
+    with pytest.raises(MachError) as e:
+        MD.vm_read(rt.task_self, a + PAGE, 1, rt=rt)
+    assert e.value.code == K.KERN_PROTECTION_FAILURE
+
+
+@pytest.mark.parametrize("vmtask", [{"map_merge": "classic"}, {"map_merge": "coalesce"}],
+                         indirect=True, ids=["classic", "coalesce"])
+@pytest.mark.timeout(120)
+def test_protect_middle_and_malloc_pattern(vmtask):
+    rt = vmtask
+    coalesce = rt.settings["map_merge"] == "coalesce"
+    a = MD.vm_allocate(rt.task_self, 0, 16 * PAGE, True, rt=rt)
+    base = len(regions(rt))
+    MD.vm_protect(rt.task_self, a + 4 * PAGE, 4 * PAGE, False, MD.VM_PROT_READ, rt=rt)
+    assert len(regions(rt)) == base + 2  # one entry became three
+    MD.vm_protect(rt.task_self, a + 4 * PAGE, 4 * PAGE, False, MD.VM_PROT_DEFAULT, rt=rt)
+    assert len(regions(rt)) == (base if coalesce else base + 2)
+    MD.vm_deallocate(rt.task_self, a, 16 * PAGE, rt=rt)
+
+    # malloc-like: reserve 64 MiB with no access, enable one page at a time
+    size = 64 << 20
+    r = MD.vm_allocate(rt.task_self, 0, size, True, rt=rt)
+    MD.vm_protect(rt.task_self, r, size, False, MD.VM_PROT_NONE, rt=rt)
+    steps = 48
+    for i in range(steps):
+        MD.vm_protect(rt.task_self, r + i * PAGE, PAGE, False, MD.VM_PROT_DEFAULT, rt=rt)
+        MD.vm_write(rt.task_self, r + i * PAGE, b"%d" % i, rt=rt)
+    entries = stats(rt)["map_entries"]
+    if coalesce:
+        assert 1 <= entries <= 2
+    else:
+        assert entries == steps + 1
+    assert len(regions(rt)) == entries
+    assert MD.vm_read(rt.task_self, r + 7 * PAGE, 1, rt=rt) == b"7"
+
+
+@pytest.mark.timeout(60)
+def test_bad_arguments(vmtask):
+    rt = vmtask
+    with pytest.raises(MachError) as e:
+        MD.vm_allocate(rt.task_self, 0, 0, True, rt=rt)
+    assert e.value.code == K.KERN_INVALID_ARGUMENT
+    a = MD.vm_allocate(rt.task_self, 0, PAGE, True, rt=rt)
+    with pytest.raises(MachError) as e:
+        MD.vm_allocate(rt.task_self, a, PAGE, False, rt=rt)  # fixed, overlapping
+    assert e.value.code == K.KERN_NO_SPACE
+    with pytest.raises(MachError) as e:
+        MD.vm_protect(rt.task_self, a, PAGE, False, 0x40, rt=rt)
+    assert e.value.code == K.KERN_INVALID_ARGUMENT
+    with pytest.raises(MachError) as e:
+        MD.vm_read(rt.task_self, 0x7000_0000, PAGE, rt=rt)
+    assert e.value.code == K.KERN_INVALID_ADDRESS
