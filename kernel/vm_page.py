@@ -1,13 +1,14 @@
 """Physical memory: page frames holding real bytes, and the page queues (GNU Mach
 vm/vm_page.h, vm/vm_resident.c).
 
-Frames live in one bytearray (untouched frames cost no RSS).  A page is on at most one of
+Frames live in one anonymous mapping (untouched frames cost no RSS).  A page is on at most one of
 the free, active and inactive queues (OrderedDicts keyed by frame number: O(1) insert,
 remove and take-oldest).  Wired pages and pages in transit are on none.
 """
 
 from __future__ import annotations
 
+import mmap
 from collections import OrderedDict
 
 PAGE_SIZE = 4096
@@ -67,7 +68,8 @@ class VMResident:
         if npages < 64:
             raise ValueError("at least 64 physical pages")
         self.npages = npages
-        self.memory = bytearray(npages * PAGE_SIZE)
+        # Anonymous mmap: zero pages until touched, so RSS follows the frames in use.
+        self.memory = mmap.mmap(-1, npages * PAGE_SIZE)
         self.view = memoryview(self.memory)
         self.pages = [VMPage(i) for i in range(npages)]
         self.free: OrderedDict[int, VMPage] = OrderedDict((p.frame, p) for p in self.pages)

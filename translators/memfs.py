@@ -160,10 +160,17 @@ class FilePagerOps:
         self.stats = {"read_page": 0, "write_page": 0, "pages_written": 0}
 
     def read_page(self, pager, offset: int, length: int):
-        """pager_read_page: the store's pages (zeros where never written), not
-        write-locked."""
+        """pager_read_page: the store's pages, not write-locked (supplied precious).  A
+        page never written is not supplied at all: None makes libpager answer
+        memory_object_data_unavailable and the kernel zero-fills it (nothing is lost
+        if it drops that page clean)."""
         self.stats["read_page"] += 1
-        return self.node.store.get(offset, round_page(length)), False
+        store = self.node.store
+        length = round_page(length)
+        with store.lock:
+            if not any(o in store.pages for o in range(offset, offset + length, PAGE_SIZE)):
+                return None
+        return store.get(offset, length), False
 
     def write_page(self, pager, offset: int, data):
         """pager_write_page: keep what the kernel gives back (nothing past EOF)."""
