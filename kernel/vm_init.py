@@ -45,7 +45,29 @@ class VMSystem:
         return VMMap(min_offset=PAGE_SIZE, lookup=self.config.map_lookup,
                      merge=self.config.map_merge,
                      reference=self.object_reference, deallocate=self.object_deallocate,
-                     unmap=self.entry_unmap)
+                     unmap=self.entry_unmap, coalesce=self.object_coalesce)
+
+    def object_coalesce(self, a, size_a, b, size_b, offset_a=0, offset_b=0):
+        """vm_object_coalesce: let one anonymous object (one reference, no pager) cover
+        two neighbouring ranges.  Pages left over in the range it grows into (from an
+        earlier, deallocated mapping of the same object) are purged first, so the new
+        memory reads as zeros."""
+        if b is None and a is not None:
+            self._purge(a, offset_a + size_a, size_b)
+            a.size = max(a.size, offset_a + size_a + size_b)
+            return a
+        if a is None and b is not None:
+            if offset_b < size_a:
+                return None
+            self._purge(b, offset_b - size_a, size_a)
+            return (b, offset_b - size_a)
+        return None
+
+    def _purge(self, obj, offset, size):
+        for p in list(pages_of(obj, offset, size)):
+            if p.busy:
+                p.error = True  # a fault in flight will see it gone
+            self.page_free(p)
 
     def entry_unmap(self, entry):
         """vm_map_entry_delete's page removal: pages of an anonymous object that no other

@@ -160,3 +160,19 @@ def test_bad_arguments(vmtask):
     with pytest.raises(MachError) as e:
         MD.vm_read(rt.task_self, 0x7000_0000, PAGE, rt=rt)
     assert e.value.code == K.KERN_INVALID_ADDRESS
+
+
+@pytest.mark.parametrize("vmtask", [{"map_merge": "classic"}, {"map_merge": "coalesce"}],
+                         indirect=True, ids=["classic", "coalesce"])
+@pytest.mark.timeout(60)
+def test_reallocated_range_reads_zero(vmtask):
+    """A range deallocated and allocated again must not show the old object's pages
+    (the map extends the neighbouring anonymous object over it: vm_object_coalesce)."""
+    rt = vmtask
+    a = MD.vm_allocate(rt.task_self, 0, 2 * PAGE, True, rt=rt)
+    MD.vm_write(rt.task_self, a, b"A" * (2 * PAGE), rt=rt)
+    MD.vm_protect(rt.task_self, a + PAGE, PAGE, False, MD.VM_PROT_READ, rt=rt)
+    MD.vm_deallocate(rt.task_self, a + PAGE, PAGE, rt=rt)
+    assert MD.vm_allocate(rt.task_self, a + PAGE, PAGE, False, rt=rt) == a + PAGE
+    assert MD.vm_read(rt.task_self, a + PAGE, PAGE, rt=rt) == bytes(PAGE)
+    assert MD.vm_read(rt.task_self, a, PAGE, rt=rt) == b"A" * PAGE

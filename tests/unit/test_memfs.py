@@ -300,3 +300,19 @@ def test_demuxer_sends_rights_with_their_disposition(srv, mfs):
     req.remote_port, req.remote_disp, req.local_port = 9, M.MACH_MSG_TYPE_PORT_SEND_ONCE, \
         pi.port_right
     assert M.unpackb(demux.serve(req).body) == [F.ENOENT]
+
+
+def test_file_pager_ops_use_the_store(mfs):
+    from translators.memfs import FilePagerOps
+
+    f = mfs.create(mfs.root_node, "f", 0o644)
+    ops = FilePagerOps(f)
+    assert ops.read_page(None, 0, PAGE_SIZE) is None  # never written: data_unavailable
+    mfs.write(f, PAGE_SIZE + 5, b"abc")
+    data, lock = ops.read_page(None, PAGE_SIZE, PAGE_SIZE)
+    assert not lock and data == bytes(5) + b"abc" + bytes(PAGE_SIZE - 8)
+    assert ops.report_extent(None) == 2 * PAGE_SIZE
+    # A data_return past EOF (a truncated file) is not kept.
+    ops.write_pages(None, 0, b"r" * (3 * PAGE_SIZE))
+    assert sorted(f.store.pages) == [0, PAGE_SIZE]
+    assert mfs.read(f, 0, 3) == b"rrr" and ops.stats["pages_written"] == 3

@@ -43,7 +43,6 @@ def _pager_lock_object(p: Pager, offset: int, size: int, should_return: int,
         reply = p.port_right if sync else M.MACH_PORT_NULL
     p.count("lock_requests")
     try:
-      with p.lock:
         p.kernel.lock_request(control, offset, size, should_return, should_flush,
                               lock_value, reply)
     except MachError as e:
