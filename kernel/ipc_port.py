@@ -81,6 +81,8 @@ def ipc_port_clear_receiver(k, port):
     while mq.receivers:
         fail_waiter(k, mq.receivers.popleft(), R.MACH_RCV_PORT_DIED)
     port.receiver = None
+    port.mscount = 0  # as GNU Mach's ipc_port_clear_receiver
+    port.seqno = 0
 
 
 def ipc_port_destroy(k, port):

@@ -212,14 +212,13 @@ class VMSystem:
     # ------------------------------------------------------------ returning pages
 
     def return_pages(self, obj, offset, size, flush: bool, only_dirty: bool,
-                     skip_busy: bool = True) -> int:
+                     cluster: int = MOK.DATA_WRITE_MAX) -> int:
         """Send the dirty (and, unless only_dirty, precious) resident pages of a range to
-        the pager, contiguous pages batched into data_returns of up to the configured
-        cluster size; flushed pages are freed, the others are cleaned.  Returns the
-        number of pages sent."""
+        the pager, contiguous pages batched into data_returns of up to ``cluster`` pages
+        (lock_request: DATA_WRITE_MAX; pageout: the configured cluster size); flushed
+        pages are freed, the others are cleaned.  Returns the number of pages sent."""
         if size is None:
             size = max([o for o in obj.resident] + [0]) + PAGE_SIZE
-        cluster = max(1, self.config.data_return_cluster)
         run_off, run = None, []
         sent = 0
 
@@ -241,7 +240,7 @@ class VMSystem:
             run_off, run = None, []
 
         for p in list(pages_of(obj, offset, size)):
-            if (p.busy and skip_busy) or p.absent or p.error:
+            if p.busy or p.absent or p.error:
                 continue
             if not (p.dirty or (p.precious and not only_dirty)):
                 continue

@@ -130,7 +130,8 @@ class ClassicPageout:
                 if q.busy or q.absent or not (q.dirty or q.precious) or q.queue != page.queue:
                     break
                 start -= PAGE_SIZE
-        n = vm.return_pages(obj, start, cluster * PAGE_SIZE, flush=True, only_dirty=False)
+        n = vm.return_pages(obj, start, cluster * PAGE_SIZE, flush=True, only_dirty=False,
+                            cluster=cluster)
         vm.mem.stats["pageouts"] += n
         self.stats["returned"] += n
         if obj.internal:

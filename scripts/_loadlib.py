@@ -35,6 +35,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import psutil  # noqa: E402
+import structlog  # noqa: E402
 
 from protocol import logs, runtime  # noqa: E402
 from protocol.defs.machemu import machemu_kernel_info  # noqa: E402
@@ -64,7 +65,16 @@ class ClusterError(Exception):
 
 
 class VerifyError(Exception):
-    """An operation returned data other than what was sent or written."""
+    """An operation returned data other than what was sent or written; ``count`` is how
+    many units (pages) were wrong."""
+
+    def __init__(self, msg: str = "", count: int = 1):
+        super().__init__(msg)
+        self.count = count
+
+
+class Done(Exception):
+    """Raised by the op of a fixed-work workload when its thread's share is done."""
 
 
 # ---------------------------------------------------------------- latencies
@@ -366,6 +376,10 @@ class Workload:
     help = ""
     unit = "ops"
     default_duration = 10.0
+    # A fixed amount of work (each thread's op raises Done when its share is done) rather
+    # than a duration or a count; --duration is then only a time limit.
+    fixed_work = False
+    progress_unit: str | None = None  # what task_progress counts, if not ops
     # Errors after which a thread stops: its destination is a dead name for good.
     fatal_codes = frozenset({MachMsgReturn.MACH_SEND_INVALID_DEST})
 
@@ -387,8 +401,28 @@ class Workload:
     def make_op(self, rt, args, state, task: int, thread: int):
         raise NotImplementedError
 
+    def task_counters(self, rt, args, state) -> dict:
+        """Task side, after its threads ended: numbers summed over tasks into
+        summary["counters"]."""
+        return {}
+
+    def task_progress(self, state) -> int | None:
+        """Task side: the progress count shown (None: operations)."""
+        return None
+
+    def progress_extra(self, cluster: Cluster, args, prepared) -> str:
+        """Parent side: more text for the progress line (kernel counters, ...)."""
+        return ""
+
+    def finish(self, cluster: Cluster, args, prepared: dict):
+        """Parent side, once the tasks are done and while still connected."""
+
     def summarize(self, summary: dict, args, prepared: dict):
         pass
+
+    def check(self, summary: dict) -> str | None:
+        """A failure of the workload's own (work not done, ...), or None."""
+        return None
 
     def table(self, summary: dict) -> list[tuple[str, str]]:
         return []
@@ -430,7 +464,8 @@ def _run_task(wl, rt, args, index, quotas, state, q, stop):
     local_stop = threading.Event()
     meters = [Meter(max(1, EXACT_CAP_TASK // len(quotas))) for _ in quotas]
     t_start = time.time()
-    deadline = None if args.count is not None else time.perf_counter() + args.duration
+    deadline = (None if args.count is not None or args.duration is None
+                else time.perf_counter() + args.duration)
     threads = [threading.Thread(target=_thread_main, name=f"load-{index}.{i}",
                                 args=(wl, rt, args, state, index, i, meters[i], quota,
                                       deadline, local_stop), daemon=True)
@@ -444,12 +479,19 @@ def _run_task(wl, rt, args, index, quotas, state, q, stop):
         alive[0].join(PROGRESS_INTERVAL)
         if stop.is_set():
             local_stop.set()
+        done = wl.task_progress(state)
         try:
-            q.put_nowait(("progress", index, sum(m.ops for m in meters),
+            q.put_nowait(("progress", index,
+                          sum(m.ops for m in meters) if done is None else done,
                           sum(m.n_errors for m in meters)))
         except queue.Full:
             pass  # progress is best effort; the result is not
     t_end = time.time()
+    try:
+        counters = wl.task_counters(rt, args, state)
+    except MachError as e:
+        counters = {"task_counters_error": 1}
+        structlog.get_logger("loadgen").warning("task counters failed", code=err_name(e.code))
     lat = Latencies(EXACT_CAP_TASK)
     errors: collections.Counter = collections.Counter()
     for m in meters:
@@ -460,7 +502,7 @@ def _run_task(wl, rt, args, index, quotas, state, q, stop):
         "errors": dict(errors), "mismatches": sum(m.mismatches for m in meters),
         "verified": sum(m.verified for m in meters),
         "t_start": t_start, "t_end": t_end, "latencies": lat.to_wire(),
-        "pid": os.getpid(), "threads": len(quotas)}))
+        "pid": os.getpid(), "threads": len(quotas), "counters": counters}))
 
 
 def _thread_main(wl, rt, args, state, task, thread, meter, quota, deadline, local_stop):
@@ -480,8 +522,10 @@ def _thread_main(wl, rt, args, state, task, thread, meter, quota, deadline, loca
             t0 = perf()
             try:
                 verified = op(seq)
-            except VerifyError:
-                meter.mismatches += 1
+            except Done:
+                break
+            except VerifyError as e:
+                meter.mismatches += e.count
                 meter.error("DATA_MISMATCH")
             except runtime.KernelGone:
                 meter.error("KERNEL_GONE")
@@ -498,8 +542,10 @@ def _thread_main(wl, rt, args, state, task, thread, meter, quota, deadline, loca
             else:
                 meter.lat.add(perf() - t0)
                 meter.ok += 1
-                if verified:
+                if verified is True:
                     meter.verified += 1
+                elif verified:
+                    meter.verified += int(verified)  # units verified by this op
             meter.ops += 1
             seq += 1
     finally:
@@ -526,7 +572,7 @@ class Progress:
         self.shown = False
 
     def show(self, elapsed, ops, errors, sampler: Sampler | None, watch_key=None,
-             force=False):
+             force=False, extra=None):
         if not self.enabled:
             return
         now = time.monotonic()
@@ -540,6 +586,10 @@ class Progress:
             s = sampler.last(watch_key)
             if s:
                 line += f"  {watch_key} threads {s[1]} rss {s[2] / 2**20:.1f} MiB"
+        if extra is not None:
+            more = extra()
+            if more:
+                line += "  " + more
         if self.tty:
             sys.stderr.write("\r\x1b[K" + line)
         else:
@@ -615,7 +665,7 @@ def run(wl: Workload, args) -> tuple[dict, int]:
                         fatal[i] = f"task process exited with status {p.exitcode}"
                         status[i] = "failed"
 
-        progress = Progress(args.progress, f"{wl.name}", wl.unit)
+        progress = Progress(args.progress, f"{wl.name}", wl.progress_unit or wl.unit)
         interrupted = False
         # Start together: every task connected and set up before the clock starts.
         start_deadline = time.monotonic() + args.start_timeout
@@ -644,7 +694,8 @@ def run(wl: Workload, args) -> tuple[dict, int]:
                 ops = sum(c[0] for c in counts.values())
                 errs = sum(c[1] for c in counts.values())
                 progress.show(time.monotonic() - t_go, ops, errs, sampler,
-                              "server" if "server" in watched else None)
+                              "server" if "server" in watched else None,
+                              extra=lambda: wl.progress_extra(cluster, args, prepared))
             except KeyboardInterrupt:
                 if interrupted:
                     break
@@ -653,6 +704,7 @@ def run(wl: Workload, args) -> tuple[dict, int]:
         progress.done()
         sampler.stop()
         ki1 = cluster.kernel_info()
+        wl.finish(cluster, args, prepared)
     finally:
         if sampler is not None and sampler.is_alive():
             sampler.stop()
@@ -666,7 +718,9 @@ def run(wl: Workload, args) -> tuple[dict, int]:
     lat = Latencies(EXACT_CAP_TOTAL)
     errors: collections.Counter = collections.Counter()
     ops = ok = mismatches = verified = 0
+    counters: collections.Counter = collections.Counter()
     for r in results.values():
+        counters.update(r.get("counters") or {})
         lat.merge(Latencies.from_wire(r["latencies"]))
         errors.update(r["errors"])
         ops += r["ops"]
@@ -683,7 +737,8 @@ def run(wl: Workload, args) -> tuple[dict, int]:
     summary = {
         "workload": wl.name, "run_dir": str(args.run_dir), "endpoint": cluster.endpoint,
         "tasks": args.tasks, "threads_per_task": args.threads, "threads": total_threads,
-        "mode": "count" if args.count is not None else "duration",
+        "mode": ("count" if args.count is not None
+                 else "work" if wl.fixed_work else "duration"),
         "count": args.count, "duration": args.duration if args.count is None else None,
         wl.unit: ops, "ok": ok, "errors": dict(sorted(errors.items())),
         "errors_total": sum(errors.values()), "mismatches": mismatches,
@@ -692,6 +747,8 @@ def run(wl: Workload, args) -> tuple[dict, int]:
         "latency_ms": lat.summary_ms(),
         "task_failures": {str(i): m for i, m in sorted(fatal.items())},
         "interrupted": interrupted,
+        "counters": {k: round(v, 4) if isinstance(v, float) else v
+                     for k, v in sorted(counters.items())},
     }
     for k in watched:
         summary[k] = sampler.report(k)
@@ -701,6 +758,7 @@ def run(wl: Workload, args) -> tuple[dict, int]:
     if ki1:
         summary["kernel"]["stats"] = ki1.get("stats", {})
     wl.summarize(summary, args, prepared)
+    own_failure = wl.check(summary)
 
     if "KERNEL_GONE" in errors or (ki1 is None and ops):
         code = EXIT_UNREACHABLE
@@ -711,6 +769,9 @@ def run(wl: Workload, args) -> tuple[dict, int]:
     elif ok == 0:
         code = EXIT_FAILED
         summary["failure"] = f"every {wl.unit[:-1] if wl.unit.endswith('s') else wl.unit} failed"
+    elif own_failure:
+        code = EXIT_FAILED
+        summary["failure"] = own_failure
     else:
         code = EXIT_OK
     summary["exit_status"] = code
@@ -730,7 +791,8 @@ def fmt_ms(v) -> str:
 def table(wl: Workload, s: dict) -> str:
     unit = wl.unit
     lat = s["latency_ms"]
-    mode = (f"count {s['count']}" if s["mode"] == "count" else f"duration {s['duration']} s")
+    mode = (f"count {s['count']}" if s["mode"] == "count"
+            else "fixed work" if s["mode"] == "work" else f"duration {s['duration']} s")
     rows = [
         (unit, str(s[unit])),
         ("ok", str(s["ok"])),
@@ -837,7 +899,11 @@ def main(argv=None) -> int:
         args.progress = sys.stderr.isatty()
     if args.count is not None and args.count < 0:
         parser.error("--count must be >= 0")
-    if args.count is None and args.duration is None:
+    if wl.fixed_work:
+        if args.count is not None:
+            parser.error(f"{wl.name} does a fixed amount of work: no --count"
+                         " (--duration is a time limit)")
+    elif args.count is None and args.duration is None:
         args.duration = wl.default_duration
     wl.check_args(args, parser)
     try:

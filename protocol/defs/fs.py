@@ -2,10 +2,9 @@
 fsys 22000 (hurd/fs.defs, hurd/io.defs, hurd/fsys.defs).
 
 Authentication is left out (every client is trusted); otherwise requests and replies
-follow the Hurd's.  Errors are Hurd errno codes: ``0x40000000 | errno``.
+follow the Hurd's.  Errors are Hurd error_t codes: ``0x40000000 | errno`` with the Hurd's
+(BSD-derived) errno numbers, which differ from Linux's above 34.
 """
-
-import errno as _errno
 
 from protocol.mig import (OOL, Blob, Str, Subsystem, int64_t, integer_t, mach_port_send_t,
                           vm_size_t)
@@ -27,22 +26,37 @@ def unix_errno(code: int) -> int | None:
     return code & 0x3FFF if code & 0xFC000000 == 0x40000000 else None
 
 
-EPERM = hurd_errno(_errno.EPERM)
-ENOENT = hurd_errno(_errno.ENOENT)
-EIO = hurd_errno(_errno.EIO)
-EBADF = hurd_errno(_errno.EBADF)
-ENOMEM = hurd_errno(_errno.ENOMEM)
-EACCES = hurd_errno(_errno.EACCES)
-EEXIST = hurd_errno(_errno.EEXIST)
-ENOTDIR = hurd_errno(_errno.ENOTDIR)
-EISDIR = hurd_errno(_errno.EISDIR)
-EINVAL = hurd_errno(_errno.EINVAL)
-EFBIG = hurd_errno(_errno.EFBIG)
-ENOSPC = hurd_errno(_errno.ENOSPC)
-EROFS = hurd_errno(_errno.EROFS)
-ENAMETOOLONG = hurd_errno(_errno.ENAMETOOLONG)
-ENOTEMPTY = hurd_errno(_errno.ENOTEMPTY)
-EOPNOTSUPP = hurd_errno(_errno.EOPNOTSUPP)
+# The Hurd's errno numbers (glibc sysdeps/mach/hurd/bits/errno.h).
+EPERM = hurd_errno(1)
+ENOENT = hurd_errno(2)
+EIO = hurd_errno(5)
+EBADF = hurd_errno(9)
+ENOMEM = hurd_errno(12)
+EACCES = hurd_errno(13)
+EEXIST = hurd_errno(17)
+ENOTDIR = hurd_errno(20)
+EISDIR = hurd_errno(21)
+EINVAL = hurd_errno(22)
+EFBIG = hurd_errno(27)
+ENOSPC = hurd_errno(28)
+EROFS = hurd_errno(30)
+EOPNOTSUPP = hurd_errno(45)
+ENAMETOOLONG = hurd_errno(63)
+ENOTEMPTY = hurd_errno(66)
+EDQUOT = hurd_errno(69)
+
+_BY_NAME = {"EPERM": EPERM, "ENOENT": ENOENT, "EIO": EIO, "EBADF": EBADF, "ENOMEM": ENOMEM,
+            "EACCES": EACCES, "EEXIST": EEXIST, "ENOTDIR": ENOTDIR, "EISDIR": EISDIR,
+            "EINVAL": EINVAL, "EFBIG": EFBIG, "ENOSPC": ENOSPC, "EROFS": EROFS,
+            "EOPNOTSUPP": EOPNOTSUPP, "ENAMETOOLONG": ENAMETOOLONG,
+            "ENOTEMPTY": ENOTEMPTY, "EDQUOT": EDQUOT}
+
+
+def from_os_error(n: int) -> int:
+    """The Hurd error_t for a host (Linux) errno; EIO for one machemu does not name."""
+    import errno
+
+    return _BY_NAME.get(errno.errorcode.get(n, ""), EIO)
 
 # dir_lookup flags (O_* as the Hurd defines them) and retry types.
 O_READ = 0x0001

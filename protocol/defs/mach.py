@@ -5,7 +5,6 @@ Ids are GNU Mach's (skips counted); see docs/mig-ids.md.  vm_statistics returns 
 vm_statistics_data_t fields as a map, plus machemu's extra counters.
 """
 
-from protocol import message as M
 from protocol.mig import (OOL, Blob, Subsystem, boolean_t, integer_t, kern_return_t,
                           mach_port_make_send_once_t, mach_port_make_send_t, mach_port_name_t,
                           mach_port_send_t,
@@ -104,5 +103,3 @@ memory_object_ready = mach.simpleroutine(
 memory_object_change_attributes = mach.simpleroutine(
     "memory_object_change_attributes", 95,
     [("may_cache", boolean_t), ("copy_strategy", natural_t), _reply_to])
-
-NULL_REPLY = (M.MACH_PORT_NULL, M.MACH_MSG_TYPE_MAKE_SEND_ONCE)

@@ -18,6 +18,7 @@ from protocol.defs import mach as V
 from protocol.defs import memory_object as MO
 from protocol.defs.fs import EIO, ENOSPC
 from protocol.kern_return import MachError
+from tests.conftest import wait_for
 from translators import libpager as PG
 from translators.libpager import pagemap as PMAP
 from translators.libports import EOPNOTSUPP, PortBucket, PortInfo, ports_create_class
@@ -432,8 +433,7 @@ def test_second_return_of_a_page_waits_for_the_first_write(rigs):
     first = r.in_thread(MO.memory_object_data_return, CONTROL, 0, page(1), True, False)
     assert ops.writing.wait(WAIT)
     second = r.in_thread(MO.memory_object_data_return, CONTROL, 0, page(2), True, False)
-    with r.pager.lock:
-        assert r.pager.wakeup.wait_for(lambda: r.pm(0) & PG.PM_WRITEWAIT, WAIT)
+    wait_for(lambda: r.pm(0) & PG.PM_WRITEWAIT, WAIT, what="second return waiting")
     assert ops.writes == [(0, P)]  # the second has not started writing
     ops.write_gate.set()
     first.join(WAIT)
@@ -651,8 +651,7 @@ def test_terminate_waits_for_handlers_using_the_pagemap(rigs):
     writer = r.in_thread(MO.memory_object_data_return, CONTROL, 0, page(1), True, False)
     assert ops.writing.wait(WAIT)
     term = r.in_thread(MO.memory_object_terminate, CONTROL, NAME)
-    with r.pager.lock:
-        assert r.pager.wakeup.wait_for(lambda: r.pager.termwaiting, WAIT)
+    wait_for(lambda: r.pager.termwaiting, WAIT, what="terminate waiting")
     assert r.pager.pager_state == PG.NORMAL
     ops.write_gate.set()
     writer.join(WAIT)

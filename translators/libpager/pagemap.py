@@ -11,9 +11,7 @@ memory: only pages the kernel has touched cost an entry.
 
 from __future__ import annotations
 
-import errno as _errno
-
-from protocol.defs.fs import EIO, ENOSPC, hurd_errno
+from protocol.defs.fs import EDQUOT, EIO, ENOSPC
 
 PM_WRITEWAIT = 0x0200  # wake the waiters once the write is done
 PM_INIT = 0x0100       # data has been written (the backing store holds it)
@@ -21,8 +19,6 @@ PM_INCORE = 0x0080     # the kernel might have a copy
 PM_PAGINGOUT = 0x0040  # being written to the backing store
 PM_PAGEINWAIT = 0x0020  # supply the data back when the write is done
 PM_INVALID = 0x0010    # the backing store's contents are irrevocably wrong
-
-EDQUOT = hurd_errno(_errno.EDQUOT)
 
 # Page error codes (2 bits) and the error_t each stands for (_pager_page_errors).
 PAGE_NOERR = 0

@@ -19,7 +19,7 @@ import structlog
 
 from protocol import message as M
 from protocol.defs import mach as V
-from protocol.defs.fs import EIO, hurd_errno
+from protocol.defs.fs import EIO, from_os_error
 from protocol.kern_return import MachError
 from translators import libports as LP
 from translators.libpager.pagemap import PM_ERROR, PageMap, page_error_code
@@ -199,7 +199,7 @@ def error_code(exc: BaseException) -> int:
     if isinstance(exc, MachError):
         return int(exc.code) or EIO
     if isinstance(exc, OSError) and exc.errno:
-        return hurd_errno(exc.errno)
+        return from_os_error(exc.errno)
     return EIO
 
 
