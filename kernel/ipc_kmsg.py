@@ -19,7 +19,7 @@ class IPCKmsg:
     a failed send's rights back to the sender."""
 
     __slots__ = ("msgh_id", "dest", "dest_type", "reply", "reply_type", "descs", "body",
-                 "ool", "undo", "size")
+                 "ool", "undo", "size", "ool_objects")
 
     def __init__(self, msgh_id, dest, dest_type, reply=None, reply_type=0, descs=(),
                  body=b"\x90", ool=(), undo=None):
@@ -30,6 +30,9 @@ class IPCKmsg:
         self.body, self.ool = body, ool
         self.undo = undo
         self.size = len(body) + sum(len(f) for f in ool)
+        # VM objects holding the pages of out-of-line data (one per OOL frame, or None):
+        # mapped into the receiver's address space at delivery (vm_map_copyout)
+        self.ool_objects = None
 
 
 def ipc_kmsg_copyin(k, space, msgh_id, remote, rdisp, local, ldisp, descs, body, ool):
@@ -111,6 +114,11 @@ def ipc_kmsg_copyin_undo(k, space, kmsg):
 def ipc_kmsg_destroy(k, kmsg):
     """ipc_kmsg_destroy / ipc_kmsg_clean: release every right the message carries.  A
     send-once reply right going away unused sends its port a send-once notification."""
+    if kmsg.ool_objects:
+        for obj in kmsg.ool_objects:
+            if obj is not None:
+                k.vm.object_deallocate(obj)
+        kmsg.ool_objects = None
     release_right(k, kmsg.dest, kmsg.dest_type if kmsg.dest is not None else 0)
     release_right(k, kmsg.reply, kmsg.reply_type)
     for port, typ in kmsg.descs:

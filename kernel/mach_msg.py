@@ -14,6 +14,8 @@ from kernel.ipc_port import KERNEL
 from kernel.ipc_right import PORT_SEND, ipc_port_release_send
 from kernel.ipc_space import T_PORT_SET, T_RECEIVE
 from protocol import message as M
+from protocol.defs.mach import VM_INHERIT_NONE, VM_PROT_ALL, VM_PROT_DEFAULT
+from protocol.kern_return import MachError
 from protocol.kern_return import MachMsgReturn as R
 
 FULL = -1
@@ -103,10 +105,30 @@ def deliver(k, task, w, port, kmsg):
     space = task.space
     reply_name, flat = ipc_kmsg_copyout(k, space, kmsg)
     local = space.reverse.get(port.id, 0)
+    addrs = vm_map_copyout(k, task, kmsg) if kmsg.ool_objects else ()
     hdr = [M.K_MSG, w.tid, w.seq, 0, kmsg.msgh_id, reply_name, kmsg.reply_type, local,
-           kmsg.dest_type, flat, port.seqno]
+           kmsg.dest_type, flat, port.seqno, addrs]
     k.stats["msgs_delivered"] += 1
     k.emit(task, [M.packb(hdr), kmsg.body, *kmsg.ool])
+
+
+def vm_map_copyout(k, task, kmsg):
+    """Out-of-line data backed by pages (data_return's laundry) is mapped into the
+    receiver's address space, where it stays until the receiver vm_deallocates it.
+    Returns the addresses (0 where nothing was mapped)."""
+    addrs = []
+    vmap = task.map
+    for obj in kmsg.ool_objects:
+        addr = 0
+        if obj is not None:
+            try:
+                addr = vmap.vm_map_enter(None, obj.size, obj, 0, VM_PROT_DEFAULT, VM_PROT_ALL,
+                                         VM_INHERIT_NONE)
+            except MachError:
+                k.vm.object_deallocate(obj)
+        addrs.append(addr)
+    kmsg.ool_objects = None
+    return addrs
 
 
 class _Now:

@@ -36,13 +36,19 @@ def _control(obj):
     return (obj.pager_request, PORT_SEND)
 
 
-def send_to_pager(k, obj, routine, values):
+def send_to_pager(k, obj, routine, values, ool_objects=None):
     """memory_object_* to the object's pager; values start after memory_control."""
     pager = obj.pager
     if pager is None:
+        if ool_objects:
+            for o in ool_objects:
+                if o is not None:
+                    k.vm.object_deallocate(o)
         return
     ipc_port_copy_send(pager)
-    k.kernel_send(kernel_message(k, routine, pager, PORT_SEND, [_control(obj), *values]))
+    kmsg = kernel_message(k, routine, pager, PORT_SEND, [_control(obj), *values])
+    kmsg.ool_objects = ool_objects
+    k.kernel_send(kmsg)
     k.vm.stats[routine.name] += 1
 
 
@@ -60,8 +66,12 @@ def memory_object_data_unlock(k, obj, offset, access):
     send_to_pager(k, obj, MO.memory_object_data_unlock, [offset, PAGE_SIZE, access])
 
 
-def memory_object_data_return(k, obj, offset, data: bytes, dirty: bool, kernel_copy: bool):
-    send_to_pager(k, obj, MO.memory_object_data_return, [offset, data, dirty, kernel_copy])
+def memory_object_data_return(k, obj, offset, data: bytes, dirty: bool, kernel_copy: bool,
+                              laundry=None):
+    """``laundry``: the object holding the returned pages; it goes with the message and
+    ends up in the pager's address space until the pager deallocates it."""
+    send_to_pager(k, obj, MO.memory_object_data_return, [offset, data, dirty, kernel_copy],
+                  ool_objects=[laundry])
     k.vm.stats["data_return_pages"] += len(data) // PAGE_SIZE
 
 

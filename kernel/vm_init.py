@@ -92,6 +92,8 @@ class VMSystem:
         obj = page.object
         if obj is not None and obj.resident.get(page.offset) is page:
             del obj.resident[page.offset]
+        if page.laundry and self.pageout is not None:
+            self.pageout.laundry -= 1
         if page.wanted:
             self.k.sched.thread_wakeup(page)
         self.mem.vm_page_free(page)
@@ -227,13 +229,12 @@ class VMSystem:
             if run:
                 data = b"".join(self.mem.read(p) for p in run)
                 dirty = any(p.dirty for p in run)
+                laundry = self.launder(run, move=flush)
                 MOK.memory_object_data_return(self.k, obj, run_off, data, dirty,
-                                              kernel_copy=not flush)
+                                              kernel_copy=not flush, laundry=laundry)
                 sent += len(run)
-                for p in run:
-                    if flush:
-                        self.page_free(p)
-                    else:
+                if not flush:
+                    for p in run:
                         p.dirty = False
                         p.potentially_dirty = False
                         self.mem.vm_page_deactivate(p)
@@ -251,6 +252,34 @@ class VMSystem:
             run.append(p)
         flush_run()
         return sent
+
+    def launder(self, run, move: bool):
+        """The pages of a data_return go out in a new internal object (vm_pageout's
+        copy): moved out of their object when flushed, copied when the kernel keeps
+        them.  They stay wired, counted as laundry, until the pager deallocates them.
+        None if no frame is left for a copy (the data still travels in the message)."""
+        lobj = VMObject(len(run) * PAGE_SIZE, internal=True, label="laundry")
+        mem = self.mem
+        for i, p in enumerate(run):
+            if move:
+                del p.object.resident[p.offset]
+                q = p
+                q.dirty = q.precious = False
+                q.page_lock = q.unlock_request = 0
+            else:
+                q = self.page_grab(privileged=True)
+                if q is None:
+                    for r in list(lobj.resident.values()):
+                        self.page_free(r)
+                    return None
+                mem.write(q, mem.data(p))
+            self.page_insert(q, lobj, i * PAGE_SIZE)
+            q.laundry = True
+            mem.vm_page_wire(q)
+            if self.pageout is not None:
+                self.pageout.laundry += 1
+        self.objects += 1
+        return lobj
 
     # ------------------------------------------------------------ pager replies
 

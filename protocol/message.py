@@ -13,7 +13,7 @@ Task -> kernel header (a msgpack array):
 Kernel -> task header:
     [K_RESULT, thread, seq, code]                                    (send done / error)
     [K_MSG, thread, seq, 0, msgh_id, remote_name, remote_type,
-     local_name, local_type, descs, msgh_seqno]                       (a received message)
+     local_name, local_type, descs, msgh_seqno, ool_addrs]            (a received message)
     [K_HELLO, thread, seq, code, task_self, host, name_server, task_id]
 
 ``descs`` is a flat list ``[name, disposition, name, disposition, ...]`` naming the port
@@ -143,3 +143,6 @@ class Message:
     body: bytes = b"\x90"
     ool: list = field(default_factory=list)
     seqno: int = 0
+    # Where the kernel mapped page-backed OOL data in this task (0: not mapped); the
+    # receiver vm_deallocates each region when done with it.
+    ool_addrs: list = field(default_factory=list)

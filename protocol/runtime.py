@@ -318,7 +318,8 @@ class TaskRuntime:
             msgh_id=rhdr[4], remote_port=rhdr[5], remote_disp=rhdr[6],
             local_port=rhdr[7], local_disp=rhdr[8],
             descs=[(d[i], d[i + 1]) for i in range(0, len(d), 2)],
-            body=frames[1], ool=frames[2:], seqno=rhdr[10])
+            body=frames[1], ool=frames[2:], seqno=rhdr[10],
+            ool_addrs=rhdr[11] if len(rhdr) > 11 else [])
 
     def send(self, msg: M.Message, timeout: float | None = None):
         code, _ = self.mach_msg(M.MACH_SEND_MSG, msg, send_timeout=timeout)

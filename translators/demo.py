@@ -2,13 +2,14 @@
 
     python -m translators.demo --run-dir DIR [--name demo]
         [--threads multithread|workers] [--workers N] [--thread-timeout S]
-        [--unordered] [--max-threads N] [--log-level L]
+        [--unordered] [--max-threads N] [--no-vm-stacks] [--log-level L]
 
 demo_null does nothing, demo_echo returns its data, demo_sleep blocks the serving thread
 for msecs (how a thread model's growth under a flood is made visible), demo_send is
 one-way.  The root port is checked in with the name server under NAME; DIR/NAME.ready
 holds the pid once the server is serving; JSON logs go to DIR/NAME.log.  SIGTERM or
-SIGINT stops the threads and closes the task.
+SIGINT stops the threads and closes the task.  Each server thread's stack is vm_allocated
+(with a guard page) in the server's task map unless --no-vm-stacks.
 """
 
 from __future__ import annotations
@@ -80,6 +81,9 @@ def parse_args(argv=None):
                          "(Hurd file pagers: 1 s; 0 = never)")
     ap.add_argument("--max-threads", type=int, default=LP.DEFAULT_MAX_THREADS,
                     help="safety cap on multithread server threads (the Hurd has none)")
+    ap.add_argument("--no-vm-stacks", dest="vm_stacks", action="store_false",
+                    help="do not vm_allocate server threads' stacks (with a guard page) "
+                         "in the task's own map")
     ap.add_argument("--endpoint", help="kernel endpoint (default: $MACHEMU_KERNEL, else "
                                        "from the run directory)")
     ap.add_argument("--stats-interval", type=float, default=5.0,
@@ -131,7 +135,7 @@ def main(argv=None) -> int:
                                 thread_timeout=args.thread_timeout or None,
                                 workers=args.workers, ordered=not args.unordered,
                                 max_threads=args.max_threads,
-                                name=name)
+                                name=name, vm_stacks=args.vm_stacks)
         server.start()
         NS.netname_check_in(rt.name_server, name, send, send, rt=rt)
         tmp = ready.with_suffix(".ready.tmp")
@@ -139,7 +143,7 @@ def main(argv=None) -> int:
         os.replace(tmp, ready)
         log.info("demo server ready", pid=os.getpid(), model=args.threads,
                  workers=args.workers if args.threads == "workers" else None,
-                 thread_timeout=args.thread_timeout, port=send, endpoint=endpoint)
+                 thread_timeout=args.thread_timeout, vm_stacks=args.vm_stacks, port=send, endpoint=endpoint)
         next_stats = time.monotonic() + args.stats_interval
         while not stop.is_set():
             if server.done.is_set():

@@ -90,6 +90,9 @@ def test_return_dirty_return_all_flush(setup):
         assert MD.vm_read(crt.task_self, addr + i * PAGE, PAGE, rt=crt) == data
     assert pager.stats["data_requests"] == requests  # still resident: no page-in
     n_writes = len(ops.writes)
+    # the returned pages went to the pager as laundry mapped in its address space, and
+    # are freed when the pager deallocates them after writing
+    wait_for(lambda: vmstat(crt)["laundry_count"] == 0, 30, what="laundry released")
 
     # the pages are clean now: another return-dirty sends nothing
     assert _pager_lock_object(pager, 0, NPAGES * PAGE, MD.MEMORY_OBJECT_RETURN_DIRTY,

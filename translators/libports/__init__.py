@@ -6,6 +6,8 @@ Thread models:
   Hurd until 2014: a new thread whenever a message arrives and no thread waits).
   ``workers`` — WorkersServer (the Hurd since 2014: one receiver, N workers, requests
   for one object kept in order).
+Each server thread vm_allocates its stack, with a guard page, in the task's own map
+(stacks.py; ``vm_stacks=False`` opts out).
 """
 
 from translators.libports.bucket import (PORT_HAS_SENDRIGHTS, PortBucket, PortClass,
@@ -19,6 +21,7 @@ from translators.libports.demuxer import EOPNOTSUPP, PortsDemuxer, mig_reply
 from translators.libports.manage_multithread import (DEFAULT_MAX_THREADS, STACK_SIZE,
                                                      MultithreadServer, ThreadAccount,
                                                      ports_manage_port_operations_multithread)
+from translators.libports.stacks import GUARD_SIZE, ThreadStacks
 from translators.libports.workers import DEFAULT_WORKERS, WorkersServer, WorkQueue
 
 THREAD_MODELS = ("multithread", "workers")
@@ -28,14 +31,16 @@ def make_server(model: str, bucket: PortBucket, demuxer: PortsDemuxer, *,
                 thread_timeout: float | None = None, workers: int = DEFAULT_WORKERS,
                 ordered: bool = True,
                 max_threads: int = DEFAULT_MAX_THREADS, stack_size: int | None = STACK_SIZE,
-                hook=None, name: str = "ports"):
-    """A server of the named thread model (not started)."""
+                hook=None, name: str = "ports", vm_stacks: bool = True):
+    """A server of the named thread model (not started).  ``vm_stacks``: each server
+    thread's stack is vm_allocated (with a guard page) in the task's own map."""
     if model == "multithread":
         return MultithreadServer(bucket, demuxer, thread_timeout=thread_timeout, hook=hook,
-                                 max_threads=max_threads, stack_size=stack_size, name=name)
+                                 max_threads=max_threads, stack_size=stack_size, name=name,
+                                 vm_stacks=vm_stacks)
     if model == "workers":
         return WorkersServer(bucket, demuxer, nworkers=workers, ordered=ordered, hook=hook,
-                             stack_size=stack_size, name=name)
+                             stack_size=stack_size, name=name, vm_stacks=vm_stacks)
     raise ValueError(f"unknown thread model {model!r} (one of {', '.join(THREAD_MODELS)})")
 
 
@@ -46,5 +51,5 @@ __all__ = [
     "ports_no_senders", "ports_port_deref", "ports_port_ref", "EOPNOTSUPP", "PortsDemuxer",
     "mig_reply", "DEFAULT_MAX_THREADS", "STACK_SIZE", "MultithreadServer", "ThreadAccount",
     "ports_manage_port_operations_multithread", "DEFAULT_WORKERS", "WorkersServer",
-    "WorkQueue", "THREAD_MODELS", "make_server",
+    "WorkQueue", "THREAD_MODELS", "make_server", "GUARD_SIZE", "ThreadStacks",
 ]

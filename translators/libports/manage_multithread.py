@@ -28,6 +28,7 @@ from protocol import message as M
 from protocol.kern_return import MachError, MachMsgReturn
 from translators.libports.bucket import PortBucket
 from translators.libports.demuxer import PortsDemuxer, is_send_error, reply_send_timeout
+from translators.libports.stacks import ThreadStacks
 
 log = structlog.get_logger("libports")
 
@@ -130,12 +131,18 @@ class MultithreadServer:
     ``thread_timeout`` / ``global_timeout`` are seconds (None: never), ``hook`` runs at
     the start of every server thread.  ``start()`` runs the master thread in the
     background; ``run()`` runs it in the calling thread, as the Hurd does.
+
+    ``vm_stacks`` (default on): every thread this server creates vm_allocates its stack
+    (``stack_size``, or STACK_SIZE when that is None, plus a guard page) in the task's
+    own map and gives it back when it exits (see stacks.py).  The calling thread of
+    ``run()`` is not created here: it has its stack already.
     """
 
     def __init__(self, bucket: PortBucket, demuxer: PortsDemuxer,
                  thread_timeout: float | None = None, global_timeout: float | None = None,
                  hook=None, max_threads: int = DEFAULT_MAX_THREADS,
-                 stack_size: int | None = STACK_SIZE, name: str = "ports"):
+                 stack_size: int | None = STACK_SIZE, name: str = "ports",
+                 vm_stacks: bool = True):
         if max_threads < 1:
             raise ValueError("max_threads must be at least 1")
         self.bucket, self.demuxer = bucket, demuxer
@@ -145,6 +152,7 @@ class MultithreadServer:
         self.hook = hook
         self.stack_size = stack_size
         self.name = name
+        self.stacks = ThreadStacks(self.rt, stack_size or STACK_SIZE, vm_stacks, name=name)
         self.account = ThreadAccount(max_threads)
         self.stopping = False
         self.done = threading.Event()
@@ -199,6 +207,7 @@ class MultithreadServer:
                  "waiting": a.nreqthreads, "spawned": a.spawned, "exited": a.exited,
                  "capped": a.capped, "max_threads": a.max_threads}
         d["messages"] = self.messages
+        d.update(self.stacks.stats())
         d.update({f"demux_{k}": v for k, v in self.demuxer.stats.items()})
         return d
 
@@ -221,13 +230,15 @@ class MultithreadServer:
 
     def _thread_main(self, master: bool):
         try:
-            self._thread_function(master)
+            self._thread_function(master, own_stack=True)
         finally:
             with self._tlock:
                 self._threads.discard(threading.current_thread())
 
-    def _thread_function(self, master: bool):
+    def _thread_function(self, master: bool, own_stack: bool = False):
         timeout = self.global_timeout if master else self.thread_timeout
+        # The thread library's part of starting a thread, done by the thread itself.
+        stack = self.stacks.allocate() if own_stack else None
         try:
             if self.hook is not None:
                 self.hook()
@@ -243,6 +254,7 @@ class MultithreadServer:
                     log.error("server thread ends", code=code, master=master)
                 return
         finally:
+            self.stacks.deallocate(stack)
             if master:
                 self.done.set()
             try:

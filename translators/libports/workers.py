@@ -21,6 +21,7 @@ from protocol.kern_return import MachError, MachMsgReturn
 from translators.libports.bucket import PortBucket, ports_destroy_bucket
 from translators.libports.demuxer import PortsDemuxer, is_send_error, reply_send_timeout
 from translators.libports.manage_multithread import STACK_SIZE, start_thread
+from translators.libports.stacks import ThreadStacks
 
 log = structlog.get_logger("libports")
 
@@ -153,11 +154,16 @@ class WorkQueue:
 
 
 class WorkersServer:
-    """One receiving thread and ``nworkers`` worker threads over ``bucket``."""
+    """One receiving thread and ``nworkers`` worker threads over ``bucket``.
+
+    ``vm_stacks`` (default on): each of these threads vm_allocates its stack in the
+    task's own map with a guard page, and gives it back when it exits (see stacks.py).
+    """
 
     def __init__(self, bucket: PortBucket, demuxer: PortsDemuxer,
                  nworkers: int = DEFAULT_WORKERS, capacity: int | None = None,
-                 ordered: bool = True, hook=None, stack_size: int | None = STACK_SIZE, name: str = "ports"):
+                 ordered: bool = True, hook=None, stack_size: int | None = STACK_SIZE,
+                 name: str = "ports", vm_stacks: bool = True):
         self.bucket, self.demuxer = bucket, demuxer
         self.rt = bucket.rt
         self.nworkers = nworkers
@@ -165,6 +171,7 @@ class WorkersServer:
         self.hook = hook
         self.stack_size = stack_size
         self.name = name
+        self.stacks = ThreadStacks(self.rt, stack_size or STACK_SIZE, vm_stacks, name=name)
         self.stopping = False
         self.done = threading.Event()
         self.error: str | None = None
@@ -189,11 +196,13 @@ class WorkersServer:
         self._threads.append(start_thread(self._wrap, name, self.stack_size, (fn, args)))
 
     def _wrap(self, fn, args):
+        stack = self.stacks.allocate()
         try:
             if self.hook is not None:
                 self.hook()
             fn(*args)
         finally:
+            self.stacks.deallocate(stack)
             with self._lock:
                 self._alive -= 1
             try:
@@ -218,6 +227,7 @@ class WorkersServer:
             d = {"model": "workers", "threads": self._alive, "peak_threads": len(self._threads),
                  "workers": self.nworkers, "ordered": self.queue.ordered, "busy": self.busy, "peak_busy": self.peak_busy,
                  "messages": self.messages}
+        d.update(self.stacks.stats())
         with self.queue.cond:
             d.update({"queue_waiting": self.queue.waiting, **{
                 f"queue_{k}": v for k, v in self.queue.stats.items()}})
