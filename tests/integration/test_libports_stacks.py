@@ -37,10 +37,11 @@ def map_entries(rt, name="demo") -> int:
     return demo_task(rt, name)["map_entries"]
 
 
-def settled(probe, pid, want_threads, want_entries, last):
-    """Thread count and map entries both at the wanted values (``last``: what was seen)."""
+def settled(probe, pid, max_threads, want_entries, last):
+    """At most ``max_threads`` OS threads and exactly ``want_entries`` map entries
+    (``last``: what was seen)."""
     last[:] = [psutil.Process(pid).num_threads(), map_entries(probe)]
-    return last == [want_threads, want_entries]
+    return last[0] <= max_threads and last[1] == want_entries
 
 
 @pytest.mark.timeout(120)
@@ -54,6 +55,7 @@ def test_multithread_map_grows_with_its_threads_and_shrinks_back(kernel, tasks, 
     # otherwise empty map.
     wait_for(lambda: demo_task(probe)["map_entries"] == 2, 30, what="the master's stack")
     idle_entries = 2
+    # (The listener frees its stack just before its OS thread ends: this may count it.)
     idle_threads = psutil.Process(p.pid).num_threads()
     peak = {"entries": idle_entries, "threads": idle_threads}
 

@@ -53,8 +53,8 @@ class StoreOps(PG.PagerOps):
 def setup(kernel):
     prt = TaskRuntime(kernel, "pager")
     bucket = LP.ports_create_bucket(prt)
-    server = LP.make_server("multithread", bucket, PG.PagerDemuxer(bucket),
-                            name="testpager").start()
+    demux = PG.PagerDemuxer(bucket)
+    server = LP.make_server("multithread", bucket, demux, name="testpager").start()
     ops = StoreOps()
     pager = PG.pager_create(ops, bucket, False)
     port = PG.pager_get_port(pager)
@@ -63,6 +63,7 @@ def setup(kernel):
     memobj = NS.netname_look_up(crt.name_server, "", "lockpager", rt=crt)
     addr = MD.vm_map(crt.task_self, 0, NPAGES * PAGE, 0, True, memobj, 0, False,
                      MD.VM_PROT_DEFAULT, MD.VM_PROT_ALL, MD.VM_INHERIT_NONE, rt=crt)
+    pager.demux = demux  # for the test's eyes only
     yield crt, addr, pager, ops
     crt.close()
     server.stop()
@@ -93,6 +94,7 @@ def test_return_dirty_return_all_flush(setup):
     # the returned pages went to the pager as laundry mapped in its address space, and
     # are freed when the pager deallocates them after writing
     wait_for(lambda: vmstat(crt)["laundry_count"] == 0, 30, what="laundry released")
+    assert pager.demux.stats["ool_deallocated"] >= 1
 
     # the pages are clean now: another return-dirty sends nothing
     assert _pager_lock_object(pager, 0, NPAGES * PAGE, MD.MEMORY_OBJECT_RETURN_DIRTY,
