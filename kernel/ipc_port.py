@@ -110,6 +110,9 @@ def ipc_port_destroy(k, port):
     port.active = False
     port.kobject = None
     k.stats["ports_destroyed"] += 1
+    vm = getattr(k, "vm", None)
+    if vm is not None and port.id in vm.pager_objects:
+        vm.pager_died(vm.pager_objects[port.id])
     if port.pdrequest is not None:
         release_right(k, port.pdrequest, PORT_SEND_ONCE)
         port.pdrequest = None

@@ -71,6 +71,8 @@ def vm_fault(k, task, vaddr: int, fault_type: int):
             page.referenced = True
             mem.vm_page_activate(page)
             return obj, page
+        if not obj.pager.active:
+            raise MachError(K.KERN_MEMORY_ERROR)  # the pager is gone
         if not obj.pager_ready or obj.absent_count >= vm.config.absent_max:
             yield obj
             continue

@@ -202,6 +202,21 @@ class VMSystem:
             self.pager_objects.pop(obj.pager.id, None)
         MOK.memory_object_terminate(self.k, obj)
 
+    def pager_died(self, obj):
+        """The pager's port died (its translator is gone): pages it was asked for will
+        never come, so their faults end with a memory error instead of waiting forever;
+        later faults on missing pages fail the same way (vm_fault checks the port)."""
+        self.stats["pagers_died"] += 1
+        for p in list(obj.resident.values()):
+            if p.absent:
+                p.absent = False
+                obj.absent_count -= 1
+                obj.paging_in_progress -= 1
+                p.error = True
+                self.page_wakeup(p)
+        obj.pager_ready = True
+        self.k.sched.thread_wakeup(obj)
+
     def object_destroy(self, obj):
         """memory_object_destroy from the pager: the object goes, its data with it."""
         if self.cache.objects.get(obj.id) is obj:

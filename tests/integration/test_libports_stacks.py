@@ -66,6 +66,10 @@ def test_multithread_map_grows_with_its_threads_and_shrinks_back(kernel, tasks, 
 
     with Flood(tasks, ntasks=3, nthreads=48, msecs=1000) as flood:
         wait_for(grown, 60, interval=0.05, what="multithread threads and map entries grow")
+        # Keep sampling for about two more rounds of the flood, to see the peak.
+        target = flood.done + 2 * len(flood.threads)
+        wait_for(lambda: grown() and flood.done >= target, 60, interval=0.05,
+                 what="two more rounds of the flood")
     assert not flood.errors, flood.errors[:3]
     # Idle threads time out (1 s), free their stacks and exit: back to the master's.
     last = []

@@ -146,3 +146,56 @@ def test_write_lock_then_data_unlock(setup):
     MD.vm_write(crt.task_self, addr + 5 * PAGE, b"X", rt=crt)
     wait_for(lambda: ops.unlocks == [5 * PAGE, 5 * PAGE], 10, what="second unlock")
     assert MD.vm_read(crt.task_self, addr + 5 * PAGE, 13, rt=crt) == b"Xnlockedagain"
+
+
+@pytest.mark.timeout(120)
+def test_faults_fail_when_the_pager_dies(kernel):
+    """A pager that never answers, then dies: the fault waiting for it ends with
+    KERN_MEMORY_ERROR (and so do later faults on missing pages), not a hang."""
+    from protocol.kern_return import KernReturn as K
+    from protocol.kern_return import MachError
+
+    prt = TaskRuntime(kernel, "deadpager")
+    bucket = LP.ports_create_bucket(prt)
+    server = LP.make_server("multithread", bucket, PG.PagerDemuxer(bucket),
+                            name="deadpager").start()
+    stuck = threading.Event()
+    release = threading.Event()
+
+    class Stuck(StoreOps):
+        def read_page(self, pager, offset, length):
+            stuck.set()
+            release.wait(60)
+            raise OSError(5, "gone")
+
+    pager = PG.pager_create(Stuck(), bucket, False)
+    port = PG.pager_get_port(pager)
+    NS.netname_check_in(prt.name_server, "deadpager", port, port, rt=prt)
+    crt = TaskRuntime(kernel, "victim")
+    try:
+        memobj = NS.netname_look_up(crt.name_server, "", "deadpager", rt=crt)
+        addr = MD.vm_map(crt.task_self, 0, NPAGES * PAGE, 0, True, memobj, 0, False,
+                         MD.VM_PROT_DEFAULT, MD.VM_PROT_ALL, MD.VM_INHERIT_NONE, rt=crt)
+        result = {}
+
+        def fault():
+            try:
+                MD.vm_read(crt.task_self, addr, PAGE, rt=crt, timeout=60)
+                result["code"] = 0
+            except MachError as e:
+                result["code"] = e.code
+
+        t = threading.Thread(target=fault)
+        t.start()
+        assert stuck.wait(30)
+        prt.close()  # the pager's task dies with the request unanswered
+        t.join(30)
+        assert result.get("code") == K.KERN_MEMORY_ERROR
+        with pytest.raises(MachError) as e:
+            MD.vm_read(crt.task_self, addr + PAGE, PAGE, rt=crt, timeout=30)
+        assert e.value.code == K.KERN_MEMORY_ERROR
+    finally:
+        release.set()
+        server.stop()
+        crt.close()
+        prt.close()
