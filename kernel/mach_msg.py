@@ -14,6 +14,7 @@ from kernel.ipc_port import KERNEL
 from kernel.ipc_right import PORT_SEND, ipc_port_release_send
 from kernel.ipc_space import T_PORT_SET, T_RECEIVE
 from protocol import message as M
+from kernel.vm_page import PAGE_SIZE, round_page, trunc_page
 from protocol.defs.mach import VM_INHERIT_NONE, VM_PROT_ALL, VM_PROT_DEFAULT
 from protocol.kern_return import MachError
 from protocol.kern_return import MachMsgReturn as R
@@ -25,6 +26,8 @@ def mach_msg_trap(k, task, h, frames):
     """h: [OP_MSG, tid, seq, option, send_timeout, rcv_name, rcv_timeout,
     msgh_id, remote, remote_disp, local, local_disp, descs] (already checked)."""
     tid, seq, option = h[1], h[2], h[3]
+    if len(h) == 14 and h[13] and task.map is not None:
+        ool_deallocate(k, task, h[13])
     rcv_timeout = h[6] if option & M.MACH_RCV_TIMEOUT else -1
     if option & M.MACH_SEND_MSG:
         body, ool = frames[2], frames[3:]
@@ -105,21 +108,39 @@ def deliver(k, task, w, port, kmsg):
     space = task.space
     reply_name, flat = ipc_kmsg_copyout(k, space, kmsg)
     local = space.reverse.get(port.id, 0)
-    addrs = vm_map_copyout(k, task, kmsg) if kmsg.ool_objects else ()
+    addrs = vm_map_copyout(k, task, kmsg) if kmsg.ool and task.map is not None else ()
     hdr = [M.K_MSG, w.tid, w.seq, 0, kmsg.msgh_id, reply_name, kmsg.reply_type, local,
            kmsg.dest_type, flat, port.seqno, addrs]
     k.stats["msgs_delivered"] += 1
     k.emit(task, [M.packb(hdr), kmsg.body, *kmsg.ool])
 
 
+def ool_deallocate(k, task, regions):
+    """vm_deallocate of the OOL regions a trap gives back."""
+    vmap = task.map
+    for i in range(0, len(regions), 2):
+        addr, size = regions[i], regions[i + 1]
+        start, end = trunc_page(addr), round_page(addr + size)
+        if size and end > start:
+            try:
+                vmap.vm_map_delete(start, end)
+            except MachError:
+                pass
+
+
 def vm_map_copyout(k, task, kmsg):
-    """Out-of-line data backed by pages (data_return's laundry) is mapped into the
-    receiver's address space, where it stays until the receiver vm_deallocates it.
-    Returns the addresses (0 where nothing was mapped)."""
+    """Out-of-line data occupies a region of the receiver's address space until the
+    receiver vm_deallocates it (vm_map_copyout).  Page-backed data (data_return's
+    laundry) brings its pages; other data of a page or more is copied into new wired
+    pages.  Returns the addresses (0 where nothing was mapped: small data, or no frame
+    left for a copy)."""
     addrs = []
     vmap = task.map
-    for obj in kmsg.ool_objects:
+    objects = kmsg.ool_objects or [None] * len(kmsg.ool)
+    for frame, obj in zip(kmsg.ool, objects):
         addr = 0
+        if obj is None and len(frame) >= PAGE_SIZE:
+            obj = k.vm.ool_object(frame)
         if obj is not None:
             try:
                 addr = vmap.vm_map_enter(None, obj.size, obj, 0, VM_PROT_DEFAULT, VM_PROT_ALL,

@@ -54,7 +54,15 @@ def _is_int(v, lo, hi):
 
 def check_msg_header(h) -> bool:
     """The OP_MSG header: every field's type and range (see protocol.message)."""
-    if len(h) != 13:
+    if len(h) == 14:
+        regions = h[13]
+        if (type(regions) is not list or len(regions) % 2
+                or len(regions) > 2 * M.MAX_OOL_DEALLOC):
+            return False
+        for v in regions:
+            if type(v) is not int or not 0 <= v < 2**64:
+                return False
+    elif len(h) != 13:
         return False
     for i in range(3, 12):
         if type(h[i]) is not int:

@@ -293,8 +293,32 @@ class VMSystem:
             mem.vm_page_wire(q)
             if self.pageout is not None:
                 self.pageout.laundry += 1
+        self.stats["laundered"] += len(run)
         self.objects += 1
         return lobj
+
+    def ool_object(self, data):
+        """Out-of-line data copied into new wired pages of an internal object, to be
+        mapped into a receiver; None when no frame is left (the data still travels)."""
+        n = (len(data) + PAGE_SIZE - 1) // PAGE_SIZE
+        obj = VMObject(n * PAGE_SIZE, internal=True, label="ool")
+        mem = self.mem
+        for i in range(n):
+            q = self.page_grab(privileged=True)
+            if q is None:
+                for r in list(obj.resident.values()):
+                    self.page_free(r)
+                self.stats["ool_no_memory"] += 1
+                return None
+            chunk = data[i * PAGE_SIZE:(i + 1) * PAGE_SIZE]
+            mem.write(q, chunk)
+            if len(chunk) < PAGE_SIZE:
+                mem.write(q, bytes(PAGE_SIZE - len(chunk)), len(chunk))
+            self.page_insert(q, obj, i * PAGE_SIZE)
+            mem.vm_page_wire(q)
+        self.objects += 1
+        self.stats["ool_regions"] += 1
+        return obj
 
     # ------------------------------------------------------------ pager replies
 
@@ -420,6 +444,7 @@ class VMSystem:
             "physical_pages": mem.npages, "dirty_count": dirty,
             "potentially_dirty": self.pageout.potentially_dirty if self.pageout else 0,
             "laundry_count": self.pageout.laundry if self.pageout else 0,
+            "laundered": self.stats["laundered"], "ool_regions": self.stats["ool_regions"],
             "data_returns": self.stats["memory_object_data_return"],
             "data_return_pages": self.stats["data_return_pages"],
             "data_requests": self.stats["memory_object_data_request"],

@@ -6,7 +6,10 @@ rights are per task.  A body addressed to a task's port is forwarded untouched.
 
 Task -> kernel header (a msgpack array):
     [OP_MSG, thread, seq, option, send_timeout_ms, rcv_name, rcv_timeout_ms,
-     msgh_id, remote_name, remote_disp, local_name, local_disp, descs]
+     msgh_id, remote_name, remote_disp, local_name, local_disp, descs(, dealloc)]
+    ``dealloc`` (optional): [address, size, ...] of out-of-line regions the task is done
+    with; the kernel vm_deallocates them before the trap (the runtime's way of doing
+    what a C program does with vm_deallocate after using received data).
     [OP_HELLO, thread, seq, pid, task_name, role]
     [OP_HEARTBEAT]
     [OP_BYE]
@@ -98,6 +101,7 @@ MAX_BODY_BYTES = 256 * 1024
 MAX_OOL_BYTES = 4 * 1024 * 1024  # one out-of-line frame: 1024 pages
 MAX_MESSAGE_BYTES = MAX_HEADER_BYTES + MAX_BODY_BYTES + 8 * MAX_OOL_BYTES
 MAX_DESCRIPTORS = 64
+MAX_OOL_DEALLOC = 64  # OOL regions a trap may give back (see OP_MSG)
 MAX_TIMEOUT_MS = 24 * 3600 * 1000
 NATURAL_MAX = 0xFFFFFFFF
 THREAD_MAX = 0x7FFFFFFF

@@ -101,6 +101,8 @@ class TaskRuntime:
         self._poller.register(self._fd, select.POLLIN)
         self._poller.register(self._wake_r, select.POLLIN)
         self._stop = threading.Event()
+        self._dealloc: list[int] = []  # [address, size, ...] of OOL regions to give back
+        self._dealloc_lock = threading.Lock()
         self._io = threading.Thread(target=self._io_loop, name="mach-io", daemon=True)
         self._io.start()
         try:
@@ -310,16 +312,28 @@ class TaskRuntime:
             hdr = [M.OP_MSG, None, None, option, -1, rcv_name, _ms(rcv_timeout),
                    0, 0, 0, 0, 0, []]
             body, ool = b"", ()
+        if self._dealloc:
+            with self._dealloc_lock:
+                regions = self._dealloc[:2 * M.MAX_OOL_DEALLOC]
+                del self._dealloc[:2 * M.MAX_OOL_DEALLOC]
+            hdr.append(regions)
         rhdr, frames = self._trap(hdr, body, ool)
         if rhdr[0] != M.K_MSG:
             return rhdr[3], None
         d = rhdr[9]
+        addrs = rhdr[11] if len(rhdr) > 11 else ()
+        if addrs:
+            # The data is in the frames; the region the kernel mapped for it goes back
+            # with this task's next trap, as a C program would vm_deallocate it.
+            with self._dealloc_lock:
+                for addr, frame in zip(addrs, frames[2:]):
+                    if addr:
+                        self._dealloc += (addr, len(frame))
         return 0, M.Message(
             msgh_id=rhdr[4], remote_port=rhdr[5], remote_disp=rhdr[6],
             local_port=rhdr[7], local_disp=rhdr[8],
             descs=[(d[i], d[i + 1]) for i in range(0, len(d), 2)],
-            body=frames[1], ool=frames[2:], seqno=rhdr[10],
-            ool_addrs=rhdr[11] if len(rhdr) > 11 else [])
+            body=frames[1], ool=frames[2:], seqno=rhdr[10], ool_addrs=list(addrs))
 
     def send(self, msg: M.Message, timeout: float | None = None):
         code, _ = self.mach_msg(M.MACH_SEND_MSG, msg, send_timeout=timeout)

@@ -10,6 +10,12 @@ Run as ``python _benchlib.py ROLE ...`` this module is one of the bench's child 
   client                       a task timing RPCs through the kernel (demo_null, demo_echo)
                                and to the kernel (mach_port_type on its task port)
   sender                       a task streaming demo_send one-way messages at the server
+  vmclient                     a task timing vm_read of a resident page, and cold faults:
+                               the first vm_read of each page of a memfs file it mapped
+                               (kernel -> memfs data_request -> data_supply -> reply)
+  maplookup                    kernel.vm_map's list and tree lookups (scripts/_vmmapbench)
+  toucher                      a task writing (nearly) every frame of a 256k-page kernel,
+                               whose RSS the orchestrator then reads
 
 Imported, ``run(args)`` starts them all in one temp dir and returns the measurements.
 The floor roles import nothing from machemu, so the floor is the transport alone.
@@ -18,6 +24,7 @@ The floor roles import nothing from machemu, so the floor is the transport alone
 from __future__ import annotations
 
 import json
+import math
 import os
 import select
 import shutil
@@ -39,6 +46,10 @@ SERVER_NAME = "bench"
 FLOOR_ACK_EVERY = 32  # the floor receiver grants credit in batches of this many
 FLOOR_WINDOW = 256    # the floor sender's bound on messages in flight
 MACH_PORT_QLIMIT_MAX = 16
+MEMFS_NAME = "memfs"
+RSS_PAGES = 262144      # physical_pages of the kernel whose RSS per page is measured
+RSS_CHUNK = 4 << 20     # bytes per vm_write while touching frames (MAX_OOL_BYTES)
+FREE_MARGIN = 256       # pages the toucher leaves above the pageout free target
 
 _packb = msgpack.Packer(use_bin_type=True).pack
 
@@ -369,12 +380,197 @@ def role_sender(run_dir: str, name: str, server: str, count: int, threads: int):
         rt.close()
 
 
+# ==================================================================== VM paths
+
+def _vm_page(tag: int, index: int) -> bytes:
+    """A page that names its file and index (so a misplaced page is caught)."""
+    head = b"%08x:%08x:" % (tag & 0xFFFFFFFF, index & 0xFFFFFFFF)
+    body = bytes(((index * 13 + tag * 7 + i) & 0xFF) for i in range(256))
+    return (head + body * (PAGE_SIZE // 256 + 1))[:PAGE_SIZE]
+
+
+def role_vmclient(run_dir: str, name: str, memfs: str, rounds: int, faults: int,
+                  file_pages: int, out: str):
+    """VM latency through the kernel: vm_read of a resident page, and the first vm_read
+    of each page of a memfs file mapped with io_map + vm_map (a cold fault: the kernel's
+    memory_object_data_request to memfs, memfs's memory_object_data_supply, the reply)."""
+    _die_with_parent()
+    _term_exits()
+    from protocol.defs import fs as F
+    from protocol.defs import mach as VM
+    from protocol.defs.mach_port import mach_port_deallocate
+
+    rt = _connect(run_dir, name, "client")
+    T = 30
+    clock = time.perf_counter_ns
+    me = rt.task_self
+    try:
+        def stats():
+            return VM.vm_statistics(me, timeout=T, rt=rt)
+
+        # ---- resident: one anonymous page, written once (zero-fill fault + store), then
+        # read over and over; the reads must fault nothing in.
+        page = _page()
+        addr = VM.vm_allocate(me, 0, PAGE_SIZE, True, timeout=T, rt=rt)
+        VM.vm_write(me, addr, page, timeout=T, rt=rt)
+        for _ in range(max(50, rounds // 10)):
+            if VM.vm_read(me, addr, PAGE_SIZE, timeout=T, rt=rt) != page:
+                raise SystemExit("vm_read: resident page corrupted")
+        s0 = stats()
+        samples = []
+        for _ in range(rounds):
+            t = clock()
+            VM.vm_read(me, addr, PAGE_SIZE, timeout=T, rt=rt)
+            samples.append(clock() - t)
+        s1 = stats()
+        for key in ("pageins", "zero_fill_count", "data_requests"):
+            if s1[key] != s0[key]:
+                raise SystemExit(f"resident vm_read faulted: {key} {s0[key]} -> {s1[key]}")
+        VM.vm_deallocate(me, addr, PAGE_SIZE, timeout=T, rt=rt)
+        resident = _latency(samples)
+
+        # ---- cold faults: fresh files, so no page of them was ever in the kernel's cache.
+        # memfs runs with --direct-io: io_write fills its page store without touching the
+        # kernel's.  Page 0 of each file is read untimed (it waits for memory_object_init
+        # / memory_object_ready); pages 1..file_pages are the timed cold faults.
+        root = _look_up(rt, memfs)
+        size = (file_pages + 1) * PAGE_SIZE
+        samples, requests, pageins, files = [], 0, 0, 0
+        while len(samples) < faults:
+            fname = f"cold{files}"
+            data = b"".join(_vm_page(files, i) for i in range(file_pages + 1))
+            retry, _, port = F.dir_lookup(root, fname, F.O_CREAT | F.O_EXCL | F.O_READ
+                                          | F.O_WRITE, 0o600, timeout=T, rt=rt)
+            if retry != F.FS_RETRY_NORMAL or not port:
+                raise SystemExit(f"dir_lookup {fname}: retry {retry}, port {port}")
+            if F.io_write(port, data, 0, timeout=T, rt=rt) != size:
+                raise SystemExit(f"io_write {fname}: short write")
+            rd, wt = F.io_map(port, timeout=T, rt=rt)
+            a = VM.vm_map(me, 0, size, 0, True, rd, 0, False, VM.VM_PROT_READ,
+                          VM.VM_PROT_READ, VM.VM_INHERIT_NONE, timeout=T, rt=rt)
+            if VM.vm_read(me, a, PAGE_SIZE, timeout=T, rt=rt) != data[:PAGE_SIZE]:
+                raise SystemExit(f"{fname}: page 0 differs from what io_write stored")
+            n = min(file_pages, faults - len(samples))
+            got = []
+            s0 = stats()
+            for i in range(1, n + 1):
+                t = clock()
+                d = VM.vm_read(me, a + i * PAGE_SIZE, PAGE_SIZE, timeout=T, rt=rt)
+                samples.append(clock() - t)
+                got.append(d)
+            s1 = stats()
+            dr, pi = s1["data_requests"] - s0["data_requests"], s1["pageins"] - s0["pageins"]
+            if dr != n or pi < n:
+                raise SystemExit(f"{fname}: {n} reads timed but data_requests grew by {dr}, "
+                                 f"pageins by {pi}: not every read was a cold fault")
+            for i, d in enumerate(got, 1):
+                if d != data[i * PAGE_SIZE:(i + 1) * PAGE_SIZE]:
+                    raise SystemExit(f"{fname}: page {i} differs from what io_write stored")
+            requests += dr
+            pageins += pi
+            VM.vm_deallocate(me, a, size, timeout=T, rt=rt)
+            for right in (rd, wt):
+                mach_port_deallocate(me, right, rt=rt)
+            F.dir_unlink(root, fname, timeout=T, rt=rt)
+            mach_port_deallocate(me, port, rt=rt)
+            files += 1
+        cold = _latency(samples)
+        cold.update(data_requests=requests, pageins=pageins, files=files)
+        rt.thread_exit()
+        Path(out).write_text(json.dumps({"resident": resident, "cold": cold}))
+    finally:
+        rt.close()
+
+
+def lookup_counts(structure: str, n_entries: int, quick: bool) -> int:
+    """Lookups per map-lookup measurement: the list's scans are linear, so its count
+    shrinks with the map (about 0.4 s at 100k entries, a quarter of that with --quick)."""
+    if structure == "tree":
+        return 2_000 if quick else 20_000
+    if quick:
+        return max(50, min(5_000, 2_500_000 // n_entries))
+    return max(200, min(20_000, 10_000_000 // n_entries))
+
+
+def role_maplookup(quick: int, out: str):
+    """ns per vm_map_lookup_entry for both lookup structures (scripts/_vmmapbench)."""
+    _die_with_parent()
+    _term_exits()
+    import _vmmapbench as VB
+
+    res = {}
+    for n in VB.DEFAULT_SIZES:
+        for s in VB.STRUCTURES:
+            k = lookup_counts(s, n, bool(quick))
+            res[f"{s}_{n}"] = {"ns": VB.bench_lookup(s, n, k), "lookups": k}
+    Path(out).write_text(json.dumps(res))
+
+
+def free_target(npages: int) -> int:
+    """The classic pageout daemon's free target (kernel/vm_pageout.py), which the RSS
+    toucher stays above: under it the daemon would look for pages to launder."""
+    from kernel.vm_pageout import VM_PAGE_FREE_RESERVED
+
+    reserved = min(VM_PAGE_FREE_RESERVED, npages // 8)
+    free = npages - reserved
+    free_min = reserved + 10 + free // 100
+    return max(reserved + 15 + free // 80, free_min + 5)
+
+
+def role_toucher(run_dir: str, name: str, chunk: int):
+    """Puts data in (nearly) every physical frame of the kernel: one vm_allocate as large
+    as physical memory, then vm_writes of ``chunk`` bytes, stopping FREE_MARGIN pages
+    above the pageout daemon's free target.  Prints {"touched": pages, ...}, then holds
+    the memory until a line arrives on stdin (the orchestrator reads the kernel's RSS)."""
+    _die_with_parent()
+    _term_exits()
+    from protocol.defs import mach as VM
+
+    rt = _connect(run_dir, name, "client")
+    T = 120
+    me = rt.task_self
+    try:
+        s0 = VM.vm_statistics(me, timeout=T, rt=rt)
+        npages = s0["physical_pages"]
+        budget = s0["free_count"] - free_target(npages) - FREE_MARGIN
+        if budget < 1:
+            raise SystemExit(f"no frames to touch: {s0}")
+        chunk_pages = max(1, chunk // PAGE_SIZE)
+        addr = VM.vm_allocate(me, 0, npages * PAGE_SIZE, True, timeout=T, rt=rt)
+        t0 = time.perf_counter()
+        touched = 0
+        while touched < budget:
+            n = min(chunk_pages, budget - touched)
+            data = bytes([(touched // chunk_pages) % 251 + 1]) * (n * PAGE_SIZE)
+            VM.vm_write(me, addr + touched * PAGE_SIZE, data, timeout=T, rt=rt)
+            touched += n
+        secs = time.perf_counter() - t0
+        last = addr + (touched - 1) * PAGE_SIZE
+        if VM.vm_read(me, last, PAGE_SIZE, timeout=T, rt=rt) != bytes(
+                [((touched - 1) // chunk_pages) % 251 + 1]) * PAGE_SIZE:
+            raise SystemExit("toucher: last page differs from what vm_write stored")
+        s1 = VM.vm_statistics(me, timeout=T, rt=rt)
+        zf = s1["zero_fill_count"] - s0["zero_fill_count"]
+        if zf < touched:
+            raise SystemExit(f"toucher: {touched} pages written, {zf} zero-fill faults")
+        print(json.dumps({"touched": touched, "physical_pages": npages, "secs": secs,
+                          "free_count": s1["free_count"], "pageouts": s1["pageouts"]}),
+              flush=True)
+        sys.stdin.readline()
+        rt.thread_exit()
+    finally:
+        rt.close()
+
+
 ROLES = {
     "floor-server": (role_floor_server, (str, str)),
     "floor-client": (role_floor_client, (str, int, int, str)),
     "server": (role_server, (str, str, int, int)),
     "client": (role_client, (str, str, str, int, str)),
     "sender": (role_sender, (str, str, str, int, int)),
+    "vmclient": (role_vmclient, (str, str, str, int, int, int, str)),
+    "maplookup": (role_maplookup, (int, str)),
+    "toucher": (role_toucher, (str, str, int)),
 }
 
 
@@ -614,7 +810,31 @@ def _run(args, progress, tmp: Path, ch: Children) -> list[dict]:
     routed_rate = total / (max(ends) - t0)
     cpu = _cpu_used(watched, max(ends) - t0)
 
+    # ---- 3. VM paths on the same kernel: memfs (a pager) and a VM client
+    progress("vm: starting memfs (--direct-io: io_write fills its page store)")
+    mp = ch.start(MEMFS_NAME, [sys.executable, "-m", "translators.memfs", "--run-dir",
+                               str(tmp), "--name", MEMFS_NAME, "--direct-io",
+                               "--stats-interval", "0"])
+    _wait_for(lambda: (tmp / f"{MEMFS_NAME}.ready").exists(), 30, "memfs ready", mp, ch,
+              MEMFS_NAME)
+    progress(f"vm: {args.rounds} resident vm_reads, {args.faults} cold faults from memfs "
+             f"({args.fault_pages} pages per file)")
+    vp = ch.role("vmclient", "vmclient", tmp, "vmclient", MEMFS_NAME, args.rounds,
+                 args.faults, args.fault_pages, tmp / "vm.json")
+    _wait_proc(ch, "vmclient", vp, t_budget)
+    vm = json.loads((tmp / "vm.json").read_text())
+
     floor_half(1)
+
+    # ---- 4. the VM map's lookup structures (in-process, no kernel, no floor ratio)
+    progress("vm: map lookups, list and tree, 100 / 10k / 100k entries")
+    lp = ch.role("maplookup", "maplookup", int(args.quick), tmp / "maplookup.json")
+    _wait_proc(ch, "maplookup", lp, t_budget)
+    lookups = json.loads((tmp / "maplookup.json").read_text())
+
+    # ---- 5. kernel RSS per physical page: a kernel of RSS_PAGES frames, (nearly) all
+    # holding data
+    rss = _measure_rss(args, progress, tmp, ch)
     progress("done")
     fr = _latency([x for part in floor_parts for x in part["samples"]])
     fl = (sum(part["stream_n"] for part in floor_parts)
@@ -649,7 +869,78 @@ def _run(args, progress, tmp: Path, ch: Children) -> list[dict]:
         row("info.routed_kernel_us_per_msg", cpu["kernel"] * 1e4 / routed_rate, "us", None),
         row("info.routed_senders_cpu", 100.0 * sender_cpu / (max(ends) - t0), "%core", None),
         row("info.host_cores", os.cpu_count() or 1, "cores", None),
+    ] + _vm_rows(row, fr, vm, lookups, rss)
+
+
+def _measure_rss(args, progress, tmp: Path, ch: Children) -> dict:
+    """Start a kernel with RSS_PAGES physical pages, have a task write (nearly) every
+    frame with 4 MiB vm_writes, and read the kernel's RSS while the task holds them."""
+    import psutil
+
+    kdir = tmp / "k256"
+    kdir.mkdir()
+    conf = kdir / "kernel.toml"
+    conf.write_text(f"[kernel]\nphysical_pages = {RSS_PAGES}\n")
+    progress(f"rss: starting a kernel with {RSS_PAGES} physical pages")
+    kp = ch.start("kernel256k", [sys.executable, "-m", "kernel", "--run-dir", str(kdir),
+                                 "--config", str(conf)])
+    try:
+        _wait_for(lambda: (kdir / "kernel.ready").exists(), 60, "kernel (256k) ready", kp, ch,
+                  "kernel256k")
+        kproc = psutil.Process(kp.pid)
+        idle = kproc.memory_info().rss
+        progress(f"rss: writing {RSS_PAGES * PAGE_SIZE >> 20} MiB in "
+                 f"{RSS_CHUNK >> 20} MiB vm_writes")
+        tp = ch.role("toucher", "toucher", kdir, "toucher", RSS_CHUNK, stdin=subprocess.PIPE,
+                     stdout=subprocess.PIPE)
+        line = _readline(tp, args.timeout)
+        try:
+            r = json.loads(line)
+        except ValueError:
+            raise BenchError(f"toucher: bad result {line!r}\n{ch.errors('toucher')}") from None
+        r["rss"] = kproc.memory_info().rss
+        r["idle_rss"] = idle
+        tp.stdin.write(b"done\n")
+        tp.stdin.flush()
+        _wait_proc(ch, "toucher", tp, 60)
+        return r
+    finally:
+        ch.stop(kp)  # give its gigabyte back now
+
+
+def _vm_rows(row, fr, vm, lookups, rss) -> list[dict]:
+    res, cold = vm["resident"], vm["cold"]
+    out = [
+        row("vm.resident_read_4k_p50", res["p50_us"], "us", res["p50_us"] / fr["p50_us"]),
+        row("vm.resident_read_4k_p99", res["p99_us"], "us", res["p99_us"] / fr["p99_us"]),
+        row("vm.cold_fault_memfs_p50", cold["p50_us"], "us", cold["p50_us"] / fr["p50_us"]),
+        row("vm.cold_fault_memfs_p99", cold["p99_us"], "us", cold["p99_us"] / fr["p99_us"]),
+        # Every timed read was a data_request to memfs (checked per file by the client).
+        row("info.cold_fault_data_requests", cold["data_requests"], "pages", None),
     ]
+    label = {100: "100", 10_000: "10k", 100_000: "100k"}
+    for s in ("list", "tree"):
+        for n in (100, 10_000, 100_000):
+            out.append(row(f"vm.map_lookup_{s}_{label[n]}", lookups[f"{s}_{n}"]["ns"], "ns",
+                           None))
+    # Growth 100 -> 100k entries against log(100k)/log(100) = 2.5: about 1 means the
+    # lookup is logarithmic (a linear one would be 1000 / 2.5 = 400).
+    growth = lookups["tree_100000"]["ns"] / lookups["tree_100"]["ns"]
+    out.append(row("vm.map_lookup_tree_growth", growth, "x", None))
+    log_ratio = math.log(100_000) / math.log(100)
+    out.append(row("vm.map_lookup_tree_growth_per_log", growth / log_ratio, "x", None))
+    # RSS per page as if every frame held data: the frames the toucher left free (the
+    # pageout daemon's free target) are counted at 4 KiB each.
+    n, touched = rss["physical_pages"], rss["touched"]
+    full = rss["rss"] + (n - touched) * PAGE_SIZE
+    out += [
+        row("vm.kernel_rss_per_page_256k", full / n / 1024, "KiB", None),
+        row("info.rss_256k_kernel_mib", rss["rss"] / 2**20, "MiB", None),
+        row("info.rss_256k_idle_mib", rss["idle_rss"] / 2**20, "MiB", None),
+        row("info.rss_256k_touched_pages", touched, "pages", None),
+        row("info.rss_256k_touch_s", rss["secs"], "s", None),
+    ]
+    return out
 
 
 if __name__ == "__main__":

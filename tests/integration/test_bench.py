@@ -1,5 +1,6 @@
-"""scripts/bench, run for real (floor processes, a kernel, server and client tasks):
-the shape of its --json output and its cleanup.  Speed is never asserted."""
+"""scripts/bench, run for real (floor processes, a kernel, server and client tasks, memfs,
+a second kernel of 262144 pages): the shape of its --json output and its cleanup.  Speed
+is never asserted."""
 
 from __future__ import annotations
 
@@ -23,6 +24,21 @@ KERNEL = {
     "kernel.routed_rate": "msg/s",
     "kernel.kobject_rpc_p50": "us", "kernel.kobject_rpc_p99": "us",
 }
+# VM rows with a ratio to the floor's round trip (p50 to p50, p99 to p99).
+VM_RATIO = {
+    "vm.resident_read_4k_p50": "floor.rtt_p50", "vm.resident_read_4k_p99": "floor.rtt_p99",
+    "vm.cold_fault_memfs_p50": "floor.rtt_p50", "vm.cold_fault_memfs_p99": "floor.rtt_p99",
+}
+VM_PLAIN = {
+    **{f"vm.map_lookup_{s}_{n}": "ns" for s in ("list", "tree") for n in ("100", "10k", "100k")},
+    "vm.map_lookup_tree_growth": "x", "vm.map_lookup_tree_growth_per_log": "x",
+    "vm.kernel_rss_per_page_256k": "KiB",
+    "info.cold_fault_data_requests": "pages",
+    "info.rss_256k_kernel_mib": "MiB", "info.rss_256k_idle_mib": "MiB",
+    "info.rss_256k_touched_pages": "pages", "info.rss_256k_touch_s": "s",
+}
+QUICK_FAULTS = 48  # scripts/bench --quick
+RSS_PAGES = 262144
 
 
 def _run(*args, timeout=240):
@@ -59,6 +75,34 @@ def test_quick_json_shape():
     assert math.isclose(null["floor_ratio"], null["value"] / floor["value"], rel_tol=0.01)
     routed, frate = by["kernel.routed_rate"], by["floor.pipelined_rate"]
     assert math.isclose(routed["floor_ratio"], routed["value"] / frate["value"], rel_tol=0.01)
+
+    # VM rows: latencies against the floor of the same run ...
+    for name, floor_name in VM_RATIO.items():
+        row = by.get(name)
+        assert row is not None, f"{name} missing"
+        assert row["unit"] == "us" and math.isfinite(row["value"]) and row["value"] > 0
+        assert math.isclose(row["floor_ratio"], row["value"] / by[floor_name]["value"],
+                            rel_tol=0.01), name
+    # ... the rest without a ratio.
+    for name, unit in VM_PLAIN.items():
+        row = by.get(name)
+        assert row is not None, f"{name} missing"
+        assert row["unit"] == unit and row["floor_ratio"] is None, row
+        assert isinstance(row["value"], (int, float)) and math.isfinite(row["value"])
+        assert row["value"] > 0, row
+    # Every timed cold fault was a data_request to memfs (the client checks it per file).
+    assert by["info.cold_fault_data_requests"]["value"] == QUICK_FAULTS
+    growth = by["vm.map_lookup_tree_growth"]["value"]
+    assert math.isclose(growth, by["vm.map_lookup_tree_100k"]["value"]
+                        / by["vm.map_lookup_tree_100"]["value"], rel_tol=0.01)
+    assert math.isclose(by["vm.map_lookup_tree_growth_per_log"]["value"],
+                        growth / (math.log(100_000) / math.log(100)), rel_tol=0.01)
+    # The toucher wrote all but the pageout daemon's free target (a few percent), and each
+    # written frame is resident: at least 4 KiB of kernel RSS per page.
+    touched = by["info.rss_256k_touched_pages"]["value"]
+    assert 0.9 * RSS_PAGES <= touched < RSS_PAGES
+    assert by["vm.kernel_rss_per_page_256k"]["value"] >= 4.0
+    assert by["info.rss_256k_kernel_mib"]["value"] >= touched * 4 / 1024
     # Its run dir (named on stderr) is gone: every process stopped, every file removed.
     m = re.search(r"bench: run dir (\S+)", r.stderr)
     assert m, r.stderr
@@ -67,17 +111,21 @@ def test_quick_json_shape():
 
 @pytest.mark.timeout(300)
 def test_table_output():
-    r = _run("--quick", "--rounds", "30", "--routed", "100", "--messages", "200")
+    r = _run("--quick", "--rounds", "30", "--routed", "100", "--messages", "200",
+             "--faults", "20", "--fault-pages", "7")
     assert r.returncode == 0, r.stderr
     out = r.stdout
-    for name in (*FLOOR, *KERNEL):
+    for name in (*FLOOR, *KERNEL, *VM_RATIO, *VM_PLAIN):
         assert name in out
-    assert "target kernel.null_rpc_p50" in out
-    assert "target kernel.routed_rate" in out
+    for name in ("kernel.null_rpc_p50", "kernel.routed_rate", "vm.resident_read_4k_p50",
+                 "vm.cold_fault_memfs_p50", "vm.kernel_rss_per_page_256k"):
+        assert f"target {name}" in out
+    assert "tree lookup growth 100 -> 100k entries" in out
 
 
 @pytest.mark.timeout(60)
 def test_bad_option():
-    r = _run("--rounds", "0", timeout=30)
-    assert r.returncode == 2
-    assert r.stdout == ""
+    for bad in (["--rounds", "0"], ["--faults", "0"], ["--fault-pages", "0"]):
+        r = _run(*bad, timeout=30)
+        assert r.returncode == 2, bad
+        assert r.stdout == ""

@@ -93,8 +93,8 @@ def test_return_dirty_return_all_flush(setup):
     n_writes = len(ops.writes)
     # the returned pages went to the pager as laundry mapped in its address space, and
     # are freed when the pager deallocates them after writing
+    assert vmstat(crt)["laundered"] >= 4
     wait_for(lambda: vmstat(crt)["laundry_count"] == 0, 30, what="laundry released")
-    assert pager.demux.stats["ool_deallocated"] >= 1
 
     # the pages are clean now: another return-dirty sends nothing
     assert _pager_lock_object(pager, 0, NPAGES * PAGE, MD.MEMORY_OBJECT_RETURN_DIRTY,

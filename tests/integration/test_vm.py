@@ -9,6 +9,7 @@ import os
 import pytest
 
 from protocol.defs import mach as MD
+from protocol.defs import netname as NS
 from protocol.kern_return import KernReturn as K
 from protocol.kern_return import MachError
 from protocol.runtime import TaskRuntime
@@ -176,3 +177,34 @@ def test_reallocated_range_reads_zero(vmtask):
     assert MD.vm_allocate(rt.task_self, a + PAGE, PAGE, False, rt=rt) == a + PAGE
     assert MD.vm_read(rt.task_self, a + PAGE, PAGE, rt=rt) == bytes(PAGE)
     assert MD.vm_read(rt.task_self, a, PAGE, rt=rt) == b"A" * PAGE
+
+
+@pytest.mark.timeout(60)
+def test_ool_data_occupies_a_region_until_given_back(tasks):
+    """Out-of-line data received in a message is mapped in the receiver's address space
+    (vm_map_copyout) and stays there until the receiver deallocates it — which the
+    runtime does with the task's next trap."""
+    from protocol import message as M
+    from protocol.defs import mach_port as P
+
+    a, b = tasks.new("receiver"), tasks.new("observer")
+    p = P.mach_port_allocate(a.task_self, M.MACH_PORT_RIGHT_RECEIVE, rt=a)
+    P.mach_port_insert_right(a.task_self, p, (p, M.MACH_MSG_TYPE_MAKE_SEND), rt=a)
+    NS.netname_check_in(a.name_server, "receiver-task", a.task_self, a.task_self, rt=a)
+    task_a = NS.netname_look_up(b.name_server, "", "receiver-task", rt=b)
+    data = os.urandom(2 * PAGE + 100)
+    a.send(M.Message(msgh_id=4242, remote_port=p, remote_disp=M.MACH_MSG_TYPE_COPY_SEND,
+                     ool=[data, b"small"]))
+    msg = a.receive(p, timeout=10)
+    assert bytes(msg.ool[0]) == data and bytes(msg.ool[1]) == b"small"
+    addr = msg.ool_addrs[0]
+    assert addr and msg.ool_addrs[1] == 0  # less than a page travels inline only
+    start, size, *_ = MD.vm_region(task_a, addr, rt=b)
+    assert (start, size) == (addr, 3 * PAGE)
+    assert MD.vm_read(task_a, addr, len(data), rt=b) == data
+    P.mach_port_type(a.task_self, p, rt=a)  # any trap gives the region back
+    try:
+        start, size, *_ = MD.vm_region(task_a, addr, rt=b)
+        assert start > addr
+    except MachError as e:
+        assert e.code == K.KERN_NO_SPACE

@@ -70,8 +70,7 @@ class PortsDemuxer:
         self.demux = Demux(table)
         self._lock = threading.Lock()
         self.stats = {"served": 0, "replies": 0, "bad_id": 0, "bad_args": 0,
-                      "no_object": 0, "errors": 0, "handler_exceptions": 0,
-                      "ool_deallocated": 0}
+                      "no_object": 0, "errors": 0, "handler_exceptions": 0}
 
     def _count(self, key):
         with self._lock:
@@ -146,8 +145,6 @@ class PortsDemuxer:
                 with self.bucket.lock:
                     pi.rpcs -= 1
                 ports_port_deref(pi)
-        if any(msg.ool_addrs):
-            self._deallocate_ool(msg)
         if code == MigReturn.MIG_NO_REPLY:
             return None
         if code != KernReturn.KERN_SUCCESS:
@@ -163,22 +160,6 @@ class PortsDemuxer:
             return None
         self._count("replies")
         return mig_reply(msg, routine, code, vals)
-
-    def _deallocate_ool(self, msg: M.Message):
-        """The handler has its copy of the out-of-line data: give back the regions the
-        kernel mapped for it (as a MIG server's deallocation of OOL arguments)."""
-        rt = self.bucket.rt
-        if rt is None:
-            return
-        from protocol.defs.mach import vm_deallocate
-
-        for addr, frame in zip(msg.ool_addrs, msg.ool):
-            if addr:
-                try:
-                    vm_deallocate(rt.task_self, addr, len(frame), rt=rt)
-                except MachError as e:
-                    log.warning("OOL region not deallocated", addr=addr, code=e.code)
-                self._count("ool_deallocated")
 
     def _destroy_request_rights(self, msg: M.Message):
         rt = self.bucket.rt
