@@ -85,7 +85,14 @@ class ClassicPageout:
         mem = vm.mem
         self.balance()
         burst = 0
+        # Every inactive page at most once per scan: pages that cannot be laundered (no
+        # default pager yet) go back to the active queue and must not be looked at again.
+        budget = len(mem.inactive) + BURST_MAX
         while mem.free_count < self.free_target and burst < BURST_MAX:
+            budget -= 1
+            if budget < 0:
+                yield Sleep(EMPTY_WAIT)
+                return
             if not mem.inactive:
                 self.balance()
                 if not mem.inactive:

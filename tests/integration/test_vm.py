@@ -208,3 +208,34 @@ def test_ool_data_occupies_a_region_until_given_back(tasks):
         assert start > addr
     except MachError as e:
         assert e.code == K.KERN_NO_SPACE
+
+
+@pytest.mark.parametrize("vmtask", [{"physical_pages": 256}], indirect=True, ids=["256"])
+@pytest.mark.timeout(90)
+def test_out_of_memory_without_default_pager_waits_but_kernel_serves(vmtask, tasks_of):
+    """With no default pager, dirty anonymous memory cannot be paged out: a writer past
+    physical memory waits for free pages (its call times out), while the kernel keeps
+    serving everyone else (the pageout scan must not spin)."""
+    rt = vmtask
+    a = MD.vm_allocate(rt.task_self, 0, 400 * PAGE, True, rt=rt)
+    with pytest.raises(MachError) as e:
+        for i in range(400):
+            MD.vm_write(rt.task_self, a + i * PAGE, b"x" * PAGE, rt=rt, timeout=3)
+    assert e.value.code in (0x10004003, 0x10000004)  # MACH_RCV_TIMED_OUT / SEND_TIMED_OUT
+    other = tasks_of(rt)
+    s = MD.vm_statistics(other.task_self, rt=other, timeout=10)
+    assert s["free_count"] < 64 and s["page_waits"] >= 1
+
+
+@pytest.fixture
+def tasks_of():
+    made = []
+
+    def new(rt):
+        t = TaskRuntime(rt.endpoint, "other")
+        made.append(t)
+        return t
+
+    yield new
+    for t in made:
+        t.close()
