@@ -79,7 +79,7 @@ def loadgen(run_dir, *args, timeout=240):
 
 @pytest.mark.timeout(300)
 def test_anon_pages_out_and_back_byte_exact(run_dir, vm_cluster):
-    code, s, err = loadgen(run_dir, "anon", "--tasks", "2", "--mib", "8")
+    code, s, err = loadgen(run_dir, "anon", "--tasks", "2", "--mib", "8", "--call-timeout", "60")
     assert code == 0, (s.get("failure"), s.get("errors"), s.get("task_failures"), err)
     assert s["workload"] == "anon" and s["mode"] == "work" and s["tasks"] == 2
     pages = 2 * 8 * 256
@@ -107,7 +107,7 @@ def test_anon_pages_out_and_back_byte_exact(run_dir, vm_cluster):
 @pytest.mark.timeout(300)
 def test_mmap_memfs_files_verified_both_ways(run_dir, vm_cluster):
     code, s, err = loadgen(run_dir, "mmap", "--tasks", "2", "--files", "2",
-                           "--file-mib", "1")
+                           "--file-mib", "1", "--call-timeout", "60")
     assert code == 0, (s.get("failure"), s.get("errors"), s.get("task_failures"), err)
     assert s["workload"] == "mmap" and s["server_name"] == "memfs"
     pages = 2 * 2 * 256
