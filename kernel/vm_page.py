@@ -3,13 +3,14 @@ vm/vm_page.h, vm/vm_resident.c).
 
 Frames live in one anonymous mapping (untouched frames cost no RSS).  A page is on at most one of
 the free, active and inactive queues (OrderedDicts keyed by frame number: O(1) insert,
-remove and take-oldest).  Wired pages and pages in transit are on none.
+remove and take-oldest; the free queue is a deque).  Wired pages and pages in transit
+are on none.
 """
 
 from __future__ import annotations
 
 import mmap
-from collections import OrderedDict
+from collections import OrderedDict, deque
 
 PAGE_SIZE = 4096
 PAGE_SHIFT = 12
@@ -72,7 +73,9 @@ class VMResident:
         self.memory = mmap.mmap(-1, npages * PAGE_SIZE)
         self.view = memoryview(self.memory)
         self.pages = [VMPage(i) for i in range(npages)]
-        self.free: OrderedDict[int, VMPage] = OrderedDict((p.frame, p) for p in self.pages)
+        # The free queue only ever gives out its oldest page and takes pages at its end:
+        # a deque (8 bytes a page) rather than an OrderedDict (about 100).
+        self.free: deque[VMPage] = deque(self.pages)
         self.active: OrderedDict[int, VMPage] = OrderedDict()
         self.inactive: OrderedDict[int, VMPage] = OrderedDict()
         self.wired = 0
@@ -106,14 +109,14 @@ class VMResident:
         elif q == Q_INACTIVE:
             del self.inactive[page.frame]
         elif q == Q_FREE:
-            del self.free[page.frame]
+            self.free.remove(page)  # rare: pages leave the free queue through vm_page_grab
         page.queue = Q_NONE
 
     def vm_page_grab(self) -> VMPage | None:
         """Take a free frame (the caller inserts it in an object), or None."""
         if not self.free:
             return None
-        _, page = self.free.popitem(last=False)
+        page = self.free.popleft()
         page.queue = Q_NONE
         return page
 
@@ -124,7 +127,7 @@ class VMResident:
             self.wired -= 1
         page.reset()
         page.queue = Q_FREE
-        self.free[page.frame] = page
+        self.free.append(page)
 
     def vm_page_activate(self, page: VMPage):
         if page.wire_count:
