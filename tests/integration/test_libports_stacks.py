@@ -180,8 +180,11 @@ def test_a_full_address_space_does_not_stop_the_threads(tasks, model):
         assert st["stacks_allocated"] == 0 and st["stacks_live"] == 0
         threads_made = st["spawned"] + 1 if model == "multithread" else st["peak_threads"]
         assert threads_made >= 2
-        wait_for(lambda: server.stats()["stack_alloc_failures"] == threads_made, 20,
+        # every thread the server made tried, failed, and ran anyway (a thread that is
+        # still starting may add its failure later: at least one per thread counted)
+        wait_for(lambda: server.stats()["stack_alloc_failures"] >= threads_made, 20,
                  what="one failure per thread")
+        assert server.stats()["stacks_allocated"] == 0
         assert MD.vm_statistics(rt.task_self, rt=rt)["map_entries"] == entries
     finally:
         assert server.stop(timeout=20)
