@@ -1,16 +1,17 @@
 """Physical memory: page frames holding real bytes, and the page queues (GNU Mach
 vm/vm_page.h, vm/vm_resident.c).
 
-Frames live in one anonymous mapping (untouched frames cost no RSS).  A page is on at most one of
-the free, active and inactive queues (OrderedDicts keyed by frame number: O(1) insert,
-remove and take-oldest; the free queue is a deque).  Wired pages and pages in transit
-are on none.
+Frames live in one anonymous mapping (untouched frames cost no RSS).  A page is on at most
+one of the free, active and inactive queues: the active and inactive queues are doubly
+linked through the pages themselves (``pageq``, as in Mach: O(1) insert, remove and
+take-oldest, no memory beyond two links a page); the free queue is a deque.  Wired pages
+and pages in transit are on none.
 """
 
 from __future__ import annotations
 
 import mmap
-from collections import OrderedDict, deque
+from collections import deque
 
 PAGE_SIZE = 4096
 PAGE_SHIFT = 12
@@ -31,7 +32,7 @@ class VMPage:
 
     __slots__ = ("frame", "object", "offset", "queue", "busy", "absent", "dirty", "precious",
                  "error", "wanted", "laundry", "referenced", "wire_count", "page_lock",
-                 "unlock_request", "potentially_dirty")
+                 "unlock_request", "potentially_dirty", "q_prev", "q_next")
 
     def __init__(self, frame: int):
         self.frame = frame
@@ -44,6 +45,7 @@ class VMPage:
         self.wire_count = 0
         self.page_lock = 0  # accesses the pager forbids (VM_PROT_*)
         self.unlock_request = 0  # accesses asked of the pager with data_unlock
+        self.q_prev = self.q_next = None
 
     def reset(self):
         self.object = None
@@ -62,6 +64,55 @@ class VMPage:
         return f"<page {self.frame} obj {getattr(self.object, 'id', None)} +{self.offset:#x} {flags}>"
 
 
+class PageQueue:
+    """queue_head_t of pages (vm_page_queue_active / _inactive), linked through the
+    pages' q_prev / q_next."""
+
+    __slots__ = ("head", "tail", "count")
+
+    def __init__(self):
+        self.head = self.tail = None
+        self.count = 0
+
+    def __len__(self):
+        return self.count
+
+    def __bool__(self):
+        return self.count > 0
+
+    def append(self, page: VMPage):
+        page.q_prev, page.q_next = self.tail, None
+        if self.tail is None:
+            self.head = page
+        else:
+            self.tail.q_next = page
+        self.tail = page
+        self.count += 1
+
+    def remove(self, page: VMPage):
+        prev, nxt = page.q_prev, page.q_next
+        if prev is None:
+            self.head = nxt
+        else:
+            prev.q_next = nxt
+        if nxt is None:
+            self.tail = prev
+        else:
+            nxt.q_prev = prev
+        page.q_prev = page.q_next = None
+        self.count -= 1
+
+    def first(self) -> VMPage | None:
+        return self.head
+
+    def __iter__(self):
+        p = self.head
+        while p is not None:
+            nxt = p.q_next
+            yield p
+            p = nxt
+
+
 class VMResident:
     """The machine's physical pages and the page queues."""
 
@@ -76,8 +127,8 @@ class VMResident:
         # The free queue only ever gives out its oldest page and takes pages at its end:
         # a deque (8 bytes a page) rather than an OrderedDict (about 100).
         self.free: deque[VMPage] = deque(self.pages)
-        self.active: OrderedDict[int, VMPage] = OrderedDict()
-        self.inactive: OrderedDict[int, VMPage] = OrderedDict()
+        self.active = PageQueue()
+        self.inactive = PageQueue()
         self.wired = 0
         self.stats = {"zero_fill_count": 0, "reactivations": 0, "pageins": 0, "pageouts": 0,
                       "faults": 0, "cow_faults": 0, "lookups": 0, "hits": 0}
@@ -105,9 +156,9 @@ class VMResident:
     def _unqueue(self, page: VMPage):
         q = page.queue
         if q == Q_ACTIVE:
-            del self.active[page.frame]
+            self.active.remove(page)
         elif q == Q_INACTIVE:
-            del self.inactive[page.frame]
+            self.inactive.remove(page)
         elif q == Q_FREE:
             self.free.remove(page)  # rare: pages leave the free queue through vm_page_grab
         page.queue = Q_NONE
@@ -137,7 +188,7 @@ class VMResident:
         if page.queue != Q_ACTIVE:
             self._unqueue(page)
             page.queue = Q_ACTIVE
-            self.active[page.frame] = page
+            self.active.append(page)
 
     def vm_page_deactivate(self, page: VMPage):
         if page.wire_count:
@@ -146,7 +197,7 @@ class VMResident:
         if page.queue != Q_INACTIVE:
             self._unqueue(page)
             page.queue = Q_INACTIVE
-            self.inactive[page.frame] = page
+            self.inactive.append(page)
 
     def vm_page_wire(self, page: VMPage):
         if page.wire_count == 0:

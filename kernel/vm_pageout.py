@@ -77,7 +77,7 @@ class ClassicPageout:
         mem = self.vm.mem
         target = self.inactive_target()
         while len(mem.inactive) < target and mem.active:
-            _, page = next(iter(mem.active.items()))
+            page = mem.active.first()
             mem.vm_page_deactivate(page)
 
     def scan(self):
@@ -98,7 +98,7 @@ class ClassicPageout:
                 if not mem.inactive:
                     yield Sleep(EMPTY_WAIT)
                     return
-            _, page = next(iter(mem.inactive.items()))
+            page = mem.inactive.first()
             if page.busy:
                 mem.vm_page_activate(page)
                 continue
