@@ -27,21 +27,44 @@ def round_page(x: int) -> int:
     return (x + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
 
 
-class VMPage:
-    """struct vm_page: the frame's identity (object, offset), its flags, its locks."""
+def _flag(bit: int, doc: str):
+    def get(self):
+        return bool(self.flags & bit)
 
-    __slots__ = ("frame", "object", "offset", "queue", "busy", "absent", "dirty", "precious",
-                 "error", "wanted", "laundry", "referenced", "wire_count", "page_lock",
-                 "unlock_request", "potentially_dirty", "q_prev", "q_next")
+    def set_(self, value):
+        if value:
+            self.flags |= bit
+        else:
+            self.flags &= ~bit
+
+    return property(get, set_, doc=doc)
+
+
+class VMPage:
+    """struct vm_page: the frame's identity (object, offset), its flags, its locks.
+
+    The boolean flags share one int (``flags``) to keep a page small: with hundreds of
+    thousands of frames, every slot costs megabytes."""
+
+    __slots__ = ("frame", "object", "offset", "queue", "flags", "wire_count", "page_lock",
+                 "unlock_request", "q_prev", "q_next")
+
+    busy = _flag(0x001, "in transit: being filled, cleaned or locked")
+    absent = _flag(0x002, "asked of the pager, no data yet")
+    dirty = _flag(0x004, "modified since it was last cleaned")
+    precious = _flag(0x008, "the pager wants it back even when clean")
+    error = _flag(0x010, "the pager reported an error for it")
+    wanted = _flag(0x020, "someone waits for it (PAGE_WAKEUP)")
+    laundry = _flag(0x040, "in a data_return the pager has not released")
+    referenced = _flag(0x080, "touched since last deactivated")
+    potentially_dirty = _flag(0x100, "advisory pageout: write-unlocked since last cleaned")
 
     def __init__(self, frame: int):
         self.frame = frame
         self.object = None
         self.offset = 0
         self.queue = Q_FREE
-        self.busy = self.absent = self.dirty = self.precious = False
-        self.error = self.wanted = self.laundry = self.referenced = False
-        self.potentially_dirty = False
+        self.flags = 0
         self.wire_count = 0
         self.page_lock = 0  # accesses the pager forbids (VM_PROT_*)
         self.unlock_request = 0  # accesses asked of the pager with data_unlock
@@ -50,9 +73,7 @@ class VMPage:
     def reset(self):
         self.object = None
         self.offset = 0
-        self.busy = self.absent = self.dirty = self.precious = False
-        self.error = self.wanted = self.laundry = self.referenced = False
-        self.potentially_dirty = False
+        self.flags = 0
         self.wire_count = 0
         self.page_lock = 0
         self.unlock_request = 0
