@@ -312,6 +312,10 @@ class TaskRuntime:
             hdr = [M.OP_MSG, None, None, option, -1, rcv_name, _ms(rcv_timeout),
                    0, 0, 0, 0, 0, []]
             body, ool = b"", ()
+        if (len(body) > M.MAX_BODY_BYTES or len(ool) > M.MAX_FRAMES - 2
+                or any(len(f) > M.MAX_OOL_BYTES for f in ool)):
+            # the kernel would drop the connection of a peer sending this: refuse here
+            return MachMsgReturn.MACH_SEND_NO_BUFFER, None
         if self._dealloc:
             with self._dealloc_lock:
                 regions = self._dealloc[:2 * M.MAX_OOL_DEALLOC]

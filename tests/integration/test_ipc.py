@@ -507,3 +507,19 @@ os._exit(0)
     P.mach_port_mod_refs(a.task_self, s, M.MACH_PORT_RIGHT_DEAD_NAME, -2, rt=a)
     assert mach_code(P.mach_port_type, a.task_self, s, rt=a) == K.KERN_INVALID_NAME
     assert srv.p.wait(10) == 0
+
+
+@pytest.mark.timeout(60)
+def test_oversized_message_is_refused_and_the_task_goes_on(tasks):
+    """Out-of-line data beyond the wire's bound is refused with MACH_SEND_NO_BUFFER
+    before it leaves the task; the task's connection survives."""
+    from protocol.defs import mach_port as P
+
+    a = tasks.new("big")
+    p = P.mach_port_allocate(a.task_self, M.MACH_PORT_RIGHT_RECEIVE, rt=a)
+    msg = M.Message(msgh_id=1, remote_port=p, remote_disp=M.MACH_MSG_TYPE_MAKE_SEND,
+                    ool=[bytes(M.MAX_OOL_BYTES + 1)])
+    with pytest.raises(MachError) as e:
+        a.send(msg, timeout=5)
+    assert e.value.code == 0x1000000D  # MACH_SEND_NO_BUFFER
+    assert P.mach_port_type(a.task_self, p, rt=a) == M.MACH_PORT_TYPE_RECEIVE
