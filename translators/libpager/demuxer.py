@@ -39,6 +39,31 @@ def current_seqno() -> int:
     return getattr(_tls, "seqno", 0)
 
 
+CONTROL_REFS_BATCH = 64  # give back the control port's extra references this many at once
+
+
+def _drop_control_ref(p: Pager, control: int):
+    """Each kernel message brings a reference to the control port.  Rather than one
+    mach_port_deallocate per message (an RPC on every page-in), references to the
+    current control port are given back in batches with mach_port_mod_refs; a stale
+    control's reference goes at once."""
+    n = 0
+    with p.lock:
+        if control == p.memobjcntl:
+            p.control_refs_owed += 1
+            if p.control_refs_owed >= CONTROL_REFS_BATCH:
+                n, p.control_refs_owed = p.control_refs_owed, 0
+        else:
+            n = -1
+    try:
+        if n > 0:
+            p.kernel.mod_refs(control, -n)
+        elif n < 0:
+            p.kernel.deallocate(control)
+    except MachError as e:
+        log.debug("control reference already gone", name=control, code=e.code)
+
+
 def make_pager_handler(fn, has_control: bool = True):
     """Wrap ``fn(pager, seqno, *args) -> kept_control`` as a libports handler
     ``h(pi, *args)``.  ``has_control``: args[0] is a control send right whose reference
@@ -58,10 +83,7 @@ def make_pager_handler(fn, has_control: bool = True):
         finally:
             _take_turn(p, seqno)
         if has_control and not kept and args[0]:
-            try:
-                p.kernel.deallocate(args[0])
-            except MachError as e:
-                log.debug("control reference already gone", name=args[0], code=e.code)
+            _drop_control_ref(p, args[0])
         return None
 
     handler.__name__ = fn.__name__

@@ -163,6 +163,7 @@ class Pager:
         self.wakeup = threading.Condition(self.lock)
         self.pager_state = NOTINIT
         self.memobjcntl = M.MACH_PORT_NULL
+        self.control_refs_owed = 0  # extra references to memobjcntl not yet given back
         self.memobjname = M.MACH_PORT_NULL
         self.pagemap = PageMap()
         self.lock_requests: list[LockRequest] = []
@@ -243,6 +244,7 @@ def _pager_free_structure(p: Pager):
     NOTINIT, pagemap cleared, synchronous waiters released.  Lock held."""
     p.pager_state = NOTINIT if p.pager_state != SHUTDOWN else SHUTDOWN
     p.memobjcntl = p.memobjname = M.MACH_PORT_NULL
+    p.control_refs_owed = 0
     p.pagemap.reset()
     for lr in p.lock_requests:
         lr.aborted = True
@@ -253,21 +255,29 @@ def _pager_free_structure(p: Pager):
 
 # ---------------------------------------------------------------- creation
 
+def release_rights(p: Pager, control: int, name: int, owed: int):
+    """Give back the references to the control and name ports the pager holds."""
+    for right, n in ((control, 1 + owed), (name, 1)):
+        if right:
+            try:
+                if n == 1:
+                    p.kernel.deallocate(right)
+                else:
+                    p.kernel.mod_refs(right, -n)
+            except MachError as e:
+                log.debug("control right already gone", name=right, code=e.code)
+
+
 def _pager_clean(pi):
     """_pager_clean (the port class's clean routine): the last reference is gone."""
     p = pi.data
     if not isinstance(p, Pager):
         return
     with p.lock:
-        control, name = p.memobjcntl, p.memobjname
+        control, name, owed = p.memobjcntl, p.memobjname, p.control_refs_owed
         p.pager_state = SHUTDOWN
         _pager_free_structure(p)
-    for right in (control, name):
-        if right:
-            try:
-                p.kernel.deallocate(right)
-            except MachError as e:
-                log.debug("control right already gone", name=right, code=e.code)
+    release_rights(p, control, name, owed)
     clear = getattr(p.ops, "clear_user_data", None)
     if clear is not None:
         clear(p)

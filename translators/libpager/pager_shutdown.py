@@ -4,7 +4,7 @@ kernel's copies, stop serving and destroy the pager's port."""
 from __future__ import annotations
 
 from translators import libports as LP
-from translators.libpager.pager import SHUTDOWN, Pager, _pager_free_structure
+from translators.libpager.pager import SHUTDOWN, Pager, _pager_free_structure, release_rights
 from translators.libpager.pager_flush import pager_flush
 from translators.libpager.pager_sync import pager_sync
 
@@ -16,12 +16,7 @@ def pager_shutdown(p: Pager, timeout: float | None = None):
     pager_flush(p, True, timeout)
     with p.lock:
         p.pager_state = SHUTDOWN
-        control, name = p.memobjcntl, p.memobjname
+        control, name, owed = p.memobjcntl, p.memobjname, p.control_refs_owed
         _pager_free_structure(p)
-    for right in (control, name):
-        if right:
-            try:
-                p.kernel.deallocate(right)
-            except Exception:  # the kernel already forgot it
-                pass
+    release_rights(p, control, name, owed)
     LP.ports_destroy_right(p.pi)

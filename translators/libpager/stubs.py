@@ -66,6 +66,11 @@ class KernelCalls:
         rt = self._rt()
         P.mach_port_deallocate(rt.task_self, name, rt=rt)
 
+    def mod_refs(self, name: int, delta: int):
+        """mach_port_mod_refs on the send right under ``name``."""
+        rt = self._rt()
+        P.mach_port_mod_refs(rt.task_self, name, M.MACH_PORT_RIGHT_SEND, delta, rt=rt)
+
     def destroy(self, name: int):
         """mach_port_destroy: every right under ``name`` (terminate's receive rights)."""
         rt = self._rt()
