@@ -329,7 +329,8 @@ class VMSystem:
             return K.KERN_MEMORY_PRESENT
         asked = page is not None
         if page is None:
-            page = self.page_grab(privileged=True)
+            # an unasked page never takes the reserve: a pager cannot starve the system
+            page = self.page_grab(privileged=False)
             if page is None:
                 return K.KERN_RESOURCE_SHORTAGE
             self.page_insert(page, obj, offset)

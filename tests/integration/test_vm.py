@@ -239,3 +239,47 @@ def tasks_of():
     yield new
     for t in made:
         t.close()
+
+
+@pytest.mark.timeout(180)
+def test_hostile_vm_calls_get_errors_and_the_kernel_goes_on(tasks):
+    """Random addresses, sizes and protections for every VM call: each gets a reply
+    (success or a Mach error), the kernel hits no internal error and still serves."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from protocol.defs import machemu as X
+
+    rt = tasks.new("hostile")
+    big = st.one_of(st.integers(0, 2**64 - 1), st.sampled_from(
+        [0, 1, PAGE - 1, PAGE, 2**32 - 1, 2**32, 2**63, 2**64 - 1, 0xC0000000, 0xBFFFF000]))
+    small = st.integers(0, 2**32 - 1)
+    calls = st.one_of(
+        st.tuples(st.just(MD.vm_allocate), big, big, st.booleans()),
+        st.tuples(st.just(MD.vm_deallocate), big, big),
+        st.tuples(st.just(MD.vm_protect), big, big, st.booleans(), small),
+        st.tuples(st.just(MD.vm_inherit), big, big, small),
+        st.tuples(st.just(MD.vm_read), big, st.integers(0, 3 * PAGE)),
+        st.tuples(st.just(MD.vm_write), big, st.binary(max_size=2 * PAGE)),
+        st.tuples(st.just(MD.vm_copy), big, st.integers(0, 3 * PAGE), big),
+        st.tuples(st.just(MD.vm_region), big),
+        st.tuples(st.just(MD.vm_map), big, big, big, st.booleans(), st.just(0), big,
+                  st.booleans(), small, small, small),
+    )
+
+    @settings(max_examples=400, deadline=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(calls)
+    def one(call):
+        routine, *args = call
+        try:
+            routine(rt.task_self, *args, rt=rt, timeout=30)
+        except MachError as e:
+            assert e.code != K.KERN_FAILURE, (routine.name, args)  # KERN_FAILURE: a kernel bug
+
+    one()
+    info = X.machemu_kernel_info(rt.host, rt=rt, timeout=30)
+    assert info["stats"].get("internal_errors", 0) == 0
+    a = MD.vm_allocate(rt.task_self, 0, PAGE, True, rt=rt)
+    MD.vm_write(rt.task_self, a, b"ok", rt=rt)
+    assert MD.vm_read(rt.task_self, a, 2, rt=rt) == b"ok"
