@@ -27,18 +27,14 @@ holds the pid once serving, JSON logs go to DIR/NAME.log, SIGTERM stops it clean
 
 from __future__ import annotations
 
-import argparse
 import errno
 import os
-import signal
 import sys
 import threading
-import time
 from pathlib import Path
 
 import structlog
 
-from protocol import logs, runtime
 from protocol.defs import mach as V
 from protocol.defs import mach_port as P
 from protocol.defs import memory_object as MO
@@ -255,22 +251,13 @@ class DefaultPager:
 # ---------------------------------------------------------------- the process
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m translators.defpager",
-                                 description=__doc__.splitlines()[0])
-    ap.add_argument("--run-dir", default=os.environ.get("MACHEMU_RUN_DIR", "run"))
-    ap.add_argument("--name", default="defpager")
+    ap = LP.translator_arg_parser("translators.defpager", __doc__, "defpager")
     ap.add_argument("--swap", help="swap file (default RUN_DIR/swap)")
     ap.add_argument("--swap-size", type=int, default=DEFAULT_SWAP_MIB,
                     help=f"swap size in MiB (default {DEFAULT_SWAP_MIB})")
     ap.add_argument("--keep-swap", action="store_true",
                     help="leave a swap file this process created in place at exit")
-    ap.add_argument("--threads", choices=LP.THREAD_MODELS, default="multithread")
-    ap.add_argument("--workers", type=int, default=LP.DEFAULT_WORKERS)
-    ap.add_argument("--thread-timeout", type=float, default=1.0)
     ap.add_argument("--max-threads", type=int, default=LP.DEFAULT_MAX_THREADS)
-    ap.add_argument("--endpoint")
-    ap.add_argument("--stats-interval", type=float, default=5.0)
-    ap.add_argument("--log-level", default="info")
     args = ap.parse_args(argv)
     if args.swap_size < 1:
         ap.error("--swap-size must be at least 1 MiB")
@@ -281,88 +268,41 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    run_dir = Path(args.run_dir).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    name = args.name
-    logs.setup(name, run_dir / f"{name}.log", args.log_level)
-    ready = run_dir / f"{name}.ready"
-    stop = threading.Event()
-
-    def on_signal(signum, frame):
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-
-    endpoint = args.endpoint or os.environ.get("MACHEMU_KERNEL") or runtime.kernel_endpoint(
-        run_dir)
+    t = LP.Translator(args, "default pager", log)
     try:
-        swap = SwapFile(args.swap or run_dir / "swap", args.swap_size * 1024 * 1024)
+        swap = SwapFile(args.swap or t.run_dir / "swap", args.swap_size * 1024 * 1024)
     except (OSError, ValueError) as e:
         log.error("cannot open the swap file", error=str(e))
         return 1
     try:
-        rt = runtime.connect(endpoint, name=name, role="server")
-    except MachError as e:
-        log.error("cannot connect to the kernel", endpoint=endpoint, error=str(e))
-        swap.close(unlink=swap.created and not args.keep_swap)
-        return 1
-    server = None
-    dp = None
-    code = 0
-    try:
-        bucket = LP.ports_create_bucket(rt)
-        dp = DefaultPager(bucket, swap)
-        root_class = LP.ports_create_class(name="default-pager")
-        root = LP.ports_create_port(root_class, bucket, data=dp)
-        send = LP.ports_get_send_right(root)
-        right = LP.ports_get_right(root)  # one more make-send: the kernel's
-        LP.ports_port_deref(root)
-        demuxer = PG.PagerDemuxer(bucket, dp.handlers())
-        server = LP.make_server(args.threads, bucket, demuxer,
-                                thread_timeout=args.thread_timeout or None,
-                                workers=args.workers, max_threads=args.max_threads,
-                                name=name)
-        server.start()
-        prev = V.vm_set_default_memory_manager(rt.host, right, rt=rt)
-        if prev:
-            P.mach_port_deallocate(rt.task_self, prev, rt=rt)
-        NS.netname_check_in(rt.name_server, name, send, send, rt=rt)
-        tmp = ready.with_suffix(".ready.tmp")
-        tmp.write_text(f"{os.getpid()}\n")
-        os.replace(tmp, ready)
-        log.info("default pager ready", pid=os.getpid(), model=args.threads,
-                 swap=str(swap.path), swap_slots=swap.nslots, port=send,
-                 previous_default_pager=prev or 0)
-        next_stats = time.monotonic() + args.stats_interval
-        while not stop.is_set():
-            if server.done.is_set():
-                log.error("server loop ended", error=server.error)
-                code = 1
-                break
-            stop.wait(0.25)
-            if args.stats_interval and time.monotonic() >= next_stats:
-                log.info("stats", **dp.snapshot(), **_server_stats(server, bucket))
-                next_stats = time.monotonic() + args.stats_interval
-    except MachError as e:
-        log.error("default pager failed", error=str(e))
-        code = 1
-    except Exception:
-        log.exception("default pager failed")
-        code = 1
+        rt = t.connect()
+        if rt is None:
+            return 1
+        with t:
+            bucket = LP.ports_create_bucket(rt)
+            dp = DefaultPager(bucket, swap)
+            root_class = LP.ports_create_class(name="default-pager")
+            root = LP.ports_create_port(root_class, bucket, data=dp)
+            send = LP.ports_get_send_right(root)
+            right = LP.ports_get_right(root)  # one more make-send: the kernel's
+            LP.ports_port_deref(root)
+            demuxer = PG.PagerDemuxer(bucket, dp.handlers())
+            server = t.add_server(LP.make_server(args.threads, bucket, demuxer,
+                                                 thread_timeout=args.thread_timeout or None,
+                                                 workers=args.workers,
+                                                 max_threads=args.max_threads, name=args.name))
+            t.stopping_stats = lambda: {**dp.snapshot(), **_server_stats(server, None)}
+            server.start()
+            prev = V.vm_set_default_memory_manager(rt.host, right, rt=rt)
+            if prev:
+                P.mach_port_deallocate(rt.task_self, prev, rt=rt)
+            NS.netname_check_in(rt.name_server, args.name, send, send, rt=rt)
+            t.ready("default pager ready", model=args.threads, swap=str(swap.path),
+                    swap_slots=swap.nslots, port=send, previous_default_pager=prev or 0)
+            t.serve_until_stopped(lambda: {**dp.snapshot(), **_server_stats(server, bucket)})
+        return t.code
     finally:
-        stop.set()
-        if server is not None:
-            clean = server.stop(timeout=10)
-            log.info("default pager stopping", clean=clean,
-                     **(dp.snapshot() if dp else {}), **_server_stats(server, None))
-        try:
-            ready.unlink()
-        except FileNotFoundError:
-            pass
-        runtime.disconnect()
         swap.close(unlink=swap.created and not args.keep_swap)
-    return code
 
 
 def _server_stats(server, bucket) -> dict:

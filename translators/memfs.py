@@ -24,18 +24,13 @@ DIR/NAME.log; SIGTERM or SIGINT stops it.
 
 from __future__ import annotations
 
-import argparse
-import os
-import signal
 import stat as S
 import sys
 import threading
 import time
-from pathlib import Path
 
 import structlog
 
-from protocol import logs, runtime
 from protocol.defs import fs as F
 from protocol.defs import mach as VM
 from protocol.defs import netname as NS
@@ -525,22 +520,12 @@ def pager_demuxer(bucket):
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m translators.memfs",
-                                 description=__doc__.splitlines()[0])
-    ap.add_argument("--run-dir", default=os.environ.get("MACHEMU_RUN_DIR", "run"))
-    ap.add_argument("--name", default="memfs")
-    ap.add_argument("--threads", choices=LP.THREAD_MODELS, default="multithread")
-    ap.add_argument("--workers", type=int, default=LP.DEFAULT_WORKERS)
-    ap.add_argument("--thread-timeout", type=float, default=1.0,
-                    help="seconds an idle multithread server thread waits (0 = never)")
+    ap = LP.translator_arg_parser("translators.memfs", __doc__, "memfs")
     ap.add_argument("--direct-io", action="store_true",
                     help="io_read/io_write use the page store directly, not memfs's own "
                          "mapping of the file (for kernels without VM)")
     ap.add_argument("--max-bytes", type=int, default=None,
                     help="space limit: sum of round_page(st_size) over files (ENOSPC)")
-    ap.add_argument("--endpoint")
-    ap.add_argument("--stats-interval", type=float, default=5.0)
-    ap.add_argument("--log-level", default="info")
     args = ap.parse_args(argv)
     if args.workers < 1:
         ap.error("--workers must be at least 1")
@@ -551,29 +536,12 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    run_dir = Path(args.run_dir).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
     name = args.name
-    logs.setup(name, run_dir / f"{name}.log", args.log_level)
-    ready = run_dir / f"{name}.ready"
-    stop = threading.Event()
-
-    def on_signal(signum, frame):
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    endpoint = args.endpoint or os.environ.get("MACHEMU_KERNEL") or runtime.kernel_endpoint(
-        run_dir)
-    try:
-        rt = runtime.connect(endpoint, name=name, role="server")
-    except MachError as e:
-        log.error("cannot connect to the kernel", endpoint=endpoint, error=str(e))
+    t = LP.Translator(args, "memfs", log, always_log_stopping=True)
+    rt = t.connect()
+    if rt is None:
         return 1
-    servers = []
-    code = 0
-    srv = None
-    try:
+    with t:
         fs_bucket = LP.ports_create_bucket(rt)
         pager_bucket = None
         try:
@@ -596,50 +564,21 @@ def main(argv=None) -> int:
                           for k, v in PG.pager_bucket_stats(memfs.pager_bucket).items()})
             return d
 
+        t.stopping_stats = all_stats
         kw = dict(thread_timeout=args.thread_timeout or None, workers=args.workers)
         if pdemux is not None:
             # Pager ports get their own threads: an io_write blocked in vm_write waits for
             # a data_request that only a pager thread can answer.
-            servers.append(LP.make_server(args.threads, pager_bucket, pdemux,
-                                          name=f"{name}-pager", **kw).start())
-        servers.append(LP.make_server(args.threads, fs_bucket, srv.demuxer(), name=name,
-                                      **kw).start())
+            t.add_server(LP.make_server(args.threads, pager_bucket, pdemux,
+                                        name=f"{name}-pager", **kw).start())
+        t.add_server(LP.make_server(args.threads, fs_bucket, srv.demuxer(), name=name,
+                                    **kw).start())
         root = srv.root_send_right()
         NS.netname_check_in(rt.name_server, name, root, root, rt=rt)
-        tmp = ready.with_suffix(".ready.tmp")
-        tmp.write_text(f"{os.getpid()}\n")
-        os.replace(tmp, ready)
-        log.info("memfs ready", pid=os.getpid(), model=args.threads,
-                 direct_io=args.direct_io, max_bytes=args.max_bytes, port=root,
-                 endpoint=endpoint)
-        next_stats = time.monotonic() + args.stats_interval
-        while not stop.is_set():
-            if any(s.done.is_set() for s in servers):
-                log.error("server loop ended", errors=[s.error for s in servers])
-                code = 1
-                break
-            stop.wait(0.25)
-            if args.stats_interval and time.monotonic() >= next_stats:
-                log.info("stats", **all_stats())
-                next_stats = time.monotonic() + args.stats_interval
-    except MachError as e:
-        log.error("memfs failed", error=str(e))
-        code = 1
-    except Exception:
-        log.exception("memfs failed")
-        code = 1
-    finally:
-        stop.set()
-        clean = True
-        for s in reversed(servers):
-            clean = s.stop(timeout=10) and clean
-        log.info("memfs stopping", clean=clean, **(all_stats() if srv else {}))
-        try:
-            ready.unlink()
-        except FileNotFoundError:
-            pass
-        runtime.disconnect()
-    return code
+        t.ready("memfs ready", model=args.threads, direct_io=args.direct_io,
+                max_bytes=args.max_bytes, port=root, endpoint=t.endpoint)
+        t.serve_until_stopped(all_stats)
+    return t.code
 
 
 if __name__ == "__main__":

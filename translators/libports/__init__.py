@@ -22,9 +22,9 @@ from translators.libports.manage_multithread import (DEFAULT_MAX_THREADS, STACK_
                                                      MultithreadServer, ThreadAccount,
                                                      ports_manage_port_operations_multithread)
 from translators.libports.stacks import GUARD_SIZE, ThreadStacks
+from translators.libports.translator import (THREAD_MODELS, Translator, add_common_args,
+                                             translator_arg_parser)
 from translators.libports.workers import DEFAULT_WORKERS, WorkersServer, WorkQueue
-
-THREAD_MODELS = ("multithread", "workers")
 
 
 def make_server(model: str, bucket: PortBucket, demuxer: PortsDemuxer, *,
@@ -52,4 +52,5 @@ __all__ = [
     "mig_reply", "DEFAULT_MAX_THREADS", "STACK_SIZE", "MultithreadServer", "ThreadAccount",
     "ports_manage_port_operations_multithread", "DEFAULT_WORKERS", "WorkersServer",
     "WorkQueue", "THREAD_MODELS", "make_server", "GUARD_SIZE", "ThreadStacks",
+    "Translator", "add_common_args", "translator_arg_parser",
 ]
