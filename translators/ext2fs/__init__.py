@@ -1,11 +1,11 @@
 """ext2fs: ext2 revision 1 on an image file.
 
 The on-disk format (``ondisk``), a file-system library over an image (``filesystem.Ext2``)
-and an image maker that needs no e2fsprogs (``mkfs.mkfs``).  The translator (pagers, the
-fs protocol) is built on these.
+and an image maker that needs no e2fsprogs (``from translators.ext2fs.mkfs import mkfs``;
+also ``python -m translators.ext2fs.mkfs IMAGE SIZE``).  The translator (pagers, the fs
+protocol) is built on these.
 """
 
 from .filesystem import Ext2, Ext2Error, Ext2UnsupportedFeature
-from .mkfs import mkfs
 
-__all__ = ["Ext2", "Ext2Error", "Ext2UnsupportedFeature", "mkfs"]
+__all__ = ["Ext2", "Ext2Error", "Ext2UnsupportedFeature"]

@@ -12,6 +12,7 @@ touched.  Every public method holds one re-entrant lock, so threads may share a 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import os
@@ -39,6 +40,7 @@ SUPPORTED_RO_COMPAT = (D.EXT2_FEATURE_RO_COMPAT_SPARSE_SUPER
 EXT2_XATTR_MAGIC = 0xEA020000
 _NOT_FF = re.compile(rb"[^\xff]")
 _U32 = struct.Struct("<I")
+_DIRENT_HDR = struct.Struct("<IHB")
 
 
 class Ext2Error(OSError):
@@ -524,6 +526,24 @@ class Ext2:
             b = nb
         return b, new
 
+    def _bmap_span(self, inode: Inode, lblock: int) -> tuple[int, int]:
+        """(physical block, 1) for a mapped block; (0, n) for a hole where the n blocks
+        from ``lblock`` on are certainly holes (a whole missing indirect subtree)."""
+        slot, idx = self._path(lblock)
+        b = inode.i_block[slot]
+        p = self.ptrs
+        for depth in range(len(idx) + 1):
+            if not b:
+                rest = idx[depth:]
+                off = 0
+                for i in rest:
+                    off = off * p + i
+                return 0, p ** len(rest) - off
+            if depth == len(idx):
+                return b, 1
+            b = _U32.unpack_from(self._meta(b), idx[depth] * 4)[0]
+        return b, 1
+
     @_locked
     def bmap(self, inode: Inode, lblock: int, create: bool = False) -> int:
         """ext2_getblk / ext2fs's find_block: the physical block of file block ``lblock``
@@ -581,14 +601,15 @@ class Ext2:
 
         lb = first
         while lb <= last:
-            pb = self._bmap(inode, lb)[0]
+            pb, n = self._bmap_span(inode, lb)
+            n = min(n, last + 1 - lb)
             if run_n and ((pb == 0 and run_phys == 0) or
                           (pb and run_phys and pb == run_phys + run_n)):
-                run_n += 1
+                run_n += n
             else:
                 flush()
-                run_phys, run_n = pb, 1
-            lb += 1
+                run_phys, run_n = pb, n
+            lb += n
         flush()
         start = offset - first * bs
         return bytes(out[start:start + length])
@@ -642,13 +663,21 @@ class Ext2:
             goal = goal + 1 if goal else 0
         run_start, run = 0, []
         pos = 0
+        written_end = offset  # bytes before this are on disk (for a short write)
+        failure = None
         for lb in range(first, last + 1):
             base = lb * bs
             lo = max(offset, base) - base
             hi = min(end, base + bs) - base
+            try:
+                pb, new = self._bmap(inode, lb, True, goal)
+            except Ext2Error as e:
+                if e.errno != errno.ENOSPC:
+                    raise
+                failure = e
+                break
             chunk = data[pos:pos + hi - lo]
             pos += hi - lo
-            pb, new = self._bmap(inode, lb, True, goal)
             goal = pb + 1
             if hi - lo == bs:
                 blk = chunk
@@ -665,8 +694,18 @@ class Ext2:
                 if run:
                     self.write_blocks(run_start, b"".join(run))
                 run_start, run = pb, [blk]
+            written_end = base + hi
         if run:
             self.write_blocks(run_start, b"".join(run))
+        if failure is not None:
+            # ext2_write_failed: a short write; nothing may stay allocated past EOF.
+            new_size = max(old_size, written_end)
+            self._free_blocks_from(inode, (new_size + bs - 1) // bs)
+            if written_end == offset:
+                inode.size = new_size
+                self.write_inode(inode)
+                raise failure
+            end = written_end
         if end > old_size:
             inode.size = end
             if end > 2**31 - 1 and inode.is_reg():
@@ -674,7 +713,7 @@ class Ext2:
         now = int(self.clock())
         inode.i_mtime = inode.i_ctime = now
         self.write_inode(inode)
-        return n
+        return end - offset
 
     def _set_large_file(self) -> None:
         if not self.sb.s_feature_ro_compat & D.EXT2_FEATURE_RO_COMPAT_LARGE_FILE:
@@ -834,6 +873,8 @@ class Ext2:
 
     def _find(self, inode: Inode, name: bytes):
         for _lb, pb, buf in self._dir_blocks(inode):
+            if buf.find(name) < 0:  # cheap rejection of most blocks
+                continue
             for e in self._entries(inode, pb, buf):
                 if e.inode and e.name == name:
                     return pb, buf, e
@@ -882,7 +923,24 @@ class Ext2:
         """ext2_add_link: put an entry in the first gap big enough, else a new block."""
         need = DirEntry.min_rec_len(len(name))
         self._dir_modified(dinode)
+        hdr = _DIRENT_HDR
+        bs = self.block_size
         for _lb, pb, buf in self._dir_blocks(dinode):
+            # Header-only scan for room first (fast); parse entries only where it is.
+            off = 0
+            room = False
+            while off < bs:
+                e_ino, rec_len, name_len = hdr.unpack_from(buf, off)
+                if not self.filetype:
+                    name_len = buf[off + 6] | (buf[off + 7] << 8)
+                if rec_len < 8 or off + rec_len > bs:
+                    break
+                if rec_len - (0 if e_ino == 0 else (8 + name_len + 3) & ~3) >= need:
+                    room = True
+                    break
+                off += rec_len
+            if not room:
+                continue
             for e in self._entries(dinode, pb, buf):
                 if e.inode == 0 and e.rec_len >= need:
                     new = DirEntry(ino, name, ft, e.rec_len)
@@ -898,10 +956,14 @@ class Ext2:
                     self._mark_dirty(pb, buf)
                     self.write_inode(dinode)
                     return
-        bs = self.block_size
         lb = dinode.i_size // bs
         goal = self._bmap(dinode, lb - 1)[0] + 1 if lb else 0
-        pb, _ = self._bmap(dinode, lb, True, goal, meta_leaf=True)
+        try:
+            pb, _ = self._bmap(dinode, lb, True, goal, meta_leaf=True)
+        except Ext2Error:
+            self._free_blocks_from(dinode, lb)  # an indirect block without its leaf
+            self.write_inode(dinode)
+            raise
         buf = self._meta(pb)
         buf[:] = DirEntry(ino, name, ft, bs).pack(self.filetype)
         self._mark_dirty(pb, buf)
@@ -970,8 +1032,20 @@ class Ext2:
             else:
                 inode.i_block[1] = (minor & 0xFF) | (major << 8) | ((minor & ~0xFF) << 12)
         self.write_inode(inode)
-        self._add_entry(dinode, nm, ino, self._ft(mode))
+        with self._undo_alloc(ino):
+            self._add_entry(dinode, nm, ino, self._ft(mode))
         return ino
+
+    @contextlib.contextmanager
+    def _undo_alloc(self, ino: int):
+        """Release a just-allocated inode (and its blocks) if what follows fails."""
+        try:
+            yield
+        except BaseException:
+            inode = self.read_inode(ino)
+            inode.i_links_count = 0
+            self._release_inode(inode)
+            raise
 
     def create(self, dir_ino: int, name, mode: int = 0o644, uid: int = 0,
                gid: int = 0) -> int:
@@ -989,17 +1063,18 @@ class Ext2:
         ino = self.alloc_inode(dinode.ino, False)
         inode = self._new_inode(ino, D.S_IFLNK | 0o777, uid, gid)
         inode.i_links_count = 1
-        if len(target) < 60:
-            inode.i_block = list(struct.unpack("<15I", target.ljust(60, b"\0")))
-            inode.i_size = len(target)
-            self.write_inode(inode)
-        else:
-            self.write_inode(inode)
-            pb, _ = self._bmap(inode, 0, True)
-            self.write_blocks(pb, target.ljust(self.block_size, b"\0"))
-            inode.i_size = len(target)
-            self.write_inode(inode)
-        self._add_entry(dinode, nm, ino, D.EXT2_FT_SYMLINK if self.filetype else 0)
+        with self._undo_alloc(ino):
+            if len(target) < 60:
+                inode.i_block = list(struct.unpack("<15I", target.ljust(60, b"\0")))
+                inode.i_size = len(target)
+                self.write_inode(inode)
+            else:
+                self.write_inode(inode)
+                pb, _ = self._bmap(inode, 0, True)
+                self.write_blocks(pb, target.ljust(self.block_size, b"\0"))
+                inode.i_size = len(target)
+                self.write_inode(inode)
+            self._add_entry(dinode, nm, ino, D.EXT2_FT_SYMLINK if self.filetype else 0)
         return ino
 
     @_locked
@@ -1020,8 +1095,11 @@ class Ext2:
         if dinode.i_links_count >= D.EXT2_LINK_MAX:
             raise Ext2Error(errno.EMLINK, "too many links")
         ino = self.alloc_inode(dinode.ino, True)
-        self._init_dir(ino, dinode.ino, mode, uid, gid)
-        self._add_entry(dinode, nm, ino, self._ft(D.S_IFDIR))
+        with self._undo_alloc(ino):
+            inode = self._new_inode(ino, D.S_IFDIR | (mode & 0o7777), uid, gid)
+            self.write_inode(inode)  # a valid inode to release should _init_dir fail
+            self._init_dir(ino, dinode.ino, mode, uid, gid)
+            self._add_entry(dinode, nm, ino, self._ft(D.S_IFDIR))
         dinode.i_links_count += 1
         self.write_inode(dinode)
         return ino
