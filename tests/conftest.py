@@ -32,6 +32,45 @@ def wait_for(cond, timeout=30.0, interval=0.02, what="condition"):
         time.sleep(interval)
 
 
+def log_records(path) -> list[dict]:
+    """The JSON lines of a process's structlog file (lines that are not JSON skipped)."""
+    import json
+
+    out = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            pass
+    return out
+
+
+def start_server(procs, run_dir, module, name, *extra, timeout=60):
+    """Start ``python -m MODULE --run-dir DIR --name NAME EXTRA`` and wait for its
+    DIR/NAME.ready (which must hold its pid)."""
+    p = procs.start([sys.executable, "-m", module, "--run-dir", str(run_dir), "--name", name,
+                     *extra], name=name)
+    ready = Path(run_dir) / f"{name}.ready"
+    wait_for(lambda: ready.exists() or p.p.poll() is not None, timeout, what=f"{name} ready")
+    assert p.p.poll() is None, p.output()
+    assert int(ready.read_text()) == p.pid
+    return p
+
+
+def run_loadgen(run_dir, *args, timeout=100):
+    """scripts/loadgen --run-dir DIR ARGS --json: (exit status, summary, stderr)."""
+    import json
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "loadgen"), "--run-dir",
+                        str(run_dir), *args, "--json"], capture_output=True, text=True,
+                       timeout=timeout, env=env, cwd=ROOT)
+    lines = [ln for ln in r.stdout.splitlines() if ln.strip()]
+    assert len(lines) == 1, f"stdout must be one JSON object:\n{r.stdout}\n{r.stderr}"
+    return r.returncode, json.loads(lines[0]), r.stderr
+
+
 class Proc:
     """A child process of a test, killed (whole process group) at teardown."""
 

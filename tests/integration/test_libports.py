@@ -5,9 +5,7 @@ blocking requests the multithread model grows OS threads and the workers model d
 
 from __future__ import annotations
 
-import json
 import signal
-import sys
 import threading
 import time
 
@@ -21,21 +19,14 @@ from protocol.defs import machemu as X
 from protocol.defs import netname as NS
 from protocol.defs import notify as N
 from protocol.kern_return import KernReturn, MachError, MigReturn
-from tests.conftest import wait_for
+from tests.conftest import log_records, start_server, wait_for
 from translators import libports as LP
 
 MODELS = ["multithread", "workers"]
 
 
 def start_demo(procs, run_dir, model, *extra, name="demo"):
-    argv = [sys.executable, "-m", "translators.demo", "--run-dir", str(run_dir),
-            "--name", name, "--threads", model, *extra]
-    p = procs.start(argv, name=name)
-    ready = run_dir / f"{name}.ready"
-    wait_for(lambda: ready.exists() or p.p.poll() is not None, 30, what="demo ready")
-    assert p.p.poll() is None, p.output()
-    assert int(ready.read_text()) == p.pid
-    return p
+    return start_server(procs, run_dir, "translators.demo", name, "--threads", model, *extra)
 
 
 def look_up(rt, name="demo"):
@@ -47,16 +38,6 @@ def raw_rpc(rt, port, msgh_id, body=b"\x90"):
                     remote_disp=M.MACH_MSG_TYPE_COPY_SEND, local_port=rt.reply_port(),
                     local_disp=M.MACH_MSG_TYPE_MAKE_SEND_ONCE, body=body)
     return rt.rpc(msg, timeout=10)
-
-
-def log_records(path):
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            pass
-    return out
 
 
 def stop_and_stats(p, run_dir, name="demo"):

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 
 import pytest
 
-from tests.conftest import ROOT, wait_for
+from tests.conftest import ROOT, run_loadgen, wait_for
 
 LOADGEN = ROOT / "scripts" / "loadgen"
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -46,15 +45,7 @@ def demo(kernel, run_dir, procs):
 
 
 def loadgen(run_dir, *args, timeout=100):
-    """Run scripts/loadgen --run-dir DIR ARGS --json; returns (exit status, summary)."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    r = subprocess.run([sys.executable, str(LOADGEN), "--run-dir", str(run_dir), *args,
-                        "--json"], capture_output=True, text=True, timeout=timeout, env=env,
-                       cwd=ROOT)
-    lines = [ln for ln in r.stdout.splitlines() if ln.strip()]
-    assert len(lines) == 1, f"stdout must be one JSON object:\n{r.stdout}\n{r.stderr}"
-    return r.returncode, json.loads(lines[0]), r.stderr
+    return run_loadgen(run_dir, *args, timeout=timeout)
 
 
 @pytest.mark.timeout(120)

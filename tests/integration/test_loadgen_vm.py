@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 
 import pytest
 
-from tests.conftest import ROOT, wait_for
+from tests.conftest import ROOT, run_loadgen, wait_for
 
 LOADGEN = ROOT / "scripts" / "loadgen"
 PHYSICAL_PAGES = 1024  # 4 MiB: 2 tasks x 8 MiB is 4x physical memory
@@ -66,15 +64,7 @@ def vm_cluster(run_dir, procs):
 
 
 def loadgen(run_dir, *args, timeout=240):
-    """scripts/loadgen --run-dir DIR ARGS --json: (exit status, summary, stderr)."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    r = subprocess.run([sys.executable, str(LOADGEN), "--run-dir", str(run_dir), *args,
-                        "--json"], capture_output=True, text=True, timeout=timeout, env=env,
-                       cwd=ROOT)
-    lines = [ln for ln in r.stdout.splitlines() if ln.strip()]
-    assert len(lines) == 1, f"stdout must be one JSON object:\n{r.stdout}\n{r.stderr}"
-    return r.returncode, json.loads(lines[0]), r.stderr
+    return run_loadgen(run_dir, *args, timeout=timeout)
 
 
 @pytest.mark.timeout(300)

@@ -5,10 +5,8 @@ file, libpager) once the kernel serves vm_map."""
 
 from __future__ import annotations
 
-import json
 import signal
 import stat as S
-import sys
 
 import pytest
 
@@ -18,31 +16,15 @@ from protocol.defs import mach as VM
 from protocol.defs import mach_port as P
 from protocol.defs import netname as NS
 from protocol.kern_return import MachError, MigReturn
-from tests.conftest import wait_for
+from tests.conftest import log_records, start_server, wait_for
 
 RW = F.O_READ | F.O_WRITE
 T = 30  # seconds: any single RPC
 
 
 def start_memfs(procs, run_dir, *extra, name="memfs"):
-    argv = [sys.executable, "-m", "translators.memfs", "--run-dir", str(run_dir),
-            "--name", name, "--stats-interval", "0.2", *extra]
-    p = procs.start(argv, name=name)
-    ready = run_dir / f"{name}.ready"
-    wait_for(lambda: ready.exists() or p.p.poll() is not None, 60, what="memfs ready")
-    assert p.p.poll() is None, p.output()
-    assert int(ready.read_text()) == p.pid
-    return p
-
-
-def log_records(path):
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            pass
-    return out
+    return start_server(procs, run_dir, "translators.memfs", name, "--stats-interval", "0.2",
+                        *extra)
 
 
 def last_stats(run_dir, name="memfs"):

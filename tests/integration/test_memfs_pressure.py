@@ -13,7 +13,7 @@ from protocol.defs import fs as F
 from protocol.defs import mach as MD
 from protocol.defs import netname as NS
 from protocol.runtime import TaskRuntime
-from tests.conftest import wait_for
+from tests.conftest import start_server
 from tests.integration.test_vm import start_kernel
 
 PAGE = 4096
@@ -23,14 +23,6 @@ NPAGES = 1024  # more than twice the physical memory
 
 def pattern(i: int) -> bytes:
     return hashlib.sha256(b"memfs page %d" % i).digest() * (PAGE // 32)
-
-
-def start_server(procs, run_dir, module, name):
-    p = procs.python(["-m", module, "--run-dir", str(run_dir), "--name", name], name=name)
-    ready = run_dir / f"{name}.ready"
-    wait_for(lambda: ready.exists() or p.p.poll() is not None, 60, what=f"{name} ready")
-    assert p.p.poll() is None, p.output()
-    return p
 
 
 def open_file(rt, name, flags):
