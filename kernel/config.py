@@ -19,6 +19,7 @@ class KernelConfig:
     max_blocked_bytes_per_task: int = 64 << 20  # message bytes held for blocked sends
     max_blocked_bytes_total: int = 256 << 20  # the same, over all tasks
     max_tasks: int = 4096
+    max_kernel_threads: int = 16384  # suspended kernel routines (faults waiting for pagers)
     # VM
     physical_pages: int = 16384  # 64 MiB of 4 KiB frames
     pageout_policy: str = "classic"

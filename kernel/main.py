@@ -257,6 +257,10 @@ class Kernel:
             first = gen.send(None)
         except StopIteration as e:
             return e.value
+        if self.sched.threads >= self.config.max_kernel_threads:
+            gen.close()
+            self.stats["kernel_threads_refused"] += 1
+            raise MachError(KernReturn.KERN_RESOURCE_SHORTAGE, rt.name)
         kmsg = self.current_kmsg
         reply, reply_type = kmsg.reply, kmsg.reply_type
         kmsg.reply = None
