@@ -1,0 +1,449 @@
+"""The ext2fs translator: ext2 on an image file, served with the fs protocol (the Hurd's
+ext2fs: ext2fs/{pager,inode,dir}.c over libdiskfs and libpager).
+
+File contents live in the kernel's page cache: every regular file, once read or
+written, has one libpager pager (cacheable, MEMORY_OBJECT_COPY_DELAY) whose ops
+(``FilePagerOps``) move pages between the kernel and the file's blocks in the image;
+io_read / io_write go through ext2fs's own mapping of the file (fsserver.FileMapping),
+so the kernel's pageout (or a sync) decides when data reaches the disk.
+
+Metadata (inodes, bitmaps, directories, indirect blocks) goes through the image
+directly with the Ext2 library, not through a disk pager as in the Hurd: the library's
+bounded write-back metadata cache plays the disk pager's role.  That is simpler, and
+for this emulation crash-equivalent (in both, metadata reaches the image only at a
+sync or when the cache evicts it).
+"""
+
+from __future__ import annotations
+
+import stat as S
+import threading
+import time
+
+import structlog
+
+from protocol.defs import fs as F
+from protocol.defs import mach as VM
+from protocol.kern_return import MachError
+from translators import libpager as PG
+from translators.ext2fs import ondisk as D
+from translators.ext2fs.filesystem import Ext2
+from translators.fsserver import (DT_DIR, DT_REG, DT_UNKNOWN, PAGE_SIZE, FileMapping,
+                                  FileSystem, fs_error, round_page, trunc_page)
+
+log = structlog.get_logger("ext2fs")
+
+MAX_WRITE_BLOCKS = 128  # blocks per disk write (the Hurd's pager_write_pages limit)
+_DT = {D.EXT2_FT_REG_FILE: DT_REG, D.EXT2_FT_DIR: DT_DIR}
+
+
+def _err(e: OSError) -> MachError:
+    """The Hurd error_t for an Ext2Error / OSError (its errno is Linux's)."""
+    return MachError(F.from_os_error(e.errno) if e.errno else F.EIO, str(e))
+
+
+class Ext2Node:
+    """struct node + ext2fs's struct disknode: one inode in use."""
+
+    def __init__(self, ino: int, mode: int, size: int):
+        self.ino = ino
+        self.mode = mode
+        self.size = size  # i_size, kept here too so pager threads need no io_lock
+        self.references = 0
+        self.dead = False  # unlinked / removed: its inode is to be (or was) released
+        self.io_lock = threading.Lock()  # one file's reads, writes and size changes
+        self.pager = None
+        self.mapping: FileMapping | None = None
+
+    @property
+    def is_dir(self) -> bool:
+        return S.S_ISDIR(self.mode)
+
+    def __repr__(self):
+        return f"<ext2node {self.ino} {'dir' if self.is_dir else 'file'} size {self.size}>"
+
+
+class FilePagerOps:
+    """The libpager callbacks of one file (ext2fs/pager.c file_pager_*): pages come from
+    and go to the file's blocks in the image."""
+
+    def __init__(self, fs: "Ext2Fs", node: Ext2Node):
+        self.fs = fs
+        self.node = node
+
+    def _blocks(self, offset: int, length: int):
+        """File blocks of [offset, offset+length) that lie before EOF."""
+        bs = self.fs.ext2.block_size
+        end = min(offset + length, self.node.size)
+        return range(offset // bs, (end + bs - 1) // bs) if end > offset else range(0)
+
+    def read_page(self, pager, offset: int, length: int):
+        """pager_read_page: the page's blocks (1-4 per page).  A page with a hole
+        before EOF is supplied zero-filled where there is no block and write-locked:
+        its first write comes back as unlock_page, which allocates the blocks."""
+        fs, ext2, bs = self.fs, self.fs.ext2, self.fs.ext2.block_size
+        fs.count(read_page=1)
+        buf = bytearray(length)
+        hole = False
+        with ext2.lock:
+            inode = ext2.read_inode(self.node.ino)
+            for lb in self._blocks(offset, length):
+                pb = ext2.bmap(inode, lb)
+                if not pb:
+                    hole = True
+                    continue
+                o = lb * bs - offset
+                buf[o:o + bs] = ext2.read_block(pb)
+        if hole:
+            fs.count(hole_pages=1)
+        return bytes(buf), hole
+
+    def unlock_page(self, pager, offset: int, length: int):
+        """pager_unlock_page: allocate the page's blocks (ext2_getblk with create)."""
+        fs, ext2 = self.fs, self.fs.ext2
+        fs.count(unlock_page=1)
+        if self.node.dead:
+            raise MachError(F.EIO, "file removed")
+        try:
+            with ext2.lock:
+                inode = ext2.read_inode(self.node.ino)
+                for lb in self._blocks(offset, length):
+                    if not ext2.bmap(inode, lb):
+                        ext2.bmap(inode, lb, create=True)
+                        fs.count(blocks_allocated=1)
+        except OSError as e:
+            raise _err(e) from e
+
+    def write_page(self, pager, offset: int, data):
+        self.write_pages(pager, offset, data)
+
+    def write_pages(self, pager, offset: int, data):
+        """pager_write_page / pager_write_pages: store a run of pages.  Runs of blocks
+        contiguous on disk go out in one Ext2.write_blocks (at most MAX_WRITE_BLOCKS
+        blocks each); blocks past EOF are dropped.  A block still a hole (the file grew
+        under a page the kernel already had unlocked) is allocated here."""
+        fs, ext2, bs = self.fs, self.fs.ext2, self.fs.ext2.block_size
+        fs.count(data_returns=1, pages_returned=len(data) // PAGE_SIZE)
+        if self.node.dead:
+            return  # its blocks are (being) freed
+        runs: list[tuple[int, list]] = []
+        mv = memoryview(data)
+        try:
+            with ext2.lock:
+                inode = ext2.read_inode(self.node.ino)
+                for lb in self._blocks(offset, len(data)):
+                    pb = ext2.bmap(inode, lb)
+                    if not pb:
+                        pb = ext2.bmap(inode, lb, create=True)
+                        fs.count(blocks_allocated=1, write_allocations=1)
+                    o = lb * bs - offset
+                    blk = mv[o:o + bs]
+                    if runs and pb == runs[-1][0] + len(runs[-1][1]) \
+                            and len(runs[-1][1]) < MAX_WRITE_BLOCKS:
+                        runs[-1][1].append(blk)
+                    else:
+                        runs.append((pb, [blk]))
+            for start, blks in runs:
+                with ext2.lock:
+                    ext2.write_blocks(start, b"".join(blks))
+                fs.count(disk_writes=1, blocks_written=len(blks))
+                fs.disk_delay()
+        except OSError as e:
+            raise _err(e) from e
+
+    def report_extent(self, pager) -> int:
+        """pager_report_extent: the file's size, whole pages."""
+        return round_page(self.node.size)
+
+    def clear_user_data(self, pager):
+        return None
+
+    def notify_evict(self, pager, offset: int, length: int):
+        return None
+
+    def dropweak(self, pager):
+        return None
+
+
+class Ext2Fs(FileSystem):
+    """The FileSystem over one mounted image.  Nodes in use are kept in ``nodes``
+    (ino -> Ext2Node, the diskfs node cache): one node, hence one pager, per inode."""
+
+    def __init__(self, ext2: Ext2, rt=None, pager_bucket=None, direct_io: bool = False,
+                 disk_latency: float = 0.0):
+        self.ext2 = ext2
+        self.rt = rt
+        self.pager_bucket = pager_bucket
+        self.direct_io = direct_io
+        self.disk_latency = disk_latency
+        self.lock = threading.RLock()  # the node table and references
+        self.nodes: dict[int, Ext2Node] = {}
+        self._stats_lock = threading.Lock()
+        self.stats = {"read_page": 0, "hole_pages": 0, "unlock_page": 0,
+                      "blocks_allocated": 0, "write_allocations": 0, "data_returns": 0,
+                      "pages_returned": 0, "disk_writes": 0, "blocks_written": 0,
+                      "pagers_created": 0, "remaps": 0, "syncs": 0, "nodes_freed": 0}
+        self.root_node = self._node(D.EXT2_ROOT_INO)
+        self.root_node.references = 1  # the file system's own
+
+    def count(self, **kw):
+        with self._stats_lock:
+            for k, v in kw.items():
+                self.stats[k] += v
+
+    def disk_delay(self):
+        """--disk-latency-ms: an emulated slow disk, per disk write call."""
+        if self.disk_latency > 0:
+            time.sleep(self.disk_latency)
+
+    def _call(self, fn, *args, **kw):
+        """An Ext2 library call with its errors as the Hurd's error_t."""
+        try:
+            return fn(*args, **kw)
+        except OSError as e:
+            raise _err(e) from e
+
+    # ------------------------------------------------------------ nodes
+
+    def _node(self, ino: int) -> Ext2Node:
+        """diskfs_cached_lookup (lock held by the caller or at init): not referenced."""
+        node = self.nodes.get(ino)
+        if node is None:
+            inode = self._call(self.ext2.read_inode, ino)
+            node = Ext2Node(ino, inode.i_mode, inode.size)
+            self.nodes[ino] = node
+        return node
+
+    def root(self):
+        return self._ref(self.root_node)
+
+    def _ref(self, node: Ext2Node) -> Ext2Node:
+        with self.lock:
+            node.references += 1
+        return node
+
+    def node_ref(self, node):
+        self._ref(node)
+
+    def node_unref(self, node: Ext2Node):
+        with self.lock:
+            if node.references <= 0:
+                raise AssertionError(f"{node}: reference underflow")
+            node.references -= 1
+            free = node.references == 0 and node.dead and not node.is_dir
+            if free:
+                self.nodes.pop(node.ino, None)
+        if free:
+            self._drop_file(node)
+
+    def _drop_file(self, node: Ext2Node):
+        """diskfs_drop_node: the last user of an unlinked file is gone: its pager is
+        shut down (nothing more comes back), then its inode and blocks are released."""
+        with node.io_lock:
+            if node.mapping is not None:
+                node.mapping.unmap()
+                node.mapping = None
+            pager, node.pager = node.pager, None
+        if pager is not None:
+            try:
+                PG.pager_flush(pager, True)
+                PG.pager_shutdown(pager)
+            except MachError as e:
+                log.warning("pager shutdown failed", ino=node.ino, code=e.code)
+            PG.pager_deref(pager)
+        try:
+            self.ext2.clear_inode(node.ino)
+        except OSError as e:
+            log.warning("clear_inode failed", ino=node.ino, error=str(e))
+        self.count(nodes_freed=1)
+
+    def is_dir(self, node) -> bool:
+        return node.is_dir
+
+    # ------------------------------------------------------------ directories
+
+    def _live_dir(self, dir: Ext2Node):
+        if not dir.is_dir:
+            raise fs_error(F.ENOTDIR)
+        if dir.dead:
+            raise fs_error(F.ENOENT, "directory removed")
+
+    def lookup(self, dir: Ext2Node, name: str) -> Ext2Node:
+        with self.lock:
+            self._live_dir(dir)
+            if name == ".":
+                return self._ref(dir)
+            ino = self._call(self.ext2.lookup, dir.ino, name)
+            return self._ref(self._node(ino))
+
+    def create(self, dir: Ext2Node, name: str, mode: int) -> Ext2Node:
+        with self.lock:
+            self._live_dir(dir)
+            ino = self._call(self.ext2.create, dir.ino, name, mode & 0o7777)
+            return self._ref(self._node(ino))
+
+    def mkdir(self, dir: Ext2Node, name: str, mode: int):
+        with self.lock:
+            self._live_dir(dir)
+            self._call(self.ext2.mkdir, dir.ino, name, mode & 0o7777)
+
+    def rmdir(self, dir: Ext2Node, name: str):
+        with self.lock:
+            self._live_dir(dir)
+            ino = self._call(self.ext2.lookup, dir.ino, name)
+            self._call(self.ext2.rmdir, dir.ino, name)
+            node = self.nodes.get(ino)
+            if node is not None:
+                node.dead = True
+                if not node.references:
+                    del self.nodes[ino]
+
+    def unlink(self, dir: Ext2Node, name: str):
+        with self.lock:
+            self._live_dir(dir)
+            ino = self._call(self.ext2.unlink, dir.ino, name, defer_free=True)
+            if self._call(self.ext2.read_inode, ino).i_links_count:
+                return
+            node = self.nodes.get(ino)
+            if node is None:
+                self._call(self.ext2.clear_inode, ino)
+                self.count(nodes_freed=1)
+                return
+            node.dead = True
+            self._ref(node)
+        self.node_unref(node)  # frees it unless it is still open
+
+    def readdir(self, dir: Ext2Node) -> list:
+        with self.lock:
+            self._live_dir(dir)
+            ents = self._call(self.ext2.readdir, dir.ino)
+        return [[e.name.decode("utf-8", "surrogateescape"),
+                 _DT.get(e.file_type, DT_UNKNOWN), e.inode] for e in ents]
+
+    # ------------------------------------------------------------ pager and mapping
+
+    def _pager(self, node: Ext2Node):
+        """The file's pager, made on first use (pager_create: cacheable, copy delay)."""
+        with self.lock:
+            if node.pager is None:
+                if self.pager_bucket is None:
+                    raise fs_error(F.EOPNOTSUPP, "no pager bucket")
+                node.pager = PG.pager_create(FilePagerOps(self, node), self.pager_bucket,
+                                             True, VM.MEMORY_OBJECT_COPY_DELAY, False,
+                                             upi=node)
+                self.count(pagers_created=1)
+            return node.pager
+
+    def _port(self, node: Ext2Node) -> int:
+        return PG.pager_get_port(self._pager(node))
+
+    def _mapping(self, node: Ext2Node, size: int) -> FileMapping:
+        """ext2fs's own mapping of the file, covering ``size`` (caller holds io_lock)."""
+        if node.mapping is None:
+            node.mapping = FileMapping(self.rt, lambda: self._port(node))
+        before = node.mapping.remaps
+        node.mapping.ensure(max(size, 1))
+        if node.mapping.remaps != before:
+            self.count(remaps=1)
+        return node.mapping
+
+    # ------------------------------------------------------------ file I/O
+
+    def _file(self, node: Ext2Node):
+        if node.is_dir:
+            raise fs_error(F.EISDIR)
+
+    def _set_isize(self, node: Ext2Node, size: int):
+        """Grow i_size (diskfs_grow: blocks come later, from unlock_page)."""
+        if size > self.ext2.max_file_size():
+            raise fs_error(F.EFBIG)
+        ext2 = self.ext2
+        with ext2.lock:
+            inode = self._call(ext2.read_inode, node.ino)
+            inode.size = size
+            if size > 2**31 - 1:
+                ext2._set_large_file()
+            inode.i_mtime = inode.i_ctime = int(time.time())
+            self._call(ext2.write_inode, inode)
+            node.size = size
+
+    def read(self, node: Ext2Node, offset: int, amount: int) -> bytes:
+        self._file(node)
+        with node.io_lock:
+            n = min(amount, node.size - offset)
+            if n <= 0:
+                return b""
+            if self.direct_io:
+                return self._call(self.ext2.read, node.ino, offset, n)
+            return self._mapping(node, offset + n).read(offset, n)
+
+    def write(self, node: Ext2Node, offset: int, data: bytes) -> int:
+        self._file(node)
+        n = len(data)
+        with node.io_lock:
+            if self.direct_io:
+                if n:
+                    self._call(self.ext2.write, node.ino, offset, data)
+                    node.size = max(node.size, offset + n)
+                return n
+            if offset + n > node.size:
+                self._set_isize(node, offset + n)
+            if n:
+                self._mapping(node, offset + n).write(offset, data)
+        return n
+
+    def set_size(self, node: Ext2Node, size: int):
+        """file_set_size: extend (sparse) or truncate: the partial last page is returned
+        first (pager_return_some, so its head reaches the disk), the kernel's pages past
+        the new end are flushed (pager_flush_some), then Ext2.truncate frees the blocks
+        and zeroes the tail of the last block."""
+        self._file(node)
+        if size < 0:
+            raise fs_error(F.EINVAL)
+        with node.io_lock:
+            old = node.size
+            if size < old and node.pager is not None:
+                pager = node.pager
+                if size % PAGE_SIZE:
+                    PG.pager_return_some(pager, trunc_page(size), PAGE_SIZE, True)
+                end = max(round_page(old), node.mapping.size if node.mapping else 0)
+                if end > round_page(size):
+                    PG.pager_flush_some(pager, round_page(size), end - round_page(size),
+                                        True)
+            self._call(self.ext2.truncate, node.ino, size)
+            node.size = size
+
+    def stat(self, node: Ext2Node) -> dict:
+        st = self._call(self.ext2.stat, node.ino)
+        st["st_dev"] = 0
+        if not node.is_dir:
+            st["st_size"] = node.size
+        return st
+
+    def map(self, node: Ext2Node) -> int:
+        if node.is_dir:
+            raise fs_error(F.EOPNOTSUPP, "directories have no memory object")
+        if self.direct_io:
+            raise fs_error(F.EOPNOTSUPP, "--direct-io: no memory objects")
+        return self._port(node)
+
+    def sync(self, node: Ext2Node, wait: bool):
+        """file_sync: the file's dirty pages back to the disk (pager_sync), then the
+        metadata (Ext2.sync)."""
+        pager = node.pager
+        if pager is not None:
+            PG.pager_sync(pager, wait)
+        self._call(self.ext2.sync, wait)
+
+    def syncfs(self, wait: bool):
+        """fsys_syncfs / the periodic sync (diskfs_sync_everything): pager_sync on
+        every file with a pager, then Ext2.sync."""
+        with self.lock:
+            pagers = [n.pager for n in self.nodes.values() if n.pager is not None]
+        for pager in pagers:
+            try:
+                PG.pager_sync(pager, wait)
+            except MachError as e:
+                log.warning("pager_sync failed", code=e.code)
+        self._call(self.ext2.sync, wait)
+        self.count(syncs=1)
