@@ -48,6 +48,7 @@ FLOOR_WINDOW = 256    # the floor sender's bound on messages in flight
 MACH_PORT_QLIMIT_MAX = 16
 MEMFS_NAME = "memfs"
 RSS_PAGES = 262144      # physical_pages of the kernel whose RSS per page is measured
+EXT2_CLUSTERS = (1, 32)  # data_return_cluster values compared by the ext2 rows
 RSS_CHUNK = 4 << 20     # bytes per vm_write while touching frames (MAX_OOL_BYTES)
 FREE_MARGIN = 256       # pages the toucher leaves above the pageout free target
 
@@ -562,6 +563,58 @@ def role_toucher(run_dir: str, name: str, chunk: int):
         rt.close()
 
 
+# ==================================================================== ext2fs write-back
+
+EXT2_NAME = "ext2fs"
+EXT2_CHUNK = 1 << 20  # bytes per io_write
+
+
+def _ext2_chunk(i: int) -> bytes:
+    """Chunk ``i`` of the sequential file: every page names its chunk and page."""
+    return b"".join(_vm_page(i, p) for p in range(EXT2_CHUNK // PAGE_SIZE))
+
+
+def role_ext2writer(run_dir: str, name: str, server: str, mib: int, out: str):
+    """Sequential write through ext2fs: dir_lookup(O_CREAT), ``mib`` io_writes of 1 MiB,
+    fsys_syncfs(wait); the kernel's vm_statistics before and after; the first and last
+    chunks read back (io_read) and compared."""
+    _die_with_parent()
+    _term_exits()
+    from protocol.defs import fs as F
+    from protocol.defs import mach as VM
+
+    rt = _connect(run_dir, name, "client")
+    T = 600
+    me = rt.task_self
+    try:
+        root = _look_up(rt, server)
+        retry, _, port = F.dir_lookup(root, "seqwrite", F.O_CREAT | F.O_EXCL | F.O_READ
+                                      | F.O_WRITE, 0o644, timeout=T, rt=rt)
+        if retry != F.FS_RETRY_NORMAL or not port:
+            raise SystemExit(f"dir_lookup: retry {retry}, port {port}")
+        pattern = {i: _ext2_chunk(i) for i in (0, mib - 1)}
+        s0 = VM.vm_statistics(me, timeout=T, rt=rt)
+        t0 = time.perf_counter()
+        for i in range(mib):
+            data = pattern.get(i) or _ext2_chunk(i)
+            if F.io_write(port, data, i * EXT2_CHUNK, timeout=T, rt=rt) != EXT2_CHUNK:
+                raise SystemExit(f"io_write chunk {i}: short write")
+        t1 = time.perf_counter()
+        F.fsys_syncfs(root, 1, 0, timeout=T, rt=rt)
+        t2 = time.perf_counter()
+        s1 = VM.vm_statistics(me, timeout=T, rt=rt)
+        for i, want in pattern.items():
+            if F.io_read(port, i * EXT2_CHUNK, EXT2_CHUNK, timeout=T, rt=rt) != want:
+                raise SystemExit(f"io_read chunk {i}: differs from what io_write stored")
+        delta = {k: s1[k] - s0[k] for k in ("data_returns", "data_return_pages", "pageouts",
+                                             "pageins", "data_requests")}
+        rt.thread_exit()
+        Path(out).write_text(json.dumps({"write_s": t1 - t0, "sync_s": t2 - t1,
+                                         "vm": delta, "physical_pages": s0["physical_pages"]}))
+    finally:
+        rt.close()
+
+
 ROLES = {
     "floor-server": (role_floor_server, (str, str)),
     "floor-client": (role_floor_client, (str, int, int, str)),
@@ -571,6 +624,7 @@ ROLES = {
     "vmclient": (role_vmclient, (str, str, str, int, int, int, str)),
     "maplookup": (role_maplookup, (int, str)),
     "toucher": (role_toucher, (str, str, int)),
+    "ext2writer": (role_ext2writer, (str, str, str, int, str)),
 }
 
 
@@ -835,6 +889,9 @@ def _run(args, progress, tmp: Path, ch: Children) -> list[dict]:
     # ---- 5. kernel RSS per physical page: a kernel of RSS_PAGES frames, (nearly) all
     # holding data
     rss = _measure_rss(args, progress, tmp, ch)
+
+    # ---- 6. ext2fs write-back: data_return clustering 1 vs 32 (kernel config)
+    ext2 = _measure_ext2(args, progress, tmp, ch)
     progress("done")
     fr = _latency([x for part in floor_parts for x in part["samples"]])
     fl = (sum(part["stream_n"] for part in floor_parts)
@@ -869,7 +926,7 @@ def _run(args, progress, tmp: Path, ch: Children) -> list[dict]:
         row("info.routed_kernel_us_per_msg", cpu["kernel"] * 1e4 / routed_rate, "us", None),
         row("info.routed_senders_cpu", 100.0 * sender_cpu / (max(ends) - t0), "%core", None),
         row("info.host_cores", os.cpu_count() or 1, "cores", None),
-    ] + _vm_rows(row, fr, vm, lookups, rss)
+    ] + _vm_rows(row, fr, vm, lookups, rss) + _ext2_rows(row, ext2, args.ext2_mib)
 
 
 def _measure_rss(args, progress, tmp: Path, ch: Children) -> dict:
@@ -906,6 +963,83 @@ def _measure_rss(args, progress, tmp: Path, ch: Children) -> dict:
         return r
     finally:
         ch.stop(kp)  # give its gigabyte back now
+
+
+def _ext2_stats(log: Path, min_syncs: int) -> dict | None:
+    """ext2fs's last "stats" log record once its counter of syncs reached ``min_syncs``."""
+    last = None
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        try:
+            r = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(r, dict) and r.get("event") == "stats" and r.get("syncs", 0) >= min_syncs:
+            last = r
+    return last
+
+
+def _measure_ext2(args, progress, tmp: Path, ch: Children) -> dict:
+    """For each data_return cluster size: a fresh kernel with that data_return_cluster and
+    a small physical memory, a fresh ext2fs (image 2x the file, no periodic sync), a
+    sequential write of --ext2-mib MiB in 1 MiB io_writes, then fsys_syncfs.  Returns,
+    per cluster size, the kernel's VM deltas and ext2fs's counters."""
+    res = {}
+    for cluster in EXT2_CLUSTERS:
+        d = tmp / f"ext2c{cluster}"
+        d.mkdir()
+        conf = d / "kernel.toml"
+        conf.write_text(f"[kernel]\nphysical_pages = {args.ext2_pages}\n"
+                        f"data_return_cluster = {cluster}\n")
+        progress(f"ext2: kernel ({args.ext2_pages} pages, data_return_cluster {cluster}), "
+                 f"ext2fs, {args.ext2_mib} MiB sequential write + fsys_syncfs")
+        kn, en, wn = f"kernel-ext2c{cluster}", f"ext2fs-c{cluster}", f"ext2writer-c{cluster}"
+        kp = ch.start(kn, [sys.executable, "-m", "kernel", "--run-dir", str(d),
+                           "--config", str(conf)])
+        try:
+            _wait_for(lambda d=d: (d / "kernel.ready").exists(), 60, "ext2 kernel ready", kp, ch,
+                      kn)
+            ep = ch.start(en, [sys.executable, "-m", "translators.ext2fs", "--run-dir",
+                               str(d), "--name", EXT2_NAME, "--size-mib",
+                               str(max(64, 2 * args.ext2_mib)), "--sync-interval", "0",
+                               "--stats-interval", "0.2"])
+            _wait_for(lambda d=d: (d / f"{EXT2_NAME}.ready").exists(), 60, "ext2fs ready", ep,
+                      ch, en)
+            wp = ch.role(wn, "ext2writer", d, "ext2writer", EXT2_NAME, args.ext2_mib,
+                         d / "writer.json")
+            _wait_proc(ch, wn, wp, args.timeout)
+            r = json.loads((d / "writer.json").read_text())
+            r["ext2fs"] = _wait_for(lambda d=d: _ext2_stats(d / f"{EXT2_NAME}.log", 1), 30,
+                                    "ext2fs stats after the sync", ep, ch, en)
+            res[cluster] = r
+            ch.stop(ep)
+        finally:
+            ch.stop(kp)
+    return res
+
+
+def _ext2_rows(row, ext2: dict, mib: int) -> list[dict]:
+    out = []
+    for cluster in EXT2_CLUSTERS:
+        r = ext2[cluster]
+        base = f"ext2.seqwrite_{mib}m_cluster{cluster}"
+        e = r["ext2fs"]
+        secs = r["write_s"] + r["sync_s"]
+        out += [
+            row(f"{base}_data_returns", r["vm"]["data_returns"], "msgs", None),
+            row(f"{base}_disk_writes", e["disk_writes"], "writes", None),
+            row(f"{base}_mib_per_s", mib / secs, "MiB/s", None),
+            row(f"info.{base[5:]}_ext2fs_data_returns", e["data_returns"], "msgs", None),
+            row(f"info.{base[5:]}_blocks_written", e["blocks_written"], "blocks", None),
+            row(f"info.{base[5:]}_pageouts", r["vm"]["pageouts"], "pages", None),
+        ]
+    lo, hi = EXT2_CLUSTERS[0], EXT2_CLUSTERS[-1]
+    w_lo, w_hi = ext2[lo]["ext2fs"]["disk_writes"], ext2[hi]["ext2fs"]["disk_writes"]
+    out.append(row(f"ext2.seqwrite_{mib}m_disk_write_ratio", w_lo / max(1, w_hi), "x", None))
+    return out
 
 
 def _vm_rows(row, fr, vm, lookups, rss) -> list[dict]:

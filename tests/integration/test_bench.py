@@ -38,6 +38,7 @@ VM_PLAIN = {
     "info.rss_256k_touched_pages": "pages", "info.rss_256k_touch_s": "s",
 }
 QUICK_FAULTS = 48  # scripts/bench --quick
+QUICK_EXT2_MIB = 16  # scripts/bench --quick: MiB written through ext2fs per cluster size
 RSS_PAGES = 262144
 
 
@@ -103,6 +104,28 @@ def test_quick_json_shape():
     assert 0.9 * RSS_PAGES <= touched < RSS_PAGES
     assert by["vm.kernel_rss_per_page_256k"]["value"] >= 4.0
     assert by["info.rss_256k_kernel_mib"]["value"] >= touched * 4 / 1024
+    # ext2fs write-back rows (--quick: 16 MiB per data_return cluster size): counts of
+    # real messages and disk writes, no floor ratio; the ratio is only reported.
+    for c in (1, 32):
+        base = f"ext2.seqwrite_{QUICK_EXT2_MIB}m_cluster{c}"
+        for suffix, unit in (("data_returns", "msgs"), ("disk_writes", "writes"),
+                             ("mib_per_s", "MiB/s")):
+            row = by.get(f"{base}_{suffix}")
+            assert row is not None, f"{base}_{suffix} missing"
+            assert row["unit"] == unit and row["floor_ratio"] is None, row
+            assert isinstance(row["value"], (int, float)) and row["value"] > 0, row
+        # Every data_return the kernel counted reached ext2fs's pager.
+        assert by[f"info.seqwrite_{QUICK_EXT2_MIB}m_cluster{c}_ext2fs_data_returns"]["value"] \
+            == by[f"{base}_data_returns"]["value"]
+        # The whole file reached the image: at least one block per 4 KiB page.
+        assert by[f"info.seqwrite_{QUICK_EXT2_MIB}m_cluster{c}_blocks_written"]["value"] \
+            >= QUICK_EXT2_MIB * 256
+    ratio = by[f"ext2.seqwrite_{QUICK_EXT2_MIB}m_disk_write_ratio"]
+    assert ratio["unit"] == "x" and ratio["floor_ratio"] is None
+    assert math.isclose(ratio["value"],
+                        by[f"ext2.seqwrite_{QUICK_EXT2_MIB}m_cluster1_disk_writes"]["value"]
+                        / by[f"ext2.seqwrite_{QUICK_EXT2_MIB}m_cluster32_disk_writes"]["value"],
+                        rel_tol=0.01)
     # Its run dir (named on stderr) is gone: every process stopped, every file removed.
     m = re.search(r"bench: run dir (\S+)", r.stderr)
     assert m, r.stderr
@@ -121,11 +144,13 @@ def test_table_output():
                  "vm.cold_fault_memfs_p50", "vm.kernel_rss_per_page_256k"):
         assert f"target {name}" in out
     assert "tree lookup growth 100 -> 100k entries" in out
+    assert "ext2 seqwrite 16 MiB" in out and "cluster 1 / cluster 32" in out
 
 
 @pytest.mark.timeout(60)
 def test_bad_option():
-    for bad in (["--rounds", "0"], ["--faults", "0"], ["--fault-pages", "0"]):
+    for bad in (["--rounds", "0"], ["--faults", "0"], ["--fault-pages", "0"],
+                ["--ext2-mib", "0"]):
         r = _run(*bad, timeout=30)
         assert r.returncode == 2, bad
         assert r.stdout == ""
