@@ -91,6 +91,8 @@ class IPCSpace:
 
     def remove(self, name: int):
         e = self.table.pop(name, None)
-        if e is not None and e.object is not None and e.type & (T_SEND | T_RECEIVE):
-            self.reverse.pop(e.object.id, None)
+        # Callers may have cleared the entry's type bits already (the last send right
+        # moved or deallocated): the reverse map is checked by name, not by type.
+        if e is not None and e.object is not None and self.reverse.get(e.object.id) == name:
+            del self.reverse[e.object.id]
         return e

@@ -361,7 +361,13 @@ class Kernel:
                 self.stats["bad_traps"] += 1
                 self.reply_result(task, h[1], h[2], MachMsgReturn.MACH_SEND_INVALID_HEADER)
                 return
-            mach_msg_trap(self, task, h, frames)
+            try:
+                mach_msg_trap(self, task, h, frames)
+            except Exception:
+                # a kernel bug must not leave the thread waiting forever
+                log.exception("mach_msg trap failed", task=task.name, msgh_id=h[7])
+                self.stats["internal_errors"] += 1
+                self.reply_result(task, h[1], h[2], KernReturn.KERN_FAILURE)
         elif op == M.OP_HEARTBEAT and task is not None and len(h) == 1:
             self.emit(task, [M.packb([M.K_RESULT, 0, 0, 0])])
         elif op == OP_REPLY_PORT and task is not None:

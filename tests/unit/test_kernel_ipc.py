@@ -561,3 +561,18 @@ def test_malformed_frames_disconnect_only_the_offender(k):
     assert len(k.out.get(b.ident, [])) == frames_before
     assert a.ptype(n) == M.MACH_PORT_TYPE_RECEIVE  # a goes on
     assert K_DISCONNECT == 4
+
+
+def test_reverse_map_forgets_a_port_whose_last_send_right_goes():
+    """mach_port_deallocate of the last send uref (and MOVE_SEND of it) must drop the
+    space's port -> name entry, or the next copyout of that port finds a stale name."""
+    from kernel.ipc_port import IPCPort
+    from kernel.ipc_space import T_SEND, IPCSpace
+
+    space = IPCSpace()
+    port = IPCPort()
+    name = space.insert(port, T_SEND, 1)
+    e = space.table[name]
+    e.type &= ~T_SEND  # as deallocate and MOVE_SEND copyin do before removing
+    space.remove(name)
+    assert port.id not in space.reverse and name not in space.table
