@@ -105,7 +105,7 @@ def main(argv=None) -> int:
         t.serve_until_stopped(all_stats)
         sync_stop.set()
         # The final sync needs the pager threads: before the servers stop.
-        fs.syncfs(True)
+        fs.syncfs(True, timeout=60)  # bounded: the kernel may be going away too
         log.info("ext2fs synced", **all_stats())
     sync_stop.set()
     if ext2 is not None:

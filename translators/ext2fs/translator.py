@@ -231,8 +231,8 @@ class Ext2Fs(FileSystem):
                 raise AssertionError(f"{node}: reference underflow")
             node.references -= 1
             free = node.references == 0 and node.dead and not node.is_dir
-            if free:
-                self.nodes.pop(node.ino, None)
+            if free and self.nodes.get(node.ino) is node:
+                del self.nodes[node.ino]
         if free:
             self._drop_file(node)
 
@@ -292,11 +292,11 @@ class Ext2Fs(FileSystem):
             self._live_dir(dir)
             ino = self._call(self.ext2.lookup, dir.ino, name)
             self._call(self.ext2.rmdir, dir.ino, name)
-            node = self.nodes.get(ino)
+            node = self.nodes.pop(ino, None)
             if node is not None:
+                # the inode is free now and its number may come back for a new file: the
+                # node (still held by open ports) must not be found under it any more
                 node.dead = True
-                if not node.references:
-                    del self.nodes[ino]
 
     def unlink(self, dir: Ext2Node, name: str):
         with self.lock:
@@ -435,14 +435,15 @@ class Ext2Fs(FileSystem):
             PG.pager_sync(pager, wait)
         self._call(self.ext2.sync, wait)
 
-    def syncfs(self, wait: bool):
+    def syncfs(self, wait: bool, timeout: float | None = None):
         """fsys_syncfs / the periodic sync (diskfs_sync_everything): pager_sync on
-        every file with a pager, then Ext2.sync."""
+        every file with a pager, then Ext2.sync.  ``timeout`` bounds each pager's wait
+        for the kernel (None: as long as it takes)."""
         with self.lock:
             pagers = [n.pager for n in self.nodes.values() if n.pager is not None]
         for pager in pagers:
             try:
-                PG.pager_sync(pager, wait)
+                PG.pager_sync(pager, wait, timeout)
             except MachError as e:
                 log.warning("pager_sync failed", code=e.code)
         self._call(self.ext2.sync, wait)
