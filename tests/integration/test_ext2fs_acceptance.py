@@ -18,7 +18,6 @@ import random
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ from protocol.defs import mach as VM
 from protocol.defs import mach_port as P
 from protocol.defs import netname as NS
 from protocol.kern_return import MachError
-from tests.conftest import log_records, wait_for
+from tests.conftest import log_records, start_server, wait_for
 from translators.ext2fs import ondisk as D
 
 TOOLS = ("mke2fs", "debugfs", "e2fsck")
@@ -94,15 +93,9 @@ def sb_state(img: Path) -> int:
         return D.Superblock.parse(f.read(1024)).s_state
 
 
-def start_ext2fs(procs, run_dir: Path, *extra, name="ext2fs"):
-    argv = [sys.executable, "-m", "translators.ext2fs", "--run-dir", str(run_dir),
-            "--name", name, "--stats-interval", "0.5", *extra]
-    p = procs.start(argv, name=name)
-    ready = run_dir / f"{name}.ready"
-    wait_for(lambda: ready.exists() or p.p.poll() is not None, 60, what="ext2fs ready")
-    assert p.p.poll() is None, p.output()
-    assert int(ready.read_text()) == p.pid
-    return p
+def start_ext2fs(procs, run_dir, *extra, name="ext2fs"):
+    return start_server(procs, run_dir, "translators.ext2fs", name, "--stats-interval",
+                        "0.5", *extra)
 
 
 def stop_ext2fs(p, run_dir: Path, name="ext2fs") -> dict:

@@ -7,11 +7,9 @@ writes than pages)."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import signal
 import subprocess
-import sys
 
 import pytest
 
@@ -20,7 +18,7 @@ from protocol.defs import mach as VM
 from protocol.defs import mach_port as P
 from protocol.defs import netname as NS
 from protocol.kern_return import MachError
-from tests.conftest import wait_for
+from tests.conftest import log_records, start_server, wait_for
 
 RW = F.O_READ | F.O_WRITE
 T = 30  # seconds: any single RPC
@@ -35,25 +33,11 @@ def pattern(n, seed=0):
     return (base * (n // 251 + 1))[:n]
 
 
-def log_records(path):
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            pass
-    return out
 
 
 def start_ext2fs(procs, run_dir, *extra, name="ext2fs"):
-    argv = [sys.executable, "-m", "translators.ext2fs", "--run-dir", str(run_dir),
-            "--name", name, "--stats-interval", "0.2", *extra]
-    p = procs.start(argv, name=name)
-    ready = run_dir / f"{name}.ready"
-    wait_for(lambda: ready.exists() or p.p.poll() is not None, 60, what="ext2fs ready")
-    assert p.p.poll() is None, p.output()
-    assert int(ready.read_text()) == p.pid
-    return p
+    return start_server(procs, run_dir, "translators.ext2fs", name, "--stats-interval",
+                        "0.2", *extra)
 
 
 def stop_ext2fs(p, run_dir, name="ext2fs"):
