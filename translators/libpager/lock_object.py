@@ -9,7 +9,6 @@ handler needs the lock.  Holding it here was the classic libpager deadlock.
 
 from __future__ import annotations
 
-import time
 
 import structlog
 
@@ -55,15 +54,8 @@ def _pager_lock_object(p: Pager, offset: int, size: int, should_return: int,
         return False
     if lr is None:
         return True
-    deadline = None if timeout is None else time.monotonic() + timeout
     with p.lock:
-        completed = True
-        while not lr.done():
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                completed = False
-                break
-            p.wakeup.wait(left)
+        completed = p.wakeup.wait_for(lr.done, timeout)
         _lr_release(p, lr)
     return completed
 

@@ -3,7 +3,6 @@ pager's lock is not held while the kernel is called."""
 
 from __future__ import annotations
 
-import time
 
 import structlog
 
@@ -47,15 +46,8 @@ def pager_change_attributes(p: Pager, may_cache: bool, copy_strategy: int,
         return False
     if ar is None:
         return True
-    deadline = None if timeout is None else time.monotonic() + timeout
     with p.lock:
-        completed = True
-        while ar.attrs_pending and not ar.aborted:
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                completed = False
-                break
-            p.wakeup.wait(left)
+        completed = p.wakeup.wait_for(lambda: not ar.attrs_pending or ar.aborted, timeout)
         _ar_release(p, ar)
     return completed
 
