@@ -7,8 +7,14 @@ translated.
 
 from __future__ import annotations
 
-from kernel.ipc_right import (PORT_RECEIVE, SEND_DISPOSITIONS, ipc_right_copyin, ipc_right_copyin_undo,
-                              ipc_right_copyout, release_right)
+from kernel.ipc_right import (
+    PORT_RECEIVE,
+    SEND_DISPOSITIONS,
+    ipc_right_copyin,
+    ipc_right_copyin_undo,
+    ipc_right_copyout,
+    release_right,
+)
 from protocol import message as M
 from protocol.kern_return import MachMsgReturn as R
 

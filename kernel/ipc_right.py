@@ -8,8 +8,14 @@ copies out as MACH_PORT_DEAD; MACH_PORT_NULL is ``(None, 0)``.
 
 from __future__ import annotations
 
-from kernel.ipc_space import (MACH_PORT_UREFS_MAX, T_DEAD_NAME, T_RECEIVE, T_SEND, T_SEND_ONCE,
-                              IPCSpace)
+from kernel.ipc_space import (
+    MACH_PORT_UREFS_MAX,
+    T_DEAD_NAME,
+    T_RECEIVE,
+    T_SEND,
+    T_SEND_ONCE,
+    IPCSpace,
+)
 from protocol import message as M
 
 PORT_SEND = M.MACH_MSG_TYPE_PORT_SEND

@@ -11,9 +11,14 @@ from __future__ import annotations
 
 import itertools
 
-from protocol.message import (MACH_PORT_DEAD, MACH_PORT_TYPE_DEAD_NAME, MACH_PORT_TYPE_PORT_SET,
-                              MACH_PORT_TYPE_RECEIVE, MACH_PORT_TYPE_SEND,
-                              MACH_PORT_TYPE_SEND_ONCE)
+from protocol.message import (
+    MACH_PORT_DEAD,
+    MACH_PORT_TYPE_DEAD_NAME,
+    MACH_PORT_TYPE_PORT_SET,
+    MACH_PORT_TYPE_RECEIVE,
+    MACH_PORT_TYPE_SEND,
+    MACH_PORT_TYPE_SEND_ONCE,
+)
 
 T_SEND = MACH_PORT_TYPE_SEND
 T_RECEIVE = MACH_PORT_TYPE_RECEIVE

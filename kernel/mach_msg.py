@@ -7,17 +7,22 @@ an RPC once the message is queued).
 
 from __future__ import annotations
 
-from kernel.ipc_kmsg import (IPCKmsg, ipc_kmsg_copyin, ipc_kmsg_copyin_undo, ipc_kmsg_copyout,
-                             ipc_kmsg_destroy)
+from kernel.ipc_kmsg import (
+    IPCKmsg,
+    ipc_kmsg_copyin,
+    ipc_kmsg_copyin_undo,
+    ipc_kmsg_copyout,
+    ipc_kmsg_destroy,
+)
 from kernel.ipc_mqueue import Waiter
 from kernel.ipc_port import KERNEL
 from kernel.ipc_right import PORT_SEND, ipc_port_release_send
 from kernel.ipc_space import T_PORT_SET, T_RECEIVE
 from protocol import message as M
-from kernel.vm_page import PAGE_SIZE, round_page, trunc_page
 from protocol.defs.mach import VM_INHERIT_NONE, VM_PROT_ALL, VM_PROT_DEFAULT
 from protocol.kern_return import MachError
 from protocol.kern_return import MachMsgReturn as R
+from protocol.vm_param import PAGE_SIZE, round_page, trunc_page
 
 FULL = -1
 

@@ -26,17 +26,16 @@ from kernel.config import KernelConfig
 from kernel.ipc_kmsg import IPCKmsg
 from kernel.ipc_notify import IPCNotify
 from kernel.ipc_port import KERNEL, IPCPort, ipc_port_clear_receiver, ipc_port_destroy
-from kernel.ipc_right import (PORT_SEND, ipc_port_make_send, release_right)
+from kernel.ipc_right import PORT_SEND, ipc_port_make_send, release_right
 from kernel.ipc_space import T_RECEIVE, T_SEND
 from kernel.mach_msg import ipc_mqueue_send, mach_msg_trap, waiter_timeout
 from kernel.sched_prim import Scheduler
 from kernel.task import Task, task_terminate
 from kernel.vm_init import VMSystem
 from kernel.vm_pageout import POLICIES
-from protocol.kern_return import MachError
 from protocol import logs
 from protocol import message as M
-from protocol.kern_return import KernReturn, MachMsgReturn, MigReturn
+from protocol.kern_return import KernReturn, MachError, MachMsgReturn, MigReturn
 from protocol.transport import readable, recv_frames, send_frames
 
 K_DISCONNECT = 4

@@ -8,15 +8,21 @@ pager falls behind.  Calls from pagers arrive on an object's control port.
 from __future__ import annotations
 
 from kernel.ipc_kmsg import IPCKmsg
-from kernel.ipc_right import (PORT_RECEIVE, PORT_SEND, PORT_SEND_ONCE, ipc_port_copy_send,
-                              ipc_port_make_send, release_right)
-from kernel.vm_page import PAGE_SIZE
+from kernel.ipc_right import (
+    PORT_RECEIVE,
+    PORT_SEND,
+    PORT_SEND_ONCE,
+    ipc_port_copy_send,
+    ipc_port_make_send,
+    release_right,
+)
 from protocol import message as M
 from protocol.defs import mach as MD
 from protocol.defs import memory_object as MO
 from protocol.kern_return import KernReturn as K
 from protocol.kern_return import MachError
 from protocol.mig import Demux
+from protocol.vm_param import PAGE_SIZE
 
 DATA_WRITE_MAX = 32  # pages in one data_return (vm_pageout.c)
 

@@ -10,10 +10,11 @@ memory when short, and sends memory_object_data_unlock for a write to a page who
 from __future__ import annotations
 
 from kernel import memory_object as MOK
-from kernel.vm_page import PAGE_SIZE, Q_INACTIVE, trunc_page
+from kernel.vm_page import Q_INACTIVE
 from protocol.defs.mach import VM_PROT_WRITE
 from protocol.kern_return import KernReturn as K
 from protocol.kern_return import MachError
+from protocol.vm_param import PAGE_SIZE, trunc_page
 
 
 def vm_fault(k, task, vaddr: int, fault_type: int):

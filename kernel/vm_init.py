@@ -14,10 +14,11 @@ import structlog
 from kernel import memory_object as MOK
 from kernel.ipc_right import PORT_SEND_ONCE, ipc_port_make_send
 from kernel.vm_object import VMObject, VMObjectCache, make_control_ports, pages_of
-from kernel.vm_page import PAGE_SIZE, VMResident
+from kernel.vm_page import VMResident
 from protocol.defs import mach as MD
 from protocol.defs import memory_object as MO
 from protocol.kern_return import KernReturn as K
+from protocol.vm_param import PAGE_SIZE
 
 log = structlog.get_logger("kernel")
 
@@ -140,7 +141,7 @@ class VMSystem:
         obj = self.pager_objects.get(pager_port.id)
         self.cache.lookups += 1
         if obj is not None and obj.alive:
-            from kernel.ipc_right import release_right, PORT_SEND
+            from kernel.ipc_right import PORT_SEND, release_right
 
             release_right(self.k, pager_port, PORT_SEND)  # the object holds one already
             if obj.cached:

@@ -45,15 +45,16 @@ from __future__ import annotations
 
 import inspect
 
-from protocol.defs.mach import (VM_INHERIT_COPY, VM_INHERIT_DEFAULT, VM_INHERIT_NONE,
-                                VM_INHERIT_SHARE, VM_PROT_ALL, VM_PROT_DEFAULT)
+from protocol.defs.mach import (
+    VM_INHERIT_COPY,
+    VM_INHERIT_DEFAULT,
+    VM_INHERIT_NONE,
+    VM_INHERIT_SHARE,
+    VM_PROT_ALL,
+    VM_PROT_DEFAULT,
+)
 from protocol.kern_return import KernReturn, MachError
-
-PAGE_SIZE = 4096
-PAGE_MASK = PAGE_SIZE - 1
-# i386 GNU Mach user address space (VM_MIN_ADDRESS, VM_MAX_ADDRESS).
-VM_MIN_ADDRESS = 0
-VM_MAX_ADDRESS = 0xC0000000
+from protocol.vm_param import PAGE_MASK, VM_MAX_ADDRESS, VM_MIN_ADDRESS
 
 LOOKUP_LIST = "list"
 LOOKUP_TREE = "tree"
@@ -62,16 +63,6 @@ MERGE_COALESCE = "coalesce"
 
 _INHERITANCES = (VM_INHERIT_SHARE, VM_INHERIT_COPY, VM_INHERIT_NONE)
 _WORD_MASK = (1 << 64) - 1
-
-
-def trunc_page(x: int) -> int:
-    """trunc_page (mach/vm_param.h)."""
-    return x & ~PAGE_MASK
-
-
-def round_page(x: int) -> int:
-    """round_page (mach/vm_param.h)."""
-    return (x + PAGE_MASK) & ~PAGE_MASK
 
 
 def _fail(code: KernReturn, what: str):

@@ -13,7 +13,7 @@ import itertools
 from collections import OrderedDict
 
 from kernel.ipc_port import KERNEL, IPCPort
-from kernel.vm_page import PAGE_SIZE
+from protocol.vm_param import PAGE_SIZE
 
 _ids = itertools.count(1)
 

@@ -13,18 +13,9 @@ from __future__ import annotations
 import mmap
 from collections import deque
 
-PAGE_SIZE = 4096
-PAGE_SHIFT = 12
+from protocol.vm_param import PAGE_SIZE
 
 Q_NONE, Q_FREE, Q_ACTIVE, Q_INACTIVE = 0, 1, 2, 3
-
-
-def trunc_page(x: int) -> int:
-    return x & ~(PAGE_SIZE - 1)
-
-
-def round_page(x: int) -> int:
-    return (x + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
 
 
 def _flag(bit: int, doc: str):

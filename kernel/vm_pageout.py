@@ -16,7 +16,7 @@ from __future__ import annotations
 from kernel import memory_object as MOK
 from kernel.sched_prim import Sleep
 from kernel.vm_init import PAGEOUT_EVENT
-from kernel.vm_page import PAGE_SIZE
+from protocol.vm_param import PAGE_SIZE
 
 VM_PAGE_FREE_RESERVED = 50
 BURST_MAX = 10

@@ -8,12 +8,12 @@ they finish at once and reply like any other kernel routine.
 from __future__ import annotations
 
 from kernel.vm_fault import vm_fault_range
-from kernel.vm_page import PAGE_SIZE, round_page, trunc_page
 from protocol import message as M
 from protocol.defs import mach as MD
 from protocol.kern_return import KernReturn as K
 from protocol.kern_return import MachError
 from protocol.mig import Demux
+from protocol.vm_param import PAGE_SIZE, round_page, trunc_page
 
 
 def fail(code):

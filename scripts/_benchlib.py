@@ -41,7 +41,8 @@ import zmq
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-PAGE_SIZE = 4096
+from protocol.vm_param import PAGE_SIZE  # noqa: E402
+
 SERVER_NAME = "bench"
 FLOOR_ACK_EVERY = 32  # the floor receiver grants credit in batches of this many
 FLOOR_WINDOW = 256    # the floor sender's bound on messages in flight
@@ -227,8 +228,11 @@ def role_server(run_dir: str, name: str, threads: int, qlimit: int):
 
     from protocol import message as M
     from protocol.defs.demo import demo_echo, demo_null, demo_send
-    from protocol.defs.mach_port import (mach_port_allocate, mach_port_insert_right,
-                                         mach_port_set_qlimit)
+    from protocol.defs.mach_port import (
+        mach_port_allocate,
+        mach_port_insert_right,
+        mach_port_set_qlimit,
+    )
     from protocol.defs.netname import netname_check_in
     from protocol.kern_return import MachError
     from protocol.mig import Demux, bad_id_reply_id

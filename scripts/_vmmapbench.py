@@ -27,7 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from kernel.vm_map import PAGE_SIZE, VMMap  # noqa: E402
+from kernel.vm_map import VMMap  # noqa: E402
+from protocol.vm_param import PAGE_SIZE  # noqa: E402
 
 STRUCTURES = ("list", "tree")
 DEFAULT_SIZES = (100, 10_000, 100_000)

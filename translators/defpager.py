@@ -40,6 +40,7 @@ from protocol.defs import mach_port as P
 from protocol.defs import memory_object as MO
 from protocol.defs import netname as NS
 from protocol.kern_return import MachError
+from protocol.vm_param import PAGE_SIZE
 from translators import libpager as PG
 from translators import libports as LP
 from translators.libpager.data_return import _pager_S_memory_object_data_return
@@ -47,7 +48,7 @@ from translators.libpager.terminate import _pager_S_memory_object_terminate
 
 log = structlog.get_logger("defpager")
 
-PAGE_SIZE = PG.PAGE_SIZE
+
 DEFAULT_SWAP_MIB = 256
 
 

@@ -36,11 +36,11 @@ from protocol.defs import fs as F
 from protocol.defs import mach as VM
 from protocol.defs import mach_port as P
 from protocol.kern_return import MachError
+from protocol.vm_param import PAGE_SIZE
 from translators import libports as LP
 
 log = structlog.get_logger("fsserver")
 
-PAGE_SIZE = 4096
 # struct dirent d_type values (dirent.h).
 DT_UNKNOWN = 0
 DT_DIR = 4
@@ -48,14 +48,6 @@ DT_REG = 8
 # The most data one io_read returns / one readdir packs (one out-of-line frame).
 MAX_IO_BYTES = M.MAX_OOL_BYTES
 OPENMODES = F.O_READ | F.O_WRITE | F.O_EXEC
-
-
-def round_page(n: int) -> int:
-    return (n + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
-
-
-def trunc_page(n: int) -> int:
-    return n & ~(PAGE_SIZE - 1)
 
 
 def fs_error(code: int, what: str = "") -> MachError:

@@ -35,9 +35,16 @@ from protocol.defs import fs as F
 from protocol.defs import mach as VM
 from protocol.defs import netname as NS
 from protocol.kern_return import MachError
+from protocol.vm_param import PAGE_SIZE, round_page, trunc_page
 from translators import libports as LP
-from translators.fsserver import (DT_DIR, PAGE_SIZE, FileMapping, FileSystem, FsServer,
-                                  file_type, fs_error, round_page, trunc_page)
+from translators.fsserver import (
+    DT_DIR,
+    FileMapping,
+    FileSystem,
+    FsServer,
+    file_type,
+    fs_error,
+)
 
 log = structlog.get_logger("memfs")
 

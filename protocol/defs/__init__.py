@@ -4,5 +4,4 @@ Importing this package registers every subsystem, so ``protocol.mig.REGISTRY`` h
 every message id in use; a retired id stays reserved in its subsystem's module.
 """
 
-from protocol.defs import (demo, mach, mach_port, machemu, memory_object,  # noqa: F401
-                           netname, notify, fs)
+from protocol.defs import demo, fs, mach, mach_port, machemu, memory_object, netname, notify  # noqa: F401

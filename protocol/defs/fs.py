@@ -6,8 +6,7 @@ follow the Hurd's.  Errors are Hurd error_t codes: ``0x40000000 | errno`` with t
 (BSD-derived) errno numbers, which differ from Linux's above 34.
 """
 
-from protocol.mig import (OOL, Blob, Str, Subsystem, int64_t, integer_t, mach_port_send_t,
-                          vm_size_t)
+from protocol.mig import OOL, Blob, Str, Subsystem, int64_t, integer_t, mach_port_send_t, vm_size_t
 
 fs = Subsystem("fs", 20000)
 io = Subsystem("io", 21000)

@@ -5,10 +5,22 @@ Ids are GNU Mach's (skips counted); see docs/mig-ids.md.  vm_statistics returns 
 vm_statistics_data_t fields as a map, plus machemu's extra counters.
 """
 
-from protocol.mig import (OOL, Blob, Subsystem, boolean_t, integer_t, kern_return_t,
-                          mach_port_make_send_once_t, mach_port_make_send_t, mach_port_name_t,
+from protocol.mig import (
+                          OOL,
+                          Blob,
+                          Subsystem,
+                          boolean_t,
+                          integer_t,
+                          kern_return_t,
+                          mach_port_make_send_once_t,
+                          mach_port_make_send_t,
+                          mach_port_name_t,
                           mach_port_send_t,
-                          natural_t, vm_address_t, vm_offset_t, vm_size_t)
+                          natural_t,
+                          vm_address_t,
+                          vm_offset_t,
+                          vm_size_t,
+)
 
 mach = Subsystem("mach", 2000)
 

@@ -4,8 +4,15 @@ Every routine's request port is a task port; names are in that task's IPC space.
 3209 (the old get_receive_status) and 3219-3220 (migrating threads) are reserved.
 """
 
-from protocol.mig import (Array, Subsystem, integer_t, mach_port_make_send_once_t,
-                          mach_port_name_t, mach_port_poly_t, natural_t)
+from protocol.mig import (
+                          Array,
+                          Subsystem,
+                          integer_t,
+                          mach_port_make_send_once_t,
+                          mach_port_name_t,
+                          mach_port_poly_t,
+                          natural_t,
+)
 
 mach_port = Subsystem("mach_port", 3200)
 RESERVED = (3209, 3219, 3220)

@@ -7,8 +7,17 @@ pager deallocates the extra user reference each message gives it, as libpager do
 """
 
 from protocol import message as M
-from protocol.mig import (OOL, Subsystem, boolean_t, kern_return_t, mach_port_move_receive_t,
-                          mach_port_send_t, natural_t, vm_offset_t, vm_size_t)
+from protocol.mig import (
+                          OOL,
+                          Subsystem,
+                          boolean_t,
+                          kern_return_t,
+                          mach_port_move_receive_t,
+                          mach_port_send_t,
+                          natural_t,
+                          vm_offset_t,
+                          vm_size_t,
+)
 
 memory_object = Subsystem("memory_object", 2200)
 memory_object_default = Subsystem("memory_object_default", 2250)

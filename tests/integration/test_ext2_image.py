@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from translators.ext2fs import Ext2, Ext2Error, Ext2UnsupportedFeature
-from translators.ext2fs.mkfs import mkfs
 from translators.ext2fs import ondisk as D
+from translators.ext2fs.mkfs import mkfs
 
 TOOLS = ("mke2fs", "debugfs", "e2fsck")
 pytestmark = pytest.mark.skipif(not all(shutil.which(t) for t in TOOLS),

@@ -30,6 +30,7 @@ from protocol.defs import mach as VM
 from protocol.defs import mach_port as P
 from protocol.defs import netname as NS
 from protocol.kern_return import MachError
+from protocol.vm_param import PAGE_SIZE
 from tests.conftest import log_records, start_server, wait_for
 from translators.ext2fs import ondisk as D
 
@@ -39,7 +40,7 @@ pytestmark = pytest.mark.skipif(not all(shutil.which(t) for t in TOOLS),
 
 RW = F.O_READ | F.O_WRITE
 T = 30  # seconds: any single RPC
-PAGE = 4096
+PAGE = PAGE_SIZE
 MiB = 1 << 20
 SPARSE_SIZE = 70 * MiB
 # The sparse file's written 4 KiB blocks: first, middle (not page aligned), last.

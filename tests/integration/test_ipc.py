@@ -19,9 +19,8 @@ from protocol.defs import machemu as X
 from protocol.defs import netname as NS
 from protocol.defs import notify as N
 from protocol.kern_return import KernReturn as K
-from protocol.kern_return import MachError
+from protocol.kern_return import MachError, MigReturn
 from protocol.kern_return import MachMsgReturn as R
-from protocol.kern_return import MigReturn
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.timeout(90)

@@ -18,12 +18,18 @@ from protocol.defs import demo as D
 from protocol.defs import mach as MD
 from protocol.defs import machemu as X
 from protocol.kern_return import KernReturn, MachError
+from protocol.vm_param import PAGE_SIZE
 from tests.conftest import wait_for
-from tests.integration.test_libports import (Flood, demo_port_info, look_up, start_demo,
-                                             stop_and_stats)
+from tests.integration.test_libports import (
+    Flood,
+    demo_port_info,
+    look_up,
+    start_demo,
+    stop_and_stats,
+)
 from translators import libports as LP
 
-PAGE = 4096
+PAGE = PAGE_SIZE
 VM_MAX_ADDRESS = 0xC0000000  # i386 GNU Mach user address space
 
 

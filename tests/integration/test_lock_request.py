@@ -11,12 +11,13 @@ import pytest
 from protocol.defs import mach as MD
 from protocol.defs import netname as NS
 from protocol.runtime import TaskRuntime
+from protocol.vm_param import PAGE_SIZE
 from tests.conftest import wait_for
 from translators import libpager as PG
 from translators import libports as LP
 from translators.libpager.lock_object import _pager_lock_object
 
-PAGE = 4096
+PAGE = PAGE_SIZE
 NPAGES = 8
 
 

@@ -13,10 +13,11 @@ from protocol.defs import fs as F
 from protocol.defs import mach as MD
 from protocol.defs import netname as NS
 from protocol.runtime import TaskRuntime
+from protocol.vm_param import PAGE_SIZE
 from tests.conftest import start_server
 from tests.integration.test_vm import start_kernel
 
-PAGE = 4096
+PAGE = PAGE_SIZE
 PHYS = 384
 NPAGES = 1024  # more than twice the physical memory
 

@@ -13,9 +13,10 @@ from protocol.defs import netname as NS
 from protocol.kern_return import KernReturn as K
 from protocol.kern_return import MachError
 from protocol.runtime import TaskRuntime
+from protocol.vm_param import PAGE_SIZE
 from tests.conftest import wait_for
 
-PAGE = 4096
+PAGE = PAGE_SIZE
 
 
 def start_kernel(run_dir, procs, **settings):

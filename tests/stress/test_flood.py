@@ -18,12 +18,12 @@ import pytest
 import zmq
 
 from kernel.main import K_BATCH
-
 from protocol import message as M
 from protocol.defs import mach_port as P
 from protocol.defs import machemu as X
 from protocol.defs import netname as NS
 from protocol.runtime import TaskRuntime
+from protocol.vm_param import PAGE_SIZE
 from tests.conftest import wait_for
 
 pytestmark = [pytest.mark.stress, pytest.mark.timeout(240)]
@@ -31,7 +31,7 @@ pytestmark = [pytest.mark.stress, pytest.mark.timeout(240)]
 PROCS = 3
 THREADS = 8
 MSGS = 120  # per thread: 2,880 messages of 4 KiB in all
-PAGE = 4096
+PAGE = PAGE_SIZE
 MAX_GROWTH = 64 << 20
 
 SENDER = r'''

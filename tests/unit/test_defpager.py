@@ -14,6 +14,7 @@ from protocol import message as M
 from protocol.defs import mach as V
 from protocol.defs import memory_object as MO
 from protocol.defs.fs import ENOSPC
+from protocol.vm_param import PAGE_SIZE
 from tests.conftest import wait_for
 from tests.unit.test_libpager import Kernel
 from translators import defpager as D
@@ -22,7 +23,7 @@ from translators.libports import PortBucket, PortInfo, ports_create_class
 
 pytestmark = pytest.mark.timeout(30)
 
-P = PG.PAGE_SIZE
+P = PAGE_SIZE
 ROOT, OBJ, CONTROL, NAME = 100, 200, 300, 301
 
 

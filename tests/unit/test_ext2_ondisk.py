@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from translators.ext2fs import Ext2, Ext2Error, Ext2UnsupportedFeature
-from translators.ext2fs.mkfs import mkfs
 from translators.ext2fs import ondisk as D
 from translators.ext2fs.filesystem import _find_zero
+from translators.ext2fs.mkfs import mkfs
 
 
 @settings(max_examples=200, deadline=None)

@@ -18,6 +18,7 @@ from protocol.defs import mach as V
 from protocol.defs import memory_object as MO
 from protocol.defs.fs import EIO, ENOSPC
 from protocol.kern_return import MachError
+from protocol.vm_param import PAGE_SIZE
 from tests.conftest import wait_for
 from translators import libpager as PG
 from translators.libpager import pagemap as PMAP
@@ -25,7 +26,7 @@ from translators.libports import EOPNOTSUPP, PortBucket, PortInfo, ports_create_
 
 pytestmark = pytest.mark.timeout(30)
 
-P = PG.PAGE_SIZE
+P = PAGE_SIZE
 PORT, CONTROL, NAME = 500, 600, 601
 WAIT = 10.0  # generous deadline for thread hand-offs (never reached when correct)
 

@@ -14,10 +14,20 @@ from protocol.defs import demo as D
 from protocol.defs import notify as N
 from protocol.kern_return import KernReturn, MachError, MigReturn
 from protocol.mig import Demux
-from translators.libports import (EOPNOTSUPP, PORT_HAS_SENDRIGHTS, PortBucket, PortInfo,
-                                  PortsDemuxer, ThreadAccount, WorkQueue, mig_reply,
-                                  ports_create_class, ports_lookup_port, ports_port_deref,
-                                  ports_port_ref)
+from translators.libports import (
+    EOPNOTSUPP,
+    PORT_HAS_SENDRIGHTS,
+    PortBucket,
+    PortInfo,
+    PortsDemuxer,
+    ThreadAccount,
+    WorkQueue,
+    mig_reply,
+    ports_create_class,
+    ports_lookup_port,
+    ports_port_deref,
+    ports_port_ref,
+)
 from translators.libports.demuxer import is_rcv_error, is_send_error, reply_send_timeout
 
 pytestmark = pytest.mark.timeout(30)

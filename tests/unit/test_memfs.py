@@ -13,9 +13,18 @@ from hypothesis import strategies as st
 from protocol import message as M
 from protocol.defs import fs as F
 from protocol.kern_return import MachError
+from protocol.vm_param import PAGE_SIZE
 from translators import libports as LP
-from translators.fsserver import (DT_DIR, DT_REG, PAGE_SIZE, FsDemuxer, FsServer, Peropen,
-                                  Protid, SendRight, split_path)
+from translators.fsserver import (
+    DT_DIR,
+    DT_REG,
+    FsDemuxer,
+    FsServer,
+    Peropen,
+    Protid,
+    SendRight,
+    split_path,
+)
 from translators.memfs import MemFs, PageStore
 
 RW = F.O_READ | F.O_WRITE

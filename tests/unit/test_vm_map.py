@@ -11,12 +11,21 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kernel.vm_map import PAGE_SIZE, VMMap
-from protocol.defs.mach import (VM_INHERIT_COPY, VM_INHERIT_NONE, VM_INHERIT_SHARE,
-                                VM_PROT_ALL, VM_PROT_DEFAULT, VM_PROT_EXECUTE, VM_PROT_NONE,
-                                VM_PROT_READ, VM_PROT_WRITE)
+from kernel.vm_map import VMMap
+from protocol.defs.mach import (
+    VM_INHERIT_COPY,
+    VM_INHERIT_NONE,
+    VM_INHERIT_SHARE,
+    VM_PROT_ALL,
+    VM_PROT_DEFAULT,
+    VM_PROT_EXECUTE,
+    VM_PROT_NONE,
+    VM_PROT_READ,
+    VM_PROT_WRITE,
+)
 from protocol.kern_return import KernReturn as K
 from protocol.kern_return import MachError
+from protocol.vm_param import PAGE_SIZE
 
 pytestmark = pytest.mark.timeout(120)
 

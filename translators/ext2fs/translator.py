@@ -25,11 +25,18 @@ import structlog
 from protocol.defs import fs as F
 from protocol.defs import mach as VM
 from protocol.kern_return import MachError
+from protocol.vm_param import PAGE_SIZE, round_page, trunc_page
 from translators import libpager as PG
 from translators.ext2fs import ondisk as D
 from translators.ext2fs.filesystem import Ext2
-from translators.fsserver import (DT_DIR, DT_REG, DT_UNKNOWN, PAGE_SIZE, FileMapping,
-                                  FileSystem, fs_error, round_page, trunc_page)
+from translators.fsserver import (
+    DT_DIR,
+    DT_REG,
+    DT_UNKNOWN,
+    FileMapping,
+    FileSystem,
+    fs_error,
+)
 
 log = structlog.get_logger("ext2fs")
 

@@ -12,19 +12,51 @@ change_completed).  ``pager_sync`` / ``pager_flush`` / ``pager_return`` (and the
 with lock_request.  Every call to the kernel goes through the pager's ``KernelCalls``.
 """
 
-from translators.libpager.demuxer import (PagerDemuxer, current_seqno, make_pager_handler,
-                                          pager_demux, pager_handlers)
+from translators.libpager.demuxer import (
+                                          PagerDemuxer,
+                                          current_seqno,
+                                          make_pager_handler,
+                                          pager_demux,
+                                          pager_handlers,
+)
 from translators.libpager.lock_object import _pager_lock_object
-from translators.libpager.pagemap import (PAGE_EDQUOT, PAGE_EIO, PAGE_ENOSPC, PAGE_NOERR,
-                                          PM_ERROR, PM_INCORE, PM_INIT, PM_INVALID,
-                                          PM_NEXTERROR, PM_PAGEINWAIT, PM_PAGINGOUT,
-                                          PM_WRITEWAIT, PageMap, flag_names)
-from translators.libpager.pager import (NORMAL, NOTINIT, PAGE_SIZE, SHUTDOWN, STAT_KEYS,
-                                        LockRequest, Pager, PagerOps, error_code,
-                                        pager_bucket_stats, pager_class, pager_create,
-                                        pager_deref, pager_dropweak, pager_get_error,
-                                        pager_get_port, pager_get_right, pager_get_upi,
-                                        pager_import, pager_stats)
+from translators.libpager.pagemap import (
+                                          PAGE_EDQUOT,
+                                          PAGE_EIO,
+                                          PAGE_ENOSPC,
+                                          PAGE_NOERR,
+                                          PM_ERROR,
+                                          PM_INCORE,
+                                          PM_INIT,
+                                          PM_INVALID,
+                                          PM_NEXTERROR,
+                                          PM_PAGEINWAIT,
+                                          PM_PAGINGOUT,
+                                          PM_WRITEWAIT,
+                                          PageMap,
+                                          flag_names,
+)
+from translators.libpager.pager import (
+                                          NORMAL,
+                                          NOTINIT,
+                                          SHUTDOWN,
+                                          STAT_KEYS,
+                                          LockRequest,
+                                          Pager,
+                                          PagerOps,
+                                          error_code,
+                                          pager_bucket_stats,
+                                          pager_class,
+                                          pager_create,
+                                          pager_deref,
+                                          pager_dropweak,
+                                          pager_get_error,
+                                          pager_get_port,
+                                          pager_get_right,
+                                          pager_get_upi,
+                                          pager_import,
+                                          pager_stats,
+)
 from translators.libpager.pager_attr import pager_change_attributes
 from translators.libpager.pager_flush import pager_flush, pager_flush_some
 from translators.libpager.pager_return import pager_return, pager_return_some
@@ -37,7 +69,7 @@ __all__ = [
     "_pager_lock_object", "PAGE_EDQUOT", "PAGE_EIO", "PAGE_ENOSPC", "PAGE_NOERR",
     "PM_ERROR", "PM_INCORE", "PM_INIT", "PM_INVALID", "PM_NEXTERROR", "PM_PAGEINWAIT",
     "PM_PAGINGOUT", "PM_WRITEWAIT", "PageMap", "flag_names", "NORMAL", "NOTINIT",
-    "PAGE_SIZE", "SHUTDOWN", "STAT_KEYS", "LockRequest", "Pager", "PagerOps",
+    "SHUTDOWN", "STAT_KEYS", "LockRequest", "Pager", "PagerOps",
     "error_code", "pager_bucket_stats", "pager_class", "pager_create", "pager_deref",
     "pager_dropweak", "pager_get_error", "pager_get_port", "pager_get_right",
     "pager_get_upi", "pager_import", "pager_stats", "pager_change_attributes",

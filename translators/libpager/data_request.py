@@ -14,13 +14,29 @@ import structlog
 from protocol.defs import mach as V
 from protocol.defs.fs import EIO
 from protocol.kern_return import KernReturn, MachError
-from translators.libpager.pagemap import (PAGE_NOERR, PM_ERROR, PM_INCORE, PM_INVALID,
-                                          PM_NEXTERROR, PM_PAGEINWAIT, PM_PAGINGOUT,
-                                          SET_PM_ERROR, SET_PM_NEXTERROR, page_error,
-                                          page_error_code)
-from translators.libpager.pager import (NORMAL, PAGE_SIZE, Pager, _pager_allow_termination,
-                                        _pager_block_termination, _pager_release_seqno,
-                                        _pager_wait_for_seqno, error_code)
+from protocol.vm_param import PAGE_SIZE
+from translators.libpager.pagemap import (
+    PAGE_NOERR,
+    PM_ERROR,
+    PM_INCORE,
+    PM_INVALID,
+    PM_NEXTERROR,
+    PM_PAGEINWAIT,
+    PM_PAGINGOUT,
+    SET_PM_ERROR,
+    SET_PM_NEXTERROR,
+    page_error,
+    page_error_code,
+)
+from translators.libpager.pager import (
+    NORMAL,
+    Pager,
+    _pager_allow_termination,
+    _pager_block_termination,
+    _pager_release_seqno,
+    _pager_wait_for_seqno,
+    error_code,
+)
 
 log = structlog.get_logger("libpager")
 

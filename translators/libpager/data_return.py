@@ -16,13 +16,28 @@ import structlog
 
 from protocol.defs import mach as V
 from protocol.defs.fs import EIO
+from protocol.vm_param import PAGE_SIZE
 from translators.libpager.data_request import _send
-from translators.libpager.pagemap import (PM_INCORE, PM_INIT, PM_INVALID, PM_PAGEINWAIT,
-                                          PM_PAGINGOUT, PM_WRITEWAIT, SET_PM_ERROR,
-                                          SET_PM_NEXTERROR, page_error)
-from translators.libpager.pager import (NORMAL, PAGE_SIZE, Pager, _pager_allow_termination,
-                                        _pager_block_termination, _pager_release_seqno,
-                                        _pager_wait_for_seqno, error_code)
+from translators.libpager.pagemap import (
+    PM_INCORE,
+    PM_INIT,
+    PM_INVALID,
+    PM_PAGEINWAIT,
+    PM_PAGINGOUT,
+    PM_WRITEWAIT,
+    SET_PM_ERROR,
+    SET_PM_NEXTERROR,
+    page_error,
+)
+from translators.libpager.pager import (
+    NORMAL,
+    Pager,
+    _pager_allow_termination,
+    _pager_block_termination,
+    _pager_release_seqno,
+    _pager_wait_for_seqno,
+    error_code,
+)
 
 log = structlog.get_logger("libpager")
 

@@ -8,10 +8,16 @@ from __future__ import annotations
 import structlog
 
 from protocol.defs import mach as V
+from protocol.vm_param import PAGE_SIZE
 from translators.libpager.lock_object import _pager_lock_object
 from translators.libpager.pagemap import SET_PM_NEXTERROR, page_error
-from translators.libpager.pager import (NORMAL, PAGE_SIZE, Pager, _pager_release_seqno,
-                                        _pager_wait_for_seqno, error_code)
+from translators.libpager.pager import (
+    NORMAL,
+    Pager,
+    _pager_release_seqno,
+    _pager_wait_for_seqno,
+    error_code,
+)
 
 log = structlog.get_logger("libpager")
 

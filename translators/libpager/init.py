@@ -5,8 +5,14 @@ from __future__ import annotations
 
 import structlog
 
-from translators.libpager.pager import (NORMAL, NOTINIT, PAGE_SIZE, Pager,
-                                        _pager_release_seqno, _pager_wait_for_seqno)
+from protocol.vm_param import PAGE_SIZE
+from translators.libpager.pager import (
+    NORMAL,
+    NOTINIT,
+    Pager,
+    _pager_release_seqno,
+    _pager_wait_for_seqno,
+)
 
 log = structlog.get_logger("libpager")
 

@@ -9,7 +9,6 @@ handler needs the lock.  Holding it here was the classic libpager deadlock.
 
 from __future__ import annotations
 
-
 import structlog
 
 from protocol import message as M

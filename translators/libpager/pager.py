@@ -21,13 +21,13 @@ from protocol import message as M
 from protocol.defs import mach as V
 from protocol.defs.fs import EIO, from_os_error
 from protocol.kern_return import MachError
+from protocol.vm_param import PAGE_SIZE
 from translators import libports as LP
 from translators.libpager.pagemap import PM_ERROR, PageMap, page_error_code
 from translators.libpager.stubs import KernelCalls
 
 log = structlog.get_logger("libpager")
 
-PAGE_SIZE = 4096  # vm_page_size
 
 # enum pager_state
 NOTINIT = "NOTINIT"    # no memory_object_init yet (or terminated since)

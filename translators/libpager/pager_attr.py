@@ -3,7 +3,6 @@ pager's lock is not held while the kernel is called."""
 
 from __future__ import annotations
 
-
 import structlog
 
 from protocol import message as M

@@ -4,9 +4,10 @@ copies without returning them (lock_request RETURN_NONE, flush)."""
 from __future__ import annotations
 
 from protocol.defs import mach as V
+from protocol.vm_param import PAGE_SIZE
 from translators.libpager.lock_object import _pager_lock_object
 from translators.libpager.pagemap import PM_INCORE
-from translators.libpager.pager import PAGE_SIZE, Pager
+from translators.libpager.pager import Pager
 from translators.libpager.pager_sync import _extent
 
 

@@ -5,8 +5,9 @@ with ``wait``, wait until they are written."""
 from __future__ import annotations
 
 from protocol.defs import mach as V
+from protocol.vm_param import PAGE_SIZE
 from translators.libpager.lock_object import _pager_lock_object
-from translators.libpager.pager import PAGE_SIZE, Pager
+from translators.libpager.pager import Pager
 
 
 def _extent(p: Pager) -> int:

@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import structlog
 
-from translators.libpager.pager import (Pager, _pager_free_structure, _pager_release_seqno,
-                                        _pager_wait_for_seqno)
+from translators.libpager.pager import (
+    Pager,
+    _pager_free_structure,
+    _pager_release_seqno,
+    _pager_wait_for_seqno,
+)
 
 log = structlog.get_logger("libpager")
 

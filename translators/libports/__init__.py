@@ -10,20 +10,39 @@ Each server thread vm_allocates its stack, with a guard page, in the task's own 
 (stacks.py; ``vm_stacks=False`` opts out).
 """
 
-from translators.libports.bucket import (PORT_HAS_SENDRIGHTS, PortBucket, PortClass,
-                                         PortInfo, ports_count_bucket, ports_create_bucket,
-                                         ports_create_class, ports_create_port,
-                                         ports_destroy_bucket, ports_destroy_right,
-                                         ports_get_right, ports_get_send_right,
-                                         ports_lookup_port, ports_no_senders,
-                                         ports_port_deref, ports_port_ref)
+from translators.libports.bucket import (
+    PORT_HAS_SENDRIGHTS,
+    PortBucket,
+    PortClass,
+    PortInfo,
+    ports_count_bucket,
+    ports_create_bucket,
+    ports_create_class,
+    ports_create_port,
+    ports_destroy_bucket,
+    ports_destroy_right,
+    ports_get_right,
+    ports_get_send_right,
+    ports_lookup_port,
+    ports_no_senders,
+    ports_port_deref,
+    ports_port_ref,
+)
 from translators.libports.demuxer import EOPNOTSUPP, PortsDemuxer, mig_reply
-from translators.libports.manage_multithread import (DEFAULT_MAX_THREADS, STACK_SIZE,
-                                                     MultithreadServer, ThreadAccount,
-                                                     ports_manage_port_operations_multithread)
+from translators.libports.manage_multithread import (
+    DEFAULT_MAX_THREADS,
+    STACK_SIZE,
+    MultithreadServer,
+    ThreadAccount,
+    ports_manage_port_operations_multithread,
+)
 from translators.libports.stacks import GUARD_SIZE, ThreadStacks
-from translators.libports.translator import (THREAD_MODELS, Translator, add_common_args,
-                                             translator_arg_parser)
+from translators.libports.translator import (
+    THREAD_MODELS,
+    Translator,
+    add_common_args,
+    translator_arg_parser,
+)
 from translators.libports.workers import DEFAULT_WORKERS, WorkersServer, WorkQueue
 
 

@@ -18,8 +18,7 @@ from protocol.defs import mach_port as P
 from protocol.defs import notify as N
 from protocol.kern_return import KernReturn, MachError, MigReturn
 from protocol.mig import Demux, Routine, bad_id_reply_id
-from translators.libports.bucket import (PortBucket, PortInfo, ports_no_senders,
-                                         ports_port_deref)
+from translators.libports.bucket import PortBucket, PortInfo, ports_no_senders, ports_port_deref
 
 log = structlog.get_logger("libports")
 

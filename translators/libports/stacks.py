@@ -21,18 +21,14 @@ import structlog
 
 from protocol.defs import mach as MD
 from protocol.kern_return import MachError
+from protocol.vm_param import PAGE_SIZE, round_page
 
 log = structlog.get_logger("libports")
 
-PAGE_SIZE = 4096  # vm_page_size
 GUARD_SIZE = PAGE_SIZE  # libpthread's default guardsize: one page
 VM_CALL_TIMEOUT = 30.0  # seconds; only a wedged kernel takes this long
 _LOG_FIRST = 10  # failures logged one by one, then every _LOG_EVERY-th
 _LOG_EVERY = 1000
-
-
-def round_page(x: int) -> int:
-    return (x + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
 
 
 class ThreadStacks:
