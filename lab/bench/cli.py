@@ -46,6 +46,15 @@ EXT2_RATIO_TARGET = 20.0
 VALUE_TARGETS = {
     "vm.kernel_rss_per_page_256k": ("<=", 4.4),
 }
+# Options whose default depends on --quick: (with --quick, without).
+COUNTS = {
+    "rounds": (100, 2000),
+    "messages": (500, 20000),
+    "routed": (300, 10000),
+    "faults": (48, 1000),
+    "ext2_mib": (16, 128),
+    "ext2_pages": (2048, 8192),
+}
 
 
 def parse(argv) -> argparse.Namespace:
@@ -83,21 +92,11 @@ def parse(argv) -> argparse.Namespace:
                     help="seconds allowed for each measuring process (default 600)")
     ap.add_argument("--keep", action="store_true", help="keep the run dir (logs)")
     a = ap.parse_args(argv)
-    q = a.quick
-    if a.rounds is None:
-        a.rounds = 100 if q else 2000
-    if a.messages is None:
-        a.messages = 500 if q else 20000
-    if a.routed is None:
-        a.routed = 300 if q else 10000
-    if a.faults is None:
-        a.faults = 48 if q else 1000
-    if a.ext2_mib is None:
-        a.ext2_mib = 16 if q else 128
-    if a.ext2_pages is None:
-        a.ext2_pages = 2048 if q else 8192
-    for opt in ("ext2_mib", "ext2_pages", "rounds", "messages", "routed", "senders", "sender_threads",
-                "server_threads", "faults", "fault_pages"):
+    for opt, (quick, full) in COUNTS.items():
+        if getattr(a, opt) is None:
+            setattr(a, opt, quick if a.quick else full)
+    for opt in ("ext2_mib", "ext2_pages", "rounds", "messages", "routed", "senders",
+                "sender_threads", "server_threads", "faults", "fault_pages"):
         if getattr(a, opt) < 1:
             ap.error(f"--{opt.replace('_', '-')} must be at least 1")
     if not 0 <= a.qlimit <= MACH_PORT_QLIMIT_MAX:

@@ -90,6 +90,7 @@ class Bench:
     def __init__(self, args, progress: Callable[[str], None], rd: RunDir):
         self.args, self.progress, self.rd = args, progress, rd
         self.children: list[Child] = []
+        self.floor_endpoint = f"ipc://{rd.path}/floor.sock"
 
     # ------------------------------------------------------------ processes
 
@@ -123,6 +124,11 @@ class Bench:
         if child.poll() != 0:
             raise BenchError(f"{child.name} failed ({child.poll()}):\n{child.output(20)}")
 
+    def result(self, child: Child, out: Path, timeout: float) -> dict:
+        """What ``child`` wrote to ``out`` (JSON), once it finished."""
+        self.finish(child, timeout)
+        return json.loads(out.read_text())
+
     def answer(self, child: Child, timeout: float) -> dict:
         """The JSON line ``child`` prints next on its stdout."""
         line = read_line(child, timeout)
@@ -143,7 +149,6 @@ class Bench:
         """Every measurement, in order; the result rows."""
         a = self.args
         self.progress("floor: starting two bare zmq processes")
-        self.floor_endpoint = f"ipc://{self.rd.path}/floor.sock"
         fs = self.role("floor-server", "floor-server", self.floor_endpoint,
                        self.rd.ready_file("floor-server"))
         self.ready(fs, self.rd, "floor-server", 30)
@@ -168,9 +173,8 @@ class Bench:
         self.progress(f"floor ({i + 1}/2): {rounds} round trips, {msgs} pipelined pages")
         name = f"floor-client{i}"
         out = self.rd.file(f"{name}.json")
-        self.finish(self.role(name, "floor-client", self.floor_endpoint, rounds, msgs, out),
-                    a.timeout)
-        return json.loads(out.read_text())
+        return self.result(self.role(name, "floor-client", self.floor_endpoint, rounds, msgs,
+                                     out), out, a.timeout)
 
     def kernel_paths(self) -> tuple[dict, dict]:
         """The kernel, a bare server task, a client timing RPCs, senders streaming one-way
@@ -183,9 +187,8 @@ class Bench:
         self.progress(f"kernel: {a.rounds} RPCs each of demo_null, demo_echo(4 KiB), "
                       "mach_port_type")
         out = rd.file("client.json")
-        self.finish(self.role("client", "client", rd.path, "client", SERVER_NAME, a.rounds,
-                              out), a.timeout)
-        kern = json.loads(out.read_text())
+        kern = self.result(self.role("client", "client", rd.path, "client", SERVER_NAME,
+                                     a.rounds, out), out, a.timeout)
 
         self.progress(f"kernel: {a.routed} one-way demo_send from {a.senders} tasks x "
                       f"{a.sender_threads} threads")
@@ -227,17 +230,15 @@ class Bench:
         self.progress(f"vm: {a.rounds} resident vm_reads, {a.faults} cold faults from memfs "
                       f"({a.fault_pages} pages per file)")
         out = rd.file("vm.json")
-        self.finish(self.role("vmclient", "vmclient", rd.path, "vmclient", MEMFS_NAME,
-                              a.rounds, a.faults, a.fault_pages, out), a.timeout)
-        return json.loads(out.read_text())
+        return self.result(self.role("vmclient", "vmclient", rd.path, "vmclient", MEMFS_NAME,
+                                     a.rounds, a.faults, a.fault_pages, out), out, a.timeout)
 
     def map_lookups(self) -> dict:
         """The VM map's lookup structures, in a process of their own (no kernel)."""
         self.progress("vm: map lookups, list and tree, 100 / 10k / 100k entries")
         out = self.rd.file("maplookup.json")
-        self.finish(self.role("maplookup", "maplookup", int(self.args.quick), out),
-                    self.args.timeout)
-        return json.loads(out.read_text())
+        return self.result(self.role("maplookup", "maplookup", int(self.args.quick), out),
+                           out, self.args.timeout)
 
     def kernel_rss(self) -> dict:
         """A kernel with RSS_PAGES physical pages, a task writing (nearly) every frame
@@ -286,9 +287,9 @@ class Bench:
                 "--stats-interval", "0.2"), rd)
             self.ready(ep, rd, EXT2_NAME, 60)
             out = rd.file("writer.json")
-            self.finish(self.role(f"ext2writer-c{cluster}", "ext2writer", rd.path,
-                                  "ext2writer", EXT2_NAME, a.ext2_mib, out, rd=rd), a.timeout)
-            r = json.loads(out.read_text())
+            r = self.result(self.role(f"ext2writer-c{cluster}", "ext2writer", rd.path,
+                                      "ext2writer", EXT2_NAME, a.ext2_mib, out, rd=rd),
+                            out, a.timeout)
             log = rd.log_file(EXT2_NAME)
             wait_ready([ep], 30, ready=lambda c: ext2_stats(log, 1) is not None)
             r["ext2fs"] = ext2_stats(log, 1)
