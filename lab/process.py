@@ -264,3 +264,23 @@ def stop_all(children: list[Child], timeout: float = 10.0, kill_timeout: float =
         c.wait(kill_timeout)
     for c in children:
         c.close()
+
+
+def read_line(child: Child, timeout: float) -> str:
+    """One line from ``child``'s stdout pipe, stripped; "" if the child closed the pipe
+    first.  Raises ProcessError if no whole line arrives within ``timeout`` seconds."""
+    fd = child.popen.stdout.fileno()
+    buf = b""
+    deadline = time.monotonic() + timeout
+    while not buf.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise ProcessError(f"no answer from {child.name} (pid {child.pid}) within"
+                               f" {timeout:.0f}s", child)
+        r, _, _ = select.select([fd], [], [], min(left, 1.0))
+        if r:
+            chunk = os.read(fd, 1)  # one byte: what follows the line stays in the pipe
+            if not chunk:
+                break
+            buf += chunk
+    return buf.decode(errors="replace").strip()
