@@ -87,6 +87,13 @@ class Dir:
                     return pb, buf, e
         return None
 
+    def _find_entry(self, inode: Inode, name: bytes):
+        """``_find``, with Ext2Error(ENOENT) for a missing name."""
+        hit = self._find(inode, name)
+        if hit is None:
+            raise Ext2Error(errno.ENOENT, f"{name!r} not found")
+        return hit
+
     @locked
     def lookup(self, dir_ino, name) -> int:
         """diskfs_lookup_hard of one component: the inode number, or
@@ -200,10 +207,7 @@ class Dir:
 
     def _set_entry(self, dinode: Inode, name: bytes, ino: int, ft: int) -> None:
         """diskfs_dirrewrite_hard: entry ``name`` now names inode ``ino``."""
-        hit = self._find(dinode, name)
-        if hit is None:
-            raise Ext2Error(errno.ENOENT, f"{name!r} not found")
-        pb, buf, e = hit
+        pb, buf, e = self._find_entry(dinode, name)
         U32.pack_into(buf, e.offset, ino)
         if self.filetype:
             buf[e.offset + 7] = ft

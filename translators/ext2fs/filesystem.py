@@ -124,10 +124,7 @@ class Ext2(Hyper, DiskCache, BlockAlloc, InodeAlloc, Inodes, GetBlk, ReadWrite,
         self._check_rw()
         dinode = self._dir_inode(dir_ino)
         nm = check_name(name)
-        hit = self._find(dinode, nm)
-        if hit is None:
-            raise Ext2Error(errno.ENOENT, f"{nm!r} not found")
-        inode = self.read_inode(hit[2].inode)
+        inode = self.read_inode(self._find_entry(dinode, nm)[2].inode)
         if inode.is_dir():
             raise Ext2Error(errno.EISDIR, f"{nm!r} is a directory")
         self._remove_entry(dinode, nm)
@@ -147,10 +144,7 @@ class Ext2(Hyper, DiskCache, BlockAlloc, InodeAlloc, Inodes, GetBlk, ReadWrite,
         nm = check_name(name)
         if nm in (b".", b".."):
             raise Ext2Error(errno.EINVAL, "cannot remove . or ..")
-        hit = self._find(dinode, nm)
-        if hit is None:
-            raise Ext2Error(errno.ENOENT, f"{nm!r} not found")
-        inode = self.read_inode(hit[2].inode)
+        inode = self.read_inode(self._find_entry(dinode, nm)[2].inode)
         if not inode.is_dir():
             raise Ext2Error(errno.ENOTDIR, f"{nm!r} is not a directory")
         if not self._dir_is_empty(inode):
