@@ -2,15 +2,19 @@
 libdiskfs / libnetfs that is not the file system itself: dir-lookup.c, peropen.c,
 protid.c, the io-*.c and file-*.c stubs, and pager_memcpy's mapped I/O).
 
-A file system implements ``FileSystem`` (node operations, errors raised as
-``MachError(protocol.defs.fs.E*)``); ``FsServer`` serves protocol.defs.fs on protid ports
-in a libports bucket:
+A file system subclasses ``FileSystem`` (node operations, errors raised as
+``MachError(protocol.defs.fs.E*)``), whose nodes are ``Node``s; the base holds what
+memfs and ext2fs share of libdiskfs: node references (diskfs_nref / diskfs_nrele, with
+``drop_node`` at the last one), each file's pager (``FilePagerOps``) and own mapping,
+mapped io, truncation of the kernel's pages, sync.  ``FsServer`` serves
+protocol.defs.fs on protid ports in a libports bucket:
 
   Peropen   struct peropen: one open of a node (openmodes O_READ/O_WRITE/O_EXEC, file
             pointer for offset -1), shared by the protids made from it.
   Protid    struct protid: one port (a PortInfo of ``FsServer.protid_class``) whose
-            ``data`` is the Protid; it holds one node reference (FileSystem.node_ref /
-            node_unref) that its clean routine drops when the last send right is gone.
+            ``data`` is the Protid; it holds one node reference (FileSystem.diskfs_nref
+            / diskfs_nrele) that its clean routine drops when the last send right is
+            gone.
 
 Port rights in replies: a handler returns ``SendRight.make(name)`` (MAKE_SEND from a
 receive right we hold, e.g. a new protid) or ``SendRight.move(name)`` (a send right we
@@ -18,8 +22,9 @@ hold, e.g. from pager_get_port) for a mach_port_send_t reply field; ``FsDemuxer`
 rewrites the reply's descriptors to that disposition (the fixed COPY_SEND of the routine
 definition would need a send right in our space and keep it forever).
 
-``FileMapping`` is the translator's own mapping of a file's memory object (vm_map of the
-pager port into the translator's task; io_read/io_write become vm_read/vm_write on it).
+``FileMapping`` (translators.filemap) is the translator's own mapping of a file's memory
+object (vm_map of the pager port into the translator's task; io_read/io_write become
+vm_read/vm_write on it).
 """
 
 from __future__ import annotations
@@ -27,7 +32,6 @@ from __future__ import annotations
 import stat as _stat
 import threading
 from dataclasses import dataclass
-from typing import Callable
 
 import structlog
 
@@ -35,9 +39,12 @@ from protocol import message as M
 from protocol.defs import fs as F
 from protocol.defs import mach as VM
 from protocol.defs import mach_port as P
+from protocol.defs import netname as NS
 from protocol.kern_return import MachError
-from protocol.vm_param import PAGE_SIZE
+from protocol.vm_param import PAGE_SIZE, round_page, trunc_page
+from translators import libpager as PG
 from translators import libports as LP
+from translators.filemap import FileMapping
 
 log = structlog.get_logger("fsserver")
 
@@ -78,25 +85,146 @@ class SendRight:
 
 # ---------------------------------------------------------------- the file system's side
 
+class Node:
+    """struct node: what every file system's node has.  ``references`` counts the hard
+    references (FileSystem.diskfs_nref / diskfs_nrele: open protids, walks in
+    progress, the file system's own on the root).  ``dead``: the last link is gone; the
+    node lives on while referenced and is dropped with its last reference
+    (FileSystem.drop_node).  ``io_lock`` serializes one file's reads, writes and size
+    changes; ``pager`` (libpager, made on first use) and ``mapping`` (the file system's
+    own mapping of the file's memory object) belong to regular files."""
+
+    kind = "node"  # for repr
+    dead = False
+
+    def __init__(self, ino: int, mode: int, size: int = 0):
+        self.ino = ino
+        self.mode = mode
+        self.size = size
+        self.references = 0
+        self.io_lock = threading.Lock()
+        self.pager = None
+        self.mapping: FileMapping | None = None
+
+    @property
+    def is_dir(self) -> bool:
+        return _stat.S_ISDIR(self.mode)
+
+    def __repr__(self):
+        return f"<{self.kind} {self.ino} {'dir' if self.is_dir else 'file'} size {self.size}>"
+
+
+class FilePagerOps(PG.PagerOps):
+    """The libpager callbacks of one file (``node``), the part every file system shares:
+    the object's extent is the file's size in whole pages.  A file system adds
+    read_page, write_page / write_pages and, if it write-locks holes, unlock_page."""
+
+    def __init__(self, node: Node):
+        self.node = node
+
+    def report_extent(self, pager) -> int:
+        """pager_report_extent: the file's size, whole pages."""
+        return round_page(self.node.size)
+
+
 class FileSystem:
-    """What a file system supplies (the diskfs_* / netfs_* callbacks).  Nodes are the file
-    system's own objects.  Every method may raise MachError(F.E*).  Methods that return
+    """What a file system supplies (the diskfs_* / netfs_* callbacks) and the part of
+    libdiskfs every file system here shares: node reference counting, each file's
+    pager and the file system's own mapping of it, I/O through that mapping, and
+    truncation and sync of the kernel's pages.
+
+    Nodes are ``Node``s.  Every method may raise MachError(F.E*).  Methods that return
     a node return it *referenced* (diskfs_lookup's convention); the caller drops it with
-    ``node_unref``.  The file system does its own locking: handlers run concurrently."""
+    ``diskfs_nrele``.  The file system does its own locking: handlers run concurrently;
+    ``lock`` guards the tree (or node table) and references.
 
-    def root(self):
+    A subclass sets ``root_node`` (holding the file system's own reference), and
+    implements lookup, create, mkdir, rmdir, unlink, readdir, stat, set_size,
+    node_iterate, file_pager_ops, grow and read_direct / write_direct; it extends
+    drop_node to free the node's storage.  With ``rt`` and ``pager_bucket`` files get
+    pagers (io_map, mapped I/O); ``direct_io`` makes read/write skip the mapping."""
+
+    notify_on_evict = False  # pager_create's: True supplies pages precious
+
+    def __init__(self, rt=None, pager_bucket=None, direct_io: bool = False):
+        self.rt = rt
+        self.pager_bucket = pager_bucket
+        self.direct_io = direct_io
+        self.lock = threading.RLock()
+        self._stats_lock = threading.Lock()
+        self.stats: dict[str, int] = {}
+        self.root_node: Node | None = None
+
+    def count(self, **kw):
+        """Add to ``stats``."""
+        with self._stats_lock:
+            for k, v in kw.items():
+                self.stats[k] += v
+
+    # ------------------------------------------------------------ references
+
+    def diskfs_nref(self, node: Node) -> Node:
+        """diskfs_nref (libdiskfs/node-nref.c): add a reference; returns ``node``."""
+        with self.lock:
+            node.references += 1
+        return node
+
+    def diskfs_nrele(self, node: Node):
+        """diskfs_nrele (libdiskfs/node-nrele.c): drop a reference; the last one of a
+        file with no links left drops it (``drop_node``, without ``lock`` held)."""
+        with self.lock:
+            if node.references <= 0:
+                raise AssertionError(f"{node}: reference underflow")
+            node.references -= 1
+            drop = node.references == 0 and node.dead and not node.is_dir
+        if drop:
+            self.drop_node(node)
+
+    def drop_node(self, node: Node):
+        """diskfs_drop_node: the last user of an unlinked file is gone.  Here: its
+        mapping is unmapped and its pager shut down (the kernel's pages are flushed,
+        not returned: nothing more comes back); a file system extends this to forget
+        the node and free its storage."""
+        with node.io_lock:
+            if node.mapping is not None:
+                node.mapping.unmap()
+                node.mapping = None
+            pager, node.pager = node.pager, None
+        if pager is not None:
+            try:
+                PG.pager_flush(pager, True)
+                PG.pager_shutdown(pager)
+            except MachError as e:
+                log.warning("pager shutdown failed", ino=node.ino, code=e.code)
+            PG.pager_deref(pager)
+
+    def root(self) -> Node:
         """The root directory node (referenced)."""
+        return self.diskfs_nref(self.root_node)
+
+    def is_dir(self, node: Node) -> bool:
+        return node.is_dir
+
+    def node_iterate(self) -> list:
+        """diskfs_node_iterate: the regular files in use now (a snapshot)."""
         raise NotImplementedError
 
-    def node_ref(self, node):
-        raise NotImplementedError
+    # ------------------------------------------------------------ checks
 
-    def node_unref(self, node):
-        """Drop a reference; the last one of an unlinked node frees it."""
-        raise NotImplementedError
+    @staticmethod
+    def _live_dir(dir: Node):
+        """ENOTDIR for a file, ENOENT for a removed directory."""
+        if not dir.is_dir:
+            raise fs_error(F.ENOTDIR)
+        if dir.dead:
+            raise fs_error(F.ENOENT, "directory removed")
 
-    def is_dir(self, node) -> bool:
-        raise NotImplementedError
+    @staticmethod
+    def _file(node: Node):
+        if node.is_dir:
+            raise fs_error(F.EISDIR)
+
+    # ------------------------------------------------------------ directories
 
     def lookup(self, dir, name: str):
         """One component (also "." and ".."): the node, referenced.  ENOENT, ENOTDIR."""
@@ -119,13 +247,102 @@ class FileSystem:
         """All entries, in a stable order: [(name, d_type, inode), ...]."""
         raise NotImplementedError
 
-    def read(self, node, offset: int, amount: int) -> bytes:
-        """At most ``amount`` bytes from ``offset``; b"" at or past EOF."""
+    # ------------------------------------------------------------ pager and mapping
+
+    def file_pager_ops(self, node: Node) -> FilePagerOps:
+        """The libpager callbacks for ``node``'s pager."""
         raise NotImplementedError
 
-    def write(self, node, offset: int, data: bytes) -> int:
-        """Write (extending the file); returns the amount written."""
+    def _pager(self, node: Node):
+        """The file's pager, made on first use (diskfs_get_filemap's pager_create:
+        cacheable, copy delay)."""
+        with self.lock:
+            if node.pager is None:
+                if self.pager_bucket is None:
+                    raise fs_error(F.EOPNOTSUPP, "no pager bucket")
+                node.pager = PG.pager_create(self.file_pager_ops(node), self.pager_bucket,
+                                             True, VM.MEMORY_OBJECT_COPY_DELAY,
+                                             self.notify_on_evict, upi=node)
+                self.count(pagers_created=1)
+            return node.pager
+
+    def _port(self, node: Node) -> int:
+        return PG.pager_get_port(self._pager(node))
+
+    def _mapping(self, node: Node, size: int) -> FileMapping:
+        """The file system's own mapping of the file, covering ``size`` (caller holds
+        io_lock)."""
+        if node.mapping is None:
+            node.mapping = FileMapping(self.rt, lambda: self._port(node))
+        before = node.mapping.remaps
+        node.mapping.ensure(max(size, 1))
+        if node.mapping.remaps != before:
+            self.count(remaps=1)
+        return node.mapping
+
+    def map(self, node: Node) -> int:
+        """A send right (one user reference, ours to give away) to the node's memory
+        object (diskfs_get_filemap / pager_get_port)."""
+        if node.is_dir:
+            raise fs_error(F.EOPNOTSUPP, "directories have no memory object")
+        return self._port(node)
+
+    def _flush_past(self, node: Node, size: int, old: int):
+        """The kernel's pages of a file shrinking from ``old`` to ``size``: the partial
+        last page is returned first (pager_return_some, so its head survives), every
+        page past the new end is flushed (pager_flush_some).  Caller holds io_lock."""
+        pager = node.pager
+        if pager is None:
+            return
+        if size % PAGE_SIZE:
+            PG.pager_return_some(pager, trunc_page(size), PAGE_SIZE, True)
+        end = max(round_page(old), node.mapping.size if node.mapping else 0)
+        if end > round_page(size):
+            PG.pager_flush_some(pager, round_page(size), end - round_page(size), True)
+
+    # ------------------------------------------------------------ file I/O
+
+    def grow(self, node: Node, size: int):
+        """diskfs_grow: make room for ``node`` to reach ``size`` bytes and set its size
+        (EFBIG, ENOSPC).  Caller holds io_lock."""
         raise NotImplementedError
+
+    def read_direct(self, node: Node, offset: int, n: int) -> bytes:
+        """--direct-io: ``n`` bytes (all before EOF) from the file's storage."""
+        raise NotImplementedError
+
+    def write_direct(self, node: Node, offset: int, data: bytes):
+        """--direct-io: store ``data`` at ``offset``, growing the file."""
+        raise NotImplementedError
+
+    def read(self, node: Node, offset: int, amount: int) -> bytes:
+        """_diskfs_rdwr_internal reading: at most ``amount`` bytes from ``offset``, b""
+        at or past EOF; through the file's mapping (the kernel's page cache), or its
+        storage with ``direct_io``."""
+        self._file(node)
+        with node.io_lock:
+            n = min(amount, node.size - offset)
+            if n <= 0:
+                return b""
+            if self.direct_io:
+                return self.read_direct(node, offset, n)
+            return self._mapping(node, offset + n).read(offset, n)
+
+    def write(self, node: Node, offset: int, data: bytes) -> int:
+        """_diskfs_rdwr_internal writing: store ``data`` at ``offset`` (the file grows
+        first, diskfs_grow), through the file's mapping or, with ``direct_io``, its
+        storage.  Returns the amount written."""
+        self._file(node)
+        n = len(data)
+        with node.io_lock:
+            if self.direct_io:
+                self.write_direct(node, offset, data)
+                return n
+            if offset + n > node.size:
+                self.grow(node, offset + n)
+            if n:
+                self._mapping(node, offset + n).write(offset, data)
+        return n
 
     def set_size(self, node, size: int):
         raise NotImplementedError
@@ -133,16 +350,27 @@ class FileSystem:
     def stat(self, node) -> dict:
         raise NotImplementedError
 
-    def map(self, node) -> int:
-        """A send right (one user reference, ours to give away) to the node's memory
-        object (pager_get_port)."""
-        raise NotImplementedError
+    # ------------------------------------------------------------ sync
 
-    def sync(self, node, wait: bool):
-        raise NotImplementedError
+    def sync(self, node: Node, wait: bool):
+        """file_sync: the file's dirty pages back from the kernel (pager_sync)."""
+        pager = node.pager
+        if pager is not None:
+            PG.pager_sync(pager, wait)
 
-    def syncfs(self, wait: bool):
-        raise NotImplementedError
+    def syncfs(self, wait: bool, timeout: float | None = None):
+        """fsys_syncfs (diskfs_sync_everything): pager_sync on every file in use that
+        has a pager; a failure is logged and the others are still synced.
+        ``timeout`` bounds each pager's wait for the kernel (None: as long as it
+        takes)."""
+        for node in self.node_iterate():
+            pager = node.pager
+            if pager is None:
+                continue
+            try:
+                PG.pager_sync(pager, wait, timeout)
+            except MachError as e:
+                log.warning("pager_sync failed", code=e.code)
 
 
 # ---------------------------------------------------------------- per-open state
@@ -223,7 +451,7 @@ class FsServer:
             cred = Protid(Peropen(node, openmodes))
             pi = LP.ports_create_port(self.protid_class, self.bucket, data=cred)
         except BaseException:
-            self.fs.node_unref(node)
+            self.fs.diskfs_nrele(node)
             raise
         cred.pi = pi
         self._count(protids_made=1)
@@ -243,9 +471,9 @@ class FsServer:
         if isinstance(cred, Protid) and cred.po.node is not None:
             node, cred.po.node = cred.po.node, None
             try:
-                self.fs.node_unref(node)
+                self.fs.diskfs_nrele(node)
             except Exception:
-                log.exception("node_unref failed")
+                log.exception("diskfs_nrele failed")
         self._count(protids_freed=1)
 
     def _reply_port(self, pi: LP.PortInfo) -> SendRight:
@@ -313,7 +541,7 @@ class FsServer:
                 raise fs_error(F.ENAMETOOLONG)
         if flags & F.O_CREAT and trailing:
             raise fs_error(F.EISDIR, "O_CREAT with a trailing slash")
-        fs.node_ref(node)
+        fs.diskfs_nref(node)
         created = False
         try:
             for i, comp in enumerate(comps):
@@ -324,7 +552,7 @@ class FsServer:
                     nxt, created = self._open_create(node, comp, flags, mode)
                 else:
                     nxt = fs.lookup(node, comp)
-                fs.node_unref(node)
+                fs.diskfs_nrele(node)
                 node = nxt
             is_dir = fs.is_dir(node)
             if trailing and not is_dir:
@@ -336,7 +564,7 @@ class FsServer:
             if flags & F.O_TRUNC and not created:
                 fs.set_size(node, 0)
         except BaseException:
-            fs.node_unref(node)
+            fs.diskfs_nrele(node)
             raise
         return node
 
@@ -500,6 +728,28 @@ class FsServer:
         self.fs.syncfs(bool(wait))
 
 
+def diskfs_startup(t: LP.Translator, srv: FsServer, pager_bucket: LP.PortBucket) -> int:
+    """diskfs_spawn_first_thread + diskfs_startup_diskfs for translator ``t``: start
+    the server loops (the --threads model), the pager bucket's on threads of their own
+    (an io_write blocked in vm_write waits for a data_request that only a pager thread
+    can answer), then ``srv``'s; check a protid on the root in with the name server
+    under ``t.name``.  Returns that send right."""
+    args = t.args
+    kw = dict(thread_timeout=args.thread_timeout or None, workers=args.workers)
+    t.add_server(LP.make_server(args.threads, pager_bucket, PG.PagerDemuxer(pager_bucket),
+                                name=f"{t.name}-pager", **kw).start())
+    t.add_server(LP.make_server(args.threads, srv.bucket, srv.demuxer(), name=t.name,
+                                **kw).start())
+    root = srv.root_send_right()
+    NS.netname_check_in(t.rt.name_server, t.name, root, root, rt=t.rt)
+    return root
+
+
+def pager_bucket_stats(bucket: LP.PortBucket) -> dict:
+    """libpager's counters over the pager bucket, as pager_* stats fields."""
+    return {f"pager_{k}": v for k, v in PG.pager_bucket_stats(bucket).items()}
+
+
 def file_type(mode: int) -> int:
     """The d_type of a st_mode."""
     if _stat.S_ISDIR(mode):
@@ -507,85 +757,3 @@ def file_type(mode: int) -> int:
     if _stat.S_ISREG(mode):
         return DT_REG
     return DT_UNKNOWN
-
-
-# ---------------------------------------------------------------- mapped I/O
-
-class FileMapping:
-    """The translator's own mapping of a file's memory object: vm_map of the pager port
-    into this task (rt.task_self), and io as vm_read / vm_write on it (what diskfs does
-    with pager_memcpy through node->dn->fileinfo's mapping).  The window grows by
-    doubling (a remap) when the file outgrows it.  Transfers are split into CHUNK-sized
-    vm_read / vm_write calls (machemu's vm_read/vm_write take any alignment).
-
-    ``get_port()`` returns a send right (one user reference) to the memory object; the
-    mapping gives it back after vm_map (the kernel keeps its own).  Callers serialize
-    calls on one mapping (the file's I/O lock)."""
-
-    MIN_WINDOW = 16 * PAGE_SIZE
-    CHUNK = 1024 * 1024  # bytes per vm_read / vm_write
-
-    def __init__(self, rt, get_port: Callable[[], int]):
-        self.rt = rt
-        self.get_port = get_port
-        self.address = 0
-        self.size = 0
-        self.remaps = 0
-
-    def ensure(self, size: int):
-        """Map at least [0, size) of the object."""
-        if size <= self.size:
-            return
-        window = max(self.MIN_WINDOW, self.size)
-        while window < size:
-            window *= 2
-        rt = self.rt
-        port = self.get_port()
-        try:
-            addr = VM.vm_map(rt.task_self, 0, window, 0, True, port, 0, False,
-                             VM.VM_PROT_DEFAULT, VM.VM_PROT_DEFAULT, VM.VM_INHERIT_NONE,
-                             rt=rt)
-        finally:
-            P.mach_port_deallocate(rt.task_self, port, rt=rt)
-        if self.size:
-            self.remaps += 1
-            self._deallocate()
-        self.address, self.size = addr, window
-
-    def _deallocate(self):
-        if self.size:
-            addr, size, self.address, self.size = self.address, self.size, 0, 0
-            VM.vm_deallocate(self.rt.task_self, addr, size, rt=self.rt)
-
-    def unmap(self):
-        """vm_deallocate the window."""
-        try:
-            self._deallocate()
-        except MachError as e:
-            log.warning("vm_deallocate of a file mapping failed", code=e.code)
-
-    def read(self, offset: int, n: int) -> bytes:
-        """Bytes [offset, offset+n) through the mapping (vm_read; must be mapped)."""
-        if n <= 0:
-            return b""
-        if offset + n > self.size:
-            raise MachError(F.EINVAL, "read past the mapped window")
-        rt, out = self.rt, []
-        a = offset
-        while a < offset + n:
-            k = min(self.CHUNK, offset + n - a)
-            out.append(bytes(VM.vm_read(rt.task_self, self.address + a, k, rt=rt)))
-            a += k
-        return b"".join(out)
-
-    def write(self, offset: int, data: bytes):
-        """Store ``data`` at ``offset`` through the mapping (vm_write; must be mapped)."""
-        n = len(data)
-        if offset + n > self.size:
-            raise MachError(F.EINVAL, "write past the mapped window")
-        rt = self.rt
-        a = 0
-        while a < n:
-            k = min(self.CHUNK, n - a)
-            VM.vm_write(rt.task_self, self.address + offset + a, data[a:a + k], rt=rt)
-            a += k

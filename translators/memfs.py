@@ -5,13 +5,13 @@
         [--direct-io] [--max-bytes N] [--log-level L]
 
 Each regular file has a page store (a dict page offset -> 4096 bytes; a page never written
-reads as zeros) and, once used, one libpager pager whose ops (``FilePagerOps``) read and
+reads as zeros) and, once used, one libpager pager whose ops (``MemPagerOps``) read and
 write that store.  Pages are supplied precious (pager_create with notify_on_evict), so the
 kernel hands them back with memory_object_data_return instead of dropping them.
 
 I/O modes:
   mapped (default)  io_read / io_write go through memfs's own mapping of the file's memory
-                    object (fsserver.FileMapping: vm_map into memfs's task, vm_read /
+                    object (filemap.FileMapping: vm_map into memfs's task, vm_read /
                     vm_write; remapped when the file outgrows the window) — the kernel's
                     page cache holds the data, and pageout decides when it comes back.
   --direct-io       io_read / io_write use the store directly (for kernels without VM).
@@ -32,18 +32,18 @@ import time
 import structlog
 
 from protocol.defs import fs as F
-from protocol.defs import mach as VM
-from protocol.defs import netname as NS
-from protocol.kern_return import MachError
 from protocol.vm_param import PAGE_SIZE, round_page, trunc_page
 from translators import libports as LP
 from translators.fsserver import (
     DT_DIR,
-    FileMapping,
+    FilePagerOps,
     FileSystem,
     FsServer,
+    Node,
+    diskfs_startup,
     file_type,
     fs_error,
+    pager_bucket_stats,
 )
 
 log = structlog.get_logger("memfs")
@@ -128,37 +128,31 @@ class PageStore:
 
 # ---------------------------------------------------------------- nodes
 
-class MemNode:
+class MemNode(Node):
     """One file or directory (struct node with memfs's disknode)."""
 
+    kind = "memnode"
+
     def __init__(self, ino: int, mode: int, parent: "MemNode | None" = None):
-        self.ino = ino
-        self.mode = mode
+        super().__init__(ino, mode)
         self.nlink = 2 if S.S_ISDIR(mode) else 1
-        self.references = 0  # open protids and walks in progress
         self.parent = parent  # directories: ".."
         self.entries: dict[str, MemNode] | None = {} if S.S_ISDIR(mode) else None
-        self.size = 0
         self.store = PageStore() if S.S_ISREG(mode) else None
-        self.io_lock = threading.Lock()  # one file's reads, writes and size changes
-        self.pager = None  # libpager pager, made on first use
-        self.mapping: FileMapping | None = None
         now = time.time()
         self.atime = self.mtime = self.ctime = now
 
     @property
-    def is_dir(self) -> bool:
-        return self.entries is not None
-
-    def __repr__(self):
-        return f"<memnode {self.ino} {'dir' if self.is_dir else 'file'} size {self.size}>"
+    def dead(self) -> bool:
+        return self.nlink == 0
 
 
-class FilePagerOps:
-    """The libpager callbacks of one file: its pages come from and go to its store."""
+class MemPagerOps(FilePagerOps):
+    """The libpager callbacks of one file: its pages come from and go to its store.
+    Pages are never write-locked, so unlock_page has nothing to do."""
 
     def __init__(self, node: MemNode):
-        self.node = node
+        super().__init__(node)
         self.stats = {"read_page": 0, "write_page": 0, "pages_written": 0}
 
     def read_page(self, pager, offset: int, length: int):
@@ -184,23 +178,6 @@ class FilePagerOps:
         """The multi-page write: the store takes a run as easily as one page."""
         self.write_page(pager, offset, data)
 
-    def unlock_page(self, pager, offset: int, length: int):
-        """pager_unlock_page: nothing to allocate; pages are never write-locked."""
-        return None
-
-    def report_extent(self, pager) -> int:
-        """pager_report_extent: the object's size (whole pages)."""
-        return round_page(self.node.size)
-
-    def clear_user_data(self, pager):
-        return None
-
-    def notify_evict(self, pager, offset: int, length: int):
-        return None
-
-    def dropweak(self, pager):
-        return None
-
 
 # ---------------------------------------------------------------- the file system
 
@@ -209,17 +186,16 @@ class MemFs(FileSystem):
     ``pager_bucket`` files get pagers (io_map, mapped I/O); ``direct_io`` makes
     io_read/io_write use the stores directly."""
 
+    notify_on_evict = True  # precious pages: the kernel must give them back
+
     def __init__(self, max_bytes: int | None = None, direct_io: bool = True, rt=None,
                  pager_bucket=None):
-        self.lock = threading.RLock()  # the tree, references, accounting
+        super().__init__(rt, pager_bucket, direct_io)
         self.max_bytes = max_bytes
-        self.direct_io = direct_io
-        self.rt = rt
-        self.pager_bucket = pager_bucket
         self.next_ino = 2
         self.root_node = MemNode(self._ino(), S.S_IFDIR | 0o755)
         self.root_node.parent = self.root_node
-        self.root_node.references = 1  # the file system's own
+        self.diskfs_nref(self.root_node)  # the file system's own
         self.nodes = 1
         self.used = 0  # sum of round_page(size) over live files
         self.stats = {"files_created": 0, "dirs_created": 0, "nodes_freed": 0,
@@ -229,79 +205,49 @@ class MemFs(FileSystem):
         ino, self.next_ino = self.next_ino, self.next_ino + 1
         return ino
 
-    # ------------------------------------------------------------ references
+    # ------------------------------------------------------------ nodes
 
-    def root(self):
-        return self._ref(self.root_node)
-
-    def _ref(self, node: MemNode) -> MemNode:
+    def node_iterate(self) -> list:
         with self.lock:
-            node.references += 1
-        return node
+            files = []
+            stack = [self.root_node]
+            while stack:
+                d = stack.pop()
+                for c in d.entries.values():
+                    (stack if c.is_dir else files).append(c)
+        return files
 
-    def node_ref(self, node):
-        self._ref(node)
-
-    def node_unref(self, node: MemNode):
+    def drop_node(self, node: MemNode):
+        """diskfs_drop_node: the file is gone; its space is given back, its pager shut
+        down and its pages forgotten."""
         with self.lock:
-            if node.references <= 0:
-                raise AssertionError(f"{node}: reference underflow")
-            node.references -= 1
-            free = node.references == 0 and node.nlink == 0 and not node.is_dir
-            if free:
-                self.used -= round_page(node.size)
-                self.nodes -= 1
-                self.stats["nodes_freed"] += 1
-        if free:
-            self._drop_file(node)
-
-    def _drop_file(self, node: MemNode):
-        """diskfs_drop_node: the file is gone; forget its pages and pager."""
+            self.used -= round_page(node.size)
+            self.nodes -= 1
+        self.count(nodes_freed=1)
+        super().drop_node(node)
         with node.io_lock:
-            if node.mapping is not None:
-                node.mapping.unmap()
-                node.mapping = None
-            pager, node.pager = node.pager, None
             node.store.pages.clear()
             node.size = 0
-        if pager is not None:
-            # pager_shutdown, then drop pager_create's reference: the kernel lets the
-            # object go, its port dies with its last send right.
-            from translators import libpager as PG
-            try:
-                shutdown = getattr(PG, "pager_shutdown", None)
-                if shutdown is not None:
-                    shutdown(pager)
-                else:
-                    PG.pager_flush(pager, True)
-            except MachError as e:
-                log.warning("pager shutdown failed", ino=node.ino, code=e.code)
-            deref = getattr(PG, "pager_deref", None)
-            if deref is not None:
-                deref(pager)
-
-    def is_dir(self, node) -> bool:
-        return node.is_dir
 
     # ------------------------------------------------------------ directories
 
-    def _live_dir(self, dir: MemNode):
-        if not dir.is_dir:
-            raise fs_error(F.ENOTDIR)
-        if dir.nlink == 0:
-            raise fs_error(F.ENOENT, "directory removed")
+    def _child(self, dir: MemNode, name: str) -> MemNode:
+        """diskfs_lookup_hard: the node entry ``name`` of live directory ``dir`` names
+        (ENOENT); lock held."""
+        self._live_dir(dir)
+        node = dir.entries.get(name)
+        if node is None:
+            raise fs_error(F.ENOENT, name)
+        return node
 
     def lookup(self, dir: MemNode, name: str) -> MemNode:
         with self.lock:
             self._live_dir(dir)
             if name == ".":
-                return self._ref(dir)
+                return self.diskfs_nref(dir)
             if name == "..":
-                return self._ref(dir.parent)
-            node = dir.entries.get(name)
-            if node is None:
-                raise fs_error(F.ENOENT, name)
-            return self._ref(node)
+                return self.diskfs_nref(dir.parent)
+            return self.diskfs_nref(self._child(dir, name))
 
     def _enter(self, dir: MemNode, name: str, mode: int) -> MemNode:
         if len(name.encode()) > F.NAME_MAX:
@@ -320,21 +266,18 @@ class MemFs(FileSystem):
     def create(self, dir: MemNode, name: str, mode: int) -> MemNode:
         with self.lock:
             node = self._enter(dir, name, S.S_IFREG | (mode & 0o7777))
-            self.stats["files_created"] += 1
-            return self._ref(node)
+            self.count(files_created=1)
+            return self.diskfs_nref(node)
 
     def mkdir(self, dir: MemNode, name: str, mode: int):
         with self.lock:
             self._enter(dir, name, S.S_IFDIR | (mode & 0o7777))
             dir.nlink += 1
-            self.stats["dirs_created"] += 1
+            self.count(dirs_created=1)
 
     def rmdir(self, dir: MemNode, name: str):
         with self.lock:
-            self._live_dir(dir)
-            node = dir.entries.get(name)
-            if node is None:
-                raise fs_error(F.ENOENT, name)
+            node = self._child(dir, name)
             if not node.is_dir:
                 raise fs_error(F.ENOTDIR, name)
             if node.entries:
@@ -344,22 +287,19 @@ class MemFs(FileSystem):
             node.nlink = 0
             dir.mtime = dir.ctime = time.time()
             self.nodes -= 1
-            self.stats["nodes_freed"] += 1
+            self.count(nodes_freed=1)
 
     def unlink(self, dir: MemNode, name: str):
         with self.lock:
-            self._live_dir(dir)
-            node = dir.entries.get(name)
-            if node is None:
-                raise fs_error(F.ENOENT, name)
+            node = self._child(dir, name)
             if node.is_dir:
                 raise fs_error(F.EISDIR, name)
             del dir.entries[name]
             dir.mtime = dir.ctime = time.time()
             node.nlink -= 1
             node.ctime = dir.ctime
-            self._ref(node)
-        self.node_unref(node)  # frees it unless it is still open
+            self.diskfs_nref(node)
+        self.diskfs_nrele(node)  # frees it unless it is still open
 
     def readdir(self, dir: MemNode) -> list:
         with self.lock:
@@ -368,11 +308,14 @@ class MemFs(FileSystem):
             out += [[n, file_type(c.mode), c.ino] for n, c in dir.entries.items()]
             return out
 
-    # ------------------------------------------------------------ space
+    # ------------------------------------------------------------ file I/O
 
-    def _grow(self, node: MemNode, size: int):
-        """Account for ``node`` growing to ``size`` (diskfs_grow); ENOSPC past the
-        limit.  The caller holds node.io_lock."""
+    def file_pager_ops(self, node: MemNode) -> MemPagerOps:
+        return MemPagerOps(node)
+
+    def grow(self, node: MemNode, size: int):
+        """diskfs_grow: account for ``node`` growing to ``size``; ENOSPC past the
+        limit (as Hurd tmpfs accounts allocsize).  The caller holds node.io_lock."""
         if size > MAX_FILE_SIZE:
             raise fs_error(F.EFBIG)
         with self.lock:
@@ -382,102 +325,44 @@ class MemFs(FileSystem):
             self.used += delta
             node.size = size
 
-    # ------------------------------------------------------------ pager and mapping
+    def read_direct(self, node: MemNode, offset: int, n: int) -> bytes:
+        return node.store.read(offset, n)
 
-    def _pager(self, node: MemNode):
-        """The file's pager, made on first use (pager_create: cacheable, copy delay,
-        precious pages)."""
-        with self.lock:
-            if node.pager is None:
-                if self.pager_bucket is None:
-                    raise fs_error(F.EOPNOTSUPP, "no pager bucket")
-                from translators import libpager as PG
-                node.pager = PG.pager_create(FilePagerOps(node), self.pager_bucket, True,
-                                             VM.MEMORY_OBJECT_COPY_DELAY, True)
-                self.stats["pagers_created"] += 1
-            return node.pager
-
-    def _port(self, node: MemNode) -> int:
-        from translators import libpager as PG
-        return PG.pager_get_port(self._pager(node))
-
-    def _mapping(self, node: MemNode, size: int) -> FileMapping:
-        """memfs's own mapping of the file, covering ``size`` (caller holds io_lock)."""
-        if node.mapping is None:
-            node.mapping = FileMapping(self.rt, lambda: self._port(node))
-        before = node.mapping.remaps
-        node.mapping.ensure(max(size, 1))
-        if node.mapping.remaps != before:
-            with self.lock:
-                self.stats["remaps"] += 1
-        return node.mapping
-
-    # ------------------------------------------------------------ file I/O
-
-    def _file(self, node: MemNode):
-        if node.is_dir:
-            raise fs_error(F.EISDIR)
+    def write_direct(self, node: MemNode, offset: int, data: bytes):
+        if offset + len(data) > node.size:
+            self.grow(node, offset + len(data))
+        node.store.write(offset, data)
 
     def read(self, node: MemNode, offset: int, amount: int) -> bytes:
-        self._file(node)
-        with node.io_lock:
-            n = min(amount, node.size - offset)
-            if n <= 0:
-                return b""
+        data = super().read(node, offset, amount)
+        if data:
             node.atime = time.time()
-            if self.direct_io:
-                return node.store.read(offset, n)
-            return self._mapping(node, offset + n).read(offset, n)
+        return data
 
     def write(self, node: MemNode, offset: int, data: bytes) -> int:
-        self._file(node)
-        n = len(data)
-        with node.io_lock:
-            if offset + n > node.size:
-                self._grow(node, offset + n)
-            if n:
-                if self.direct_io:
-                    node.store.write(offset, data)
-                else:
-                    self._mapping(node, offset + n).write(offset, data)
-            node.mtime = node.ctime = time.time()
+        n = super().write(node, offset, data)
+        node.mtime = node.ctime = time.time()
         return n
 
     def set_size(self, node: MemNode, size: int):
         """file_set_size: extend (new pages read as zeros) or truncate: the kernel's
-        cached pages past the new end are flushed (pager_flush_some), the partial last
-        page is returned first (pager_return_some) so its head survives, then the store
-        drops what lies past the end."""
+        pages past the new end go first (FileSystem._flush_past), then the store drops
+        what lies past the end."""
         self._file(node)
         if size < 0:
             raise fs_error(F.EINVAL)
         with node.io_lock:
             old = node.size
             if size >= old:
-                self._grow(node, size)
+                self.grow(node, size)
             else:
                 with self.lock:
                     self.used -= round_page(old) - round_page(size)
                     node.size = size
-                    self.stats["truncations"] += 1
-                if node.pager is not None:
-                    self._flush_past(node, size, old)
+                self.count(truncations=1)
+                self._flush_past(node, size, old)
                 node.store.truncate(size)
             node.mtime = node.ctime = time.time()
-
-    def _flush_past(self, node: MemNode, size: int, old: int):
-        from translators import libpager as PG
-        pager = node.pager
-        end = max(round_page(old), node.mapping.size if node.mapping else 0)
-        flush_some = getattr(PG, "pager_flush_some", None)
-        return_some = getattr(PG, "pager_return_some", None)
-        if flush_some is None or return_some is None:
-            PG.pager_return(pager, True)  # everything back, nothing cached
-            return
-        if size % PAGE_SIZE:
-            return_some(pager, trunc_page(size), PAGE_SIZE, True)
-        if end > round_page(size):
-            flush_some(pager, round_page(size), end - round_page(size), True)
 
     def stat(self, node: MemNode) -> dict:
         with self.lock:
@@ -489,42 +374,8 @@ class MemFs(FileSystem):
                     "st_atime": node.atime, "st_mtime": node.mtime,
                     "st_ctime": node.ctime}
 
-    def map(self, node: MemNode) -> int:
-        if node.is_dir:
-            raise fs_error(F.EOPNOTSUPP, "directories have no memory object")
-        return self._port(node)
-
-    def sync(self, node: MemNode, wait: bool):
-        """file_sync: get the file's dirty pages back from the kernel (pager_sync)."""
-        pager = node.pager
-        if pager is not None:
-            from translators import libpager as PG
-            PG.pager_sync(pager, wait)
-
-    def syncfs(self, wait: bool):
-        """fsys_syncfs: pager_sync on every file that has a pager."""
-        with self.lock:
-            files = []
-            stack = [self.root_node]
-            while stack:
-                d = stack.pop()
-                for c in d.entries.values():
-                    (stack if c.is_dir else files).append(c)
-        for node in files:
-            self.sync(node, wait)
-
 
 # ---------------------------------------------------------------- the translator
-
-def pager_demuxer(bucket):
-    """libpager's demuxer for the pager bucket (ImportError when libpager lacks one)."""
-    from translators import libpager as PG
-    for name in ("PagerDemuxer", "pager_demuxer"):
-        make = getattr(PG, name, None)
-        if make is not None:
-            return make(bucket)
-    raise ImportError("translators.libpager has no demuxer")
-
 
 def parse_args(argv=None):
     ap = LP.translator_arg_parser("translators.memfs", __doc__, "memfs")
@@ -550,38 +401,17 @@ def main(argv=None) -> int:
         return 1
     with t:
         fs_bucket = LP.ports_create_bucket(rt)
-        pager_bucket = None
-        try:
-            pager_bucket = LP.ports_create_bucket(rt)
-            pdemux = pager_demuxer(pager_bucket)
-        except ImportError:
-            if not args.direct_io:
-                raise
-            log.warning("libpager missing: io_map unavailable")
-            pdemux = None
+        pager_bucket = LP.ports_create_bucket(rt)
         memfs = MemFs(max_bytes=args.max_bytes, direct_io=args.direct_io, rt=rt,
-                      pager_bucket=pager_bucket if pdemux is not None else None)
+                      pager_bucket=pager_bucket)
         srv = FsServer(memfs, fs_bucket, name=name)
 
         def all_stats():
-            d = {**srv.stats, **memfs.stats, "nodes": memfs.nodes, "used": memfs.used}
-            if memfs.pager_bucket is not None:
-                from translators import libpager as PG
-                d.update({f"pager_{k}": v
-                          for k, v in PG.pager_bucket_stats(memfs.pager_bucket).items()})
-            return d
+            return {**srv.stats, **memfs.stats, "nodes": memfs.nodes, "used": memfs.used,
+                    **pager_bucket_stats(pager_bucket)}
 
         t.stopping_stats = all_stats
-        kw = dict(thread_timeout=args.thread_timeout or None, workers=args.workers)
-        if pdemux is not None:
-            # Pager ports get their own threads: an io_write blocked in vm_write waits for
-            # a data_request that only a pager thread can answer.
-            t.add_server(LP.make_server(args.threads, pager_bucket, pdemux,
-                                        name=f"{name}-pager", **kw).start())
-        t.add_server(LP.make_server(args.threads, fs_bucket, srv.demuxer(), name=name,
-                                    **kw).start())
-        root = srv.root_send_right()
-        NS.netname_check_in(rt.name_server, name, root, root, rt=rt)
+        root = diskfs_startup(t, srv, pager_bucket)
         t.ready("memfs ready", model=args.threads, direct_io=args.direct_io,
                 max_bytes=args.max_bytes, port=root, endpoint=t.endpoint)
         t.serve_until_stopped(all_stats)

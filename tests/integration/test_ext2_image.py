@@ -124,7 +124,7 @@ def test_read_mke2fs_image(tmp_path, bs):
     files, last = populate_with_debugfs(img, tmp_path, rng)
     with Ext2(img, read_only=True) as fs:
         feats = fs.sb.features()
-        # What `mke2fs -t ext2` enables here; each is handled (see filesystem.py).
+        # What `mke2fs -t ext2` enables here; each is handled (see hyper.py).
         assert "filetype" in feats["incompat"]
         assert fs.read_only and not fs.ro_reasons
         for p, data in files.items():

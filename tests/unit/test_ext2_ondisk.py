@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from translators.ext2fs import Ext2, Ext2Error, Ext2UnsupportedFeature
 from translators.ext2fs import ondisk as D
-from translators.ext2fs.filesystem import _find_zero
+from translators.ext2fs.bitmap import clear_bit, find_next_zero_bit, set_bit
 from translators.ext2fs.mkfs import mkfs
 
 
@@ -108,16 +108,24 @@ def test_sparse_super_groups_and_feature_names():
     assert D.mode_to_file_type(D.S_IFLNK | 0o777) == D.EXT2_FT_SYMLINK
 
 
-def test_find_zero():
+def test_find_next_zero_bit():
     bm = bytearray(b"\xff" * 8)
-    assert _find_zero(bm, 0, 64) == -1
+    assert find_next_zero_bit(bm, 0, 64) == -1
     bm[5] = 0xF7
-    assert _find_zero(bm, 0, 64) == 43
-    assert _find_zero(bm, 43, 64) == 43
-    assert _find_zero(bm, 44, 64) == -1
-    assert _find_zero(bm, 0, 43) == -1
+    assert find_next_zero_bit(bm, 0, 64) == 43
+    assert find_next_zero_bit(bm, 43, 64) == 43
+    assert find_next_zero_bit(bm, 44, 64) == -1
+    assert find_next_zero_bit(bm, 0, 43) == -1
     bm[0] = 0xFE
-    assert _find_zero(bm, 0, 64) == 0
+    assert find_next_zero_bit(bm, 0, 64) == 0
+
+
+def test_set_and_clear_bit_return_the_old_value():
+    bm = bytearray(2)
+    assert set_bit(bm, 9) is False and bm == b"\x00\x02"
+    assert set_bit(bm, 9) is True
+    assert clear_bit(bm, 9) is True and bm == bytes(2)
+    assert clear_bit(bm, 9) is False
 
 
 @pytest.mark.parametrize("bs", [1024, 4096])

@@ -157,10 +157,10 @@ def test_unlinked_open_file_lives_until_last_reference(mfs):
     mfs.unlink(root, "f")
     assert f.nlink == 0 and mfs.read(f, 0, 10) == b"hello"
     assert mfs.used == PAGE_SIZE
-    mfs.node_unref(f)
+    mfs.diskfs_nrele(f)
     assert mfs.used == 0 and mfs.nodes == 1 and not f.store.pages
     with pytest.raises(AssertionError):
-        mfs.node_unref(f)
+        mfs.diskfs_nrele(f)
 
 
 def test_read_write_set_size_and_stat(mfs):
@@ -312,10 +312,10 @@ def test_demuxer_sends_rights_with_their_disposition(srv, mfs):
 
 
 def test_file_pager_ops_use_the_store(mfs):
-    from translators.memfs import FilePagerOps
+    from translators.memfs import MemPagerOps
 
     f = mfs.create(mfs.root_node, "f", 0o644)
-    ops = FilePagerOps(f)
+    ops = MemPagerOps(f)
     assert ops.read_page(None, 0, PAGE_SIZE) is None  # never written: data_unavailable
     mfs.write(f, PAGE_SIZE + 5, b"abc")
     data, lock = ops.read_page(None, PAGE_SIZE, PAGE_SIZE)

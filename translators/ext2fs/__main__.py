@@ -20,13 +20,11 @@ from pathlib import Path
 
 import structlog
 
-from protocol.defs import netname as NS
-from translators import libpager as PG
 from translators import libports as LP
 from translators.ext2fs.filesystem import Ext2
 from translators.ext2fs.mkfs import mkfs
 from translators.ext2fs.translator import Ext2Fs
-from translators.fsserver import FsServer
+from translators.fsserver import FsServer, diskfs_startup, pager_bucket_stats
 
 log = structlog.get_logger("ext2fs")
 
@@ -80,25 +78,15 @@ def main(argv=None) -> int:
         srv = FsServer(fs, fs_bucket, name=name)
 
         def all_stats():
-            d = {**srv.stats, **fs.stats, "nodes": len(fs.nodes)}
-            d.update({f"ext2_{k}": v for k, v in ext2.stats.items()})
-            d.update({f"pager_{k}": v
-                      for k, v in PG.pager_bucket_stats(pager_bucket).items()})
-            return d
+            return {**srv.stats, **fs.stats, "nodes": len(fs.nodes),
+                    **{f"ext2_{k}": v for k, v in ext2.stats.items()},
+                    **pager_bucket_stats(pager_bucket)}
 
         t.stopping_stats = all_stats
-        kw = dict(thread_timeout=args.thread_timeout or None, workers=args.workers)
-        # Pager ports get their own threads: an io_write blocked in vm_write waits for a
-        # data_request that only a pager thread can answer.
-        t.add_server(LP.make_server(args.threads, pager_bucket, PG.PagerDemuxer(pager_bucket),
-                                    name=f"{name}-pager", **kw).start())
-        t.add_server(LP.make_server(args.threads, fs_bucket, srv.demuxer(), name=name,
-                                    **kw).start())
+        root = diskfs_startup(t, srv, pager_bucket)
         if args.sync_interval > 0:
             threading.Thread(target=periodic_sync, args=(fs, sync_stop, args.sync_interval),
                              name="ext2fs-sync", daemon=True).start()
-        root = srv.root_send_right()
-        NS.netname_check_in(rt.name_server, name, root, root, rt=rt)
         t.ready("ext2fs ready", model=args.threads, image=str(image),
                 block_size=ext2.block_size, direct_io=args.direct_io, port=root,
                 endpoint=t.endpoint)

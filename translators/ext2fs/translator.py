@@ -3,8 +3,8 @@ ext2fs: ext2fs/{pager,inode,dir}.c over libdiskfs and libpager).
 
 File contents live in the kernel's page cache: every regular file, once read or
 written, has one libpager pager (cacheable, MEMORY_OBJECT_COPY_DELAY) whose ops
-(``FilePagerOps``) move pages between the kernel and the file's blocks in the image;
-io_read / io_write go through ext2fs's own mapping of the file (fsserver.FileMapping),
+(``Ext2PagerOps``) move pages between the kernel and the file's blocks in the image;
+io_read / io_write go through ext2fs's own mapping of the file (filemap.FileMapping),
 so the kernel's pageout (or a sync) decides when data reaches the disk.
 
 Metadata (inodes, bitmaps, directories, indirect blocks) goes through the image
@@ -16,25 +16,22 @@ sync or when the cache evicts it).
 
 from __future__ import annotations
 
-import stat as S
-import threading
 import time
 
 import structlog
 
 from protocol.defs import fs as F
-from protocol.defs import mach as VM
 from protocol.kern_return import MachError
-from protocol.vm_param import PAGE_SIZE, round_page, trunc_page
-from translators import libpager as PG
+from protocol.vm_param import PAGE_SIZE
 from translators.ext2fs import ondisk as D
 from translators.ext2fs.filesystem import Ext2
 from translators.fsserver import (
     DT_DIR,
     DT_REG,
     DT_UNKNOWN,
-    FileMapping,
+    FilePagerOps,
     FileSystem,
+    Node,
     fs_error,
 )
 
@@ -49,34 +46,24 @@ def _err(e: OSError) -> MachError:
     return MachError(F.from_os_error(e.errno) if e.errno else F.EIO, str(e))
 
 
-class Ext2Node:
-    """struct node + ext2fs's struct disknode: one inode in use."""
+class Ext2Node(Node):
+    """struct node + ext2fs's struct disknode: one inode in use.  ``size`` is i_size,
+    kept here too so pager threads need no io_lock."""
+
+    kind = "ext2node"
 
     def __init__(self, ino: int, mode: int, size: int):
-        self.ino = ino
-        self.mode = mode
-        self.size = size  # i_size, kept here too so pager threads need no io_lock
-        self.references = 0
+        super().__init__(ino, mode, size)
         self.dead = False  # unlinked / removed: its inode is to be (or was) released
-        self.io_lock = threading.Lock()  # one file's reads, writes and size changes
-        self.pager = None
-        self.mapping: FileMapping | None = None
-
-    @property
-    def is_dir(self) -> bool:
-        return S.S_ISDIR(self.mode)
-
-    def __repr__(self):
-        return f"<ext2node {self.ino} {'dir' if self.is_dir else 'file'} size {self.size}>"
 
 
-class FilePagerOps:
+class Ext2PagerOps(FilePagerOps):
     """The libpager callbacks of one file (ext2fs/pager.c file_pager_*): pages come from
     and go to the file's blocks in the image."""
 
     def __init__(self, fs: "Ext2Fs", node: Ext2Node):
+        super().__init__(node)
         self.fs = fs
-        self.node = node
 
     def _blocks(self, offset: int, length: int):
         """File blocks of [offset, offset+length) that lie before EOF."""
@@ -158,19 +145,6 @@ class FilePagerOps:
         except OSError as e:
             raise _err(e) from e
 
-    def report_extent(self, pager) -> int:
-        """pager_report_extent: the file's size, whole pages."""
-        return round_page(self.node.size)
-
-    def clear_user_data(self, pager):
-        return None
-
-    def notify_evict(self, pager, offset: int, length: int):
-        return None
-
-    def dropweak(self, pager):
-        return None
-
 
 class Ext2Fs(FileSystem):
     """The FileSystem over one mounted image.  Nodes in use are kept in ``nodes``
@@ -178,25 +152,15 @@ class Ext2Fs(FileSystem):
 
     def __init__(self, ext2: Ext2, rt=None, pager_bucket=None, direct_io: bool = False,
                  disk_latency: float = 0.0):
+        super().__init__(rt, pager_bucket, direct_io)
         self.ext2 = ext2
-        self.rt = rt
-        self.pager_bucket = pager_bucket
-        self.direct_io = direct_io
         self.disk_latency = disk_latency
-        self.lock = threading.RLock()  # the node table and references
         self.nodes: dict[int, Ext2Node] = {}
-        self._stats_lock = threading.Lock()
         self.stats = {"read_page": 0, "hole_pages": 0, "unlock_page": 0,
                       "blocks_allocated": 0, "write_allocations": 0, "data_returns": 0,
                       "pages_returned": 0, "disk_writes": 0, "blocks_written": 0,
                       "pagers_created": 0, "remaps": 0, "syncs": 0, "nodes_freed": 0}
-        self.root_node = self._node(D.EXT2_ROOT_INO)
-        self.root_node.references = 1  # the file system's own
-
-    def count(self, **kw):
-        with self._stats_lock:
-            for k, v in kw.items():
-                self.stats[k] += v
+        self.root_node = self.diskfs_nref(self._node(D.EXT2_ROOT_INO))  # the fs's own
 
     def disk_delay(self):
         """--disk-latency-ms: an emulated slow disk, per disk write call."""
@@ -221,73 +185,39 @@ class Ext2Fs(FileSystem):
             self.nodes[ino] = node
         return node
 
-    def root(self):
-        return self._ref(self.root_node)
-
-    def _ref(self, node: Ext2Node) -> Ext2Node:
+    def node_iterate(self) -> list:
         with self.lock:
-            node.references += 1
-        return node
+            return list(self.nodes.values())
 
-    def node_ref(self, node):
-        self._ref(node)
-
-    def node_unref(self, node: Ext2Node):
+    def drop_node(self, node: Ext2Node):
+        """diskfs_drop_node: the last user of an unlinked file is gone: it leaves the
+        node table, its pager is shut down (nothing more comes back), then its inode
+        and blocks are released (Ext2.clear_inode)."""
         with self.lock:
-            if node.references <= 0:
-                raise AssertionError(f"{node}: reference underflow")
-            node.references -= 1
-            free = node.references == 0 and node.dead and not node.is_dir
-            if free and self.nodes.get(node.ino) is node:
+            if self.nodes.get(node.ino) is node:
                 del self.nodes[node.ino]
-        if free:
-            self._drop_file(node)
-
-    def _drop_file(self, node: Ext2Node):
-        """diskfs_drop_node: the last user of an unlinked file is gone: its pager is
-        shut down (nothing more comes back), then its inode and blocks are released."""
-        with node.io_lock:
-            if node.mapping is not None:
-                node.mapping.unmap()
-                node.mapping = None
-            pager, node.pager = node.pager, None
-        if pager is not None:
-            try:
-                PG.pager_flush(pager, True)
-                PG.pager_shutdown(pager)
-            except MachError as e:
-                log.warning("pager shutdown failed", ino=node.ino, code=e.code)
-            PG.pager_deref(pager)
+        super().drop_node(node)
         try:
             self.ext2.clear_inode(node.ino)
         except OSError as e:
             log.warning("clear_inode failed", ino=node.ino, error=str(e))
         self.count(nodes_freed=1)
 
-    def is_dir(self, node) -> bool:
-        return node.is_dir
-
     # ------------------------------------------------------------ directories
-
-    def _live_dir(self, dir: Ext2Node):
-        if not dir.is_dir:
-            raise fs_error(F.ENOTDIR)
-        if dir.dead:
-            raise fs_error(F.ENOENT, "directory removed")
 
     def lookup(self, dir: Ext2Node, name: str) -> Ext2Node:
         with self.lock:
             self._live_dir(dir)
             if name == ".":
-                return self._ref(dir)
+                return self.diskfs_nref(dir)
             ino = self._call(self.ext2.lookup, dir.ino, name)
-            return self._ref(self._node(ino))
+            return self.diskfs_nref(self._node(ino))
 
     def create(self, dir: Ext2Node, name: str, mode: int) -> Ext2Node:
         with self.lock:
             self._live_dir(dir)
             ino = self._call(self.ext2.create, dir.ino, name, mode & 0o7777)
-            return self._ref(self._node(ino))
+            return self.diskfs_nref(self._node(ino))
 
     def mkdir(self, dir: Ext2Node, name: str, mode: int):
         with self.lock:
@@ -317,8 +247,8 @@ class Ext2Fs(FileSystem):
                 self.count(nodes_freed=1)
                 return
             node.dead = True
-            self._ref(node)
-        self.node_unref(node)  # frees it unless it is still open
+            self.diskfs_nref(node)
+        self.diskfs_nrele(node)  # frees it unless it is still open
 
     def readdir(self, dir: Ext2Node) -> list:
         with self.lock:
@@ -327,41 +257,13 @@ class Ext2Fs(FileSystem):
         return [[e.name.decode("utf-8", "surrogateescape"),
                  _DT.get(e.file_type, DT_UNKNOWN), e.inode] for e in ents]
 
-    # ------------------------------------------------------------ pager and mapping
-
-    def _pager(self, node: Ext2Node):
-        """The file's pager, made on first use (pager_create: cacheable, copy delay)."""
-        with self.lock:
-            if node.pager is None:
-                if self.pager_bucket is None:
-                    raise fs_error(F.EOPNOTSUPP, "no pager bucket")
-                node.pager = PG.pager_create(FilePagerOps(self, node), self.pager_bucket,
-                                             True, VM.MEMORY_OBJECT_COPY_DELAY, False,
-                                             upi=node)
-                self.count(pagers_created=1)
-            return node.pager
-
-    def _port(self, node: Ext2Node) -> int:
-        return PG.pager_get_port(self._pager(node))
-
-    def _mapping(self, node: Ext2Node, size: int) -> FileMapping:
-        """ext2fs's own mapping of the file, covering ``size`` (caller holds io_lock)."""
-        if node.mapping is None:
-            node.mapping = FileMapping(self.rt, lambda: self._port(node))
-        before = node.mapping.remaps
-        node.mapping.ensure(max(size, 1))
-        if node.mapping.remaps != before:
-            self.count(remaps=1)
-        return node.mapping
-
     # ------------------------------------------------------------ file I/O
 
-    def _file(self, node: Ext2Node):
-        if node.is_dir:
-            raise fs_error(F.EISDIR)
+    def file_pager_ops(self, node: Ext2Node) -> Ext2PagerOps:
+        return Ext2PagerOps(self, node)
 
-    def _set_isize(self, node: Ext2Node, size: int):
-        """Grow i_size (diskfs_grow: blocks come later, from unlock_page)."""
+    def grow(self, node: Ext2Node, size: int):
+        """diskfs_grow: set i_size (the blocks come later, from unlock_page)."""
         if size > self.ext2.max_file_size():
             raise fs_error(F.EFBIG)
         ext2 = self.ext2
@@ -374,49 +276,24 @@ class Ext2Fs(FileSystem):
             self._call(ext2.write_inode, inode)
             node.size = size
 
-    def read(self, node: Ext2Node, offset: int, amount: int) -> bytes:
-        self._file(node)
-        with node.io_lock:
-            n = min(amount, node.size - offset)
-            if n <= 0:
-                return b""
-            if self.direct_io:
-                return self._call(self.ext2.read, node.ino, offset, n)
-            return self._mapping(node, offset + n).read(offset, n)
+    def read_direct(self, node: Ext2Node, offset: int, n: int) -> bytes:
+        return self._call(self.ext2.read, node.ino, offset, n)
 
-    def write(self, node: Ext2Node, offset: int, data: bytes) -> int:
-        self._file(node)
-        n = len(data)
-        with node.io_lock:
-            if self.direct_io:
-                if n:
-                    self._call(self.ext2.write, node.ino, offset, data)
-                    node.size = max(node.size, offset + n)
-                return n
-            if offset + n > node.size:
-                self._set_isize(node, offset + n)
-            if n:
-                self._mapping(node, offset + n).write(offset, data)
-        return n
+    def write_direct(self, node: Ext2Node, offset: int, data: bytes):
+        if data:
+            self._call(self.ext2.write, node.ino, offset, data)
+            node.size = max(node.size, offset + len(data))
 
     def set_size(self, node: Ext2Node, size: int):
-        """file_set_size: extend (sparse) or truncate: the partial last page is returned
-        first (pager_return_some, so its head reaches the disk), the kernel's pages past
-        the new end are flushed (pager_flush_some), then Ext2.truncate frees the blocks
-        and zeroes the tail of the last block."""
+        """file_set_size: extend (sparse) or truncate: the kernel's pages past the new
+        end go first (FileSystem._flush_past), then Ext2.truncate frees the blocks and
+        zeroes the tail of the last block."""
         self._file(node)
         if size < 0:
             raise fs_error(F.EINVAL)
         with node.io_lock:
-            old = node.size
-            if size < old and node.pager is not None:
-                pager = node.pager
-                if size % PAGE_SIZE:
-                    PG.pager_return_some(pager, trunc_page(size), PAGE_SIZE, True)
-                end = max(round_page(old), node.mapping.size if node.mapping else 0)
-                if end > round_page(size):
-                    PG.pager_flush_some(pager, round_page(size), end - round_page(size),
-                                        True)
+            if size < node.size:
+                self._flush_past(node, size, node.size)
             self._call(self.ext2.truncate, node.ino, size)
             node.size = size
 
@@ -428,30 +305,19 @@ class Ext2Fs(FileSystem):
         return st
 
     def map(self, node: Ext2Node) -> int:
-        if node.is_dir:
-            raise fs_error(F.EOPNOTSUPP, "directories have no memory object")
-        if self.direct_io:
+        if self.direct_io and not node.is_dir:
             raise fs_error(F.EOPNOTSUPP, "--direct-io: no memory objects")
-        return self._port(node)
+        return super().map(node)
 
     def sync(self, node: Ext2Node, wait: bool):
         """file_sync: the file's dirty pages back to the disk (pager_sync), then the
         metadata (Ext2.sync)."""
-        pager = node.pager
-        if pager is not None:
-            PG.pager_sync(pager, wait)
+        super().sync(node, wait)
         self._call(self.ext2.sync, wait)
 
     def syncfs(self, wait: bool, timeout: float | None = None):
         """fsys_syncfs / the periodic sync (diskfs_sync_everything): pager_sync on
-        every file with a pager, then Ext2.sync.  ``timeout`` bounds each pager's wait
-        for the kernel (None: as long as it takes)."""
-        with self.lock:
-            pagers = [n.pager for n in self.nodes.values() if n.pager is not None]
-        for pager in pagers:
-            try:
-                PG.pager_sync(pager, wait, timeout)
-            except MachError as e:
-                log.warning("pager_sync failed", code=e.code)
+        every file with a pager, then Ext2.sync."""
+        super().syncfs(wait, timeout)
         self._call(self.ext2.sync, wait)
         self.count(syncs=1)

@@ -13,7 +13,13 @@ import structlog
 
 from protocol import message as M
 from protocol.kern_return import MachError
-from translators.libpager.pager import NORMAL, LockRequest, Pager
+from translators.libpager.pager import (
+    NORMAL,
+    LockRequest,
+    Pager,
+    _request_release,
+    _request_wait,
+)
 
 log = structlog.get_logger("libpager")
 
@@ -49,17 +55,6 @@ def _pager_lock_object(p: Pager, offset: int, size: int, should_return: int,
         if lr is not None:
             with p.lock:
                 lr.locks_pending -= 1
-                _lr_release(p, lr)
+                _request_release(p.lock_requests, lr)
         return False
-    if lr is None:
-        return True
-    with p.lock:
-        completed = p.wakeup.wait_for(lr.done, timeout)
-        _lr_release(p, lr)
-    return completed
-
-
-def _lr_release(p: Pager, lr: LockRequest):
-    lr.threads_waiting -= 1
-    if lr.threads_waiting <= 0 and lr in p.lock_requests:
-        p.lock_requests.remove(lr)
+    return _request_wait(p, p.lock_requests, lr, timeout)

@@ -128,6 +128,28 @@ class AttributeRequest:
         self.threads_waiting = 0
         self.aborted = False
 
+    def done(self) -> bool:
+        return self.aborted or not self.attrs_pending
+
+
+def _request_release(requests: list, r) -> None:
+    """A thread stops waiting for synchronous request ``r`` (a LockRequest or an
+    AttributeRequest, p.lock held): the last one takes it off the pager's list."""
+    r.threads_waiting -= 1
+    if r.threads_waiting <= 0 and r in requests:
+        requests.remove(r)
+
+
+def _request_wait(p: "Pager", requests: list, r, timeout: float | None) -> bool:
+    """Wait until request ``r`` is done (False if ``timeout`` seconds passed first),
+    then stop waiting for it; None (an asynchronous call) is done at once."""
+    if r is None:
+        return True
+    with p.lock:
+        completed = p.wakeup.wait_for(r.done, timeout)
+        _request_release(requests, r)
+    return completed
+
 
 class Pager:
     """struct pager.

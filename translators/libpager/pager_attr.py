@@ -7,7 +7,13 @@ import structlog
 
 from protocol import message as M
 from protocol.kern_return import MachError
-from translators.libpager.pager import NOTINIT, AttributeRequest, Pager
+from translators.libpager.pager import (
+    NOTINIT,
+    AttributeRequest,
+    Pager,
+    _request_release,
+    _request_wait,
+)
 
 log = structlog.get_logger("libpager")
 
@@ -41,17 +47,6 @@ def pager_change_attributes(p: Pager, may_cache: bool, copy_strategy: int,
         if ar is not None:
             with p.lock:
                 ar.attrs_pending -= 1
-                _ar_release(p, ar)
+                _request_release(p.attribute_requests, ar)
         return False
-    if ar is None:
-        return True
-    with p.lock:
-        completed = p.wakeup.wait_for(lambda: not ar.attrs_pending or ar.aborted, timeout)
-        _ar_release(p, ar)
-    return completed
-
-
-def _ar_release(p: Pager, ar: AttributeRequest):
-    ar.threads_waiting -= 1
-    if ar.threads_waiting <= 0 and ar in p.attribute_requests:
-        p.attribute_requests.remove(ar)
+    return _request_wait(p, p.attribute_requests, ar, timeout)
