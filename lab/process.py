@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable
 
+import psutil
+
 ROOT = Path(__file__).resolve().parent.parent  # the tree that holds protocol/, kernel/, ...
 PR_SET_PDEATHSIG = 1
 
@@ -30,7 +32,15 @@ except OSError:
 
 
 class ProcessError(Exception):
-    """A child that died, did not get ready, or did not finish in time."""
+    """A child that died, did not get ready, or did not finish in time.
+
+    ``args`` are (message, child): ``child`` is the Child concerned (the first of those
+    not ready, for a deadline), None for an interruption.
+    """
+
+    @property
+    def child(self) -> "Child | None":
+        return self.args[1] if len(self.args) > 1 else None
 
 
 def tail(path: Path, lines: int = 20) -> str:
@@ -247,20 +257,67 @@ def wait_ready(children: list[Child], timeout: float, *,
         (sleep or time.sleep)(min(left, 0.05))
 
 
-def stop_all(children: list[Child], timeout: float = 10.0, kill_timeout: float = 5.0):
-    """Stop ``children`` as a group, last started first: SIGTERM to all, then SIGKILL to
-    what is left after ``timeout``."""
-    group = [c for c in reversed(children) if c.alive()]
+def stop_all(children: list[Child], timeout: float = 10.0, kill_timeout: float = 5.0, *,
+             sig=signal.SIGTERM, on_kill: Callable[[Child], None] | None = None,
+             on_stopped: Callable[[Child], None] | None = None,
+             wait: Callable[[list[Child], float], None] | None = None) -> list[Child]:
+    """Stop ``children`` as a group, last started first: ``sig`` to all, then SIGKILL to
+    what is left after ``timeout`` (``on_kill(child)`` just before), then up to
+    ``kill_timeout`` for each to go (``on_stopped(child)`` after it, gone or not).
+    ``wait(group, seconds)`` sleeps until one exits (default wait_exit): a caller that
+    also waits for signals passes its own.  Returns those that survive SIGKILL."""
+    group = list(reversed(children))
     for c in group:
         c.expected_exit = True
-        c.send_signal(signal.SIGTERM)
+        c.send_signal(sig)
     deadline = time.monotonic() + timeout
     while any(c.alive() for c in group) and time.monotonic() < deadline:
-        wait_exit(group, max(0.0, deadline - time.monotonic()))
+        (wait or wait_exit)(group, max(0.0, deadline - time.monotonic()))
     for c in group:
         if c.alive():
+            if on_kill:
+                on_kill(c)
             c.send_signal(signal.SIGKILL)
     for c in group:
         c.wait(kill_timeout)
+        if on_stopped:
+            on_stopped(c)
     for c in children:
         c.close()
+    return [c for c in group if c.alive()]
+
+
+# ---------------------------------------------------------------- processes of others
+
+
+def gone(p: psutil.Process) -> bool:
+    """Whether a process (not necessarily our child) has exited: a zombie counts, its
+    parent just has not reaped it."""
+    try:
+        return p.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Wait until every process has exited (psutil's own wait does not see a non-child's
+    exit until it is reaped); returns those still running after ``timeout``."""
+    fds = {}
+    for p in procs:
+        try:
+            fds[p.pid] = os.pidfd_open(p.pid)
+        except (OSError, AttributeError):
+            pass
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            alive = [p for p in procs if not gone(p)]
+            left = deadline - time.monotonic()
+            if not alive or left <= 0:
+                return alive
+            wait_fds = [fds[p.pid] for p in alive if p.pid in fds]
+            cap = left if len(wait_fds) == len(alive) else min(left, 0.1)
+            select.select(wait_fds, [], [], cap)
+    finally:
+        for fd in fds.values():
+            os.close(fd)
