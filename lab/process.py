@@ -38,9 +38,12 @@ class ProcessError(Exception):
     not ready, for a deadline), None for an interruption.
     """
 
-    @property
-    def child(self) -> "Child | None":
-        return self.args[1] if len(self.args) > 1 else None
+    def __init__(self, message: str, child: "Child | None" = None):
+        super().__init__(message, child)
+        self.child = child
+
+    def __str__(self):
+        return self.args[0]
 
 
 def tail(path: Path, lines: int = 20) -> str:
