@@ -27,6 +27,7 @@ import argparse
 import os
 import signal
 import sys
+from typing import Callable
 
 import psutil
 
@@ -87,26 +88,42 @@ def print_summary(cl: Cluster):
 # ---------------------------------------------------------------- cluster, run
 
 
-def cmd_cluster(args) -> int:
-    cl = open_cluster(args)
+def run_supervised(cl: Cluster, body: Callable[[Cluster], None]) -> bool:
+    """Start ``cl`` under the launcher's signal handling, print where it is, run
+    ``body(cl)``, and stop the cluster whatever happens; False if it did not start (the
+    reason warned)."""
     cl.install_signals()
     try:
         try:
             cl.start()
         except ClusterError as e:
             warn(str(e))
-            return 1
+            return False
         print_summary(cl)
-        say(f"stop with Ctrl-C or: {sys.argv[0]} stop --run-dir {cl.run_dir}")
-        cl.supervise()
+        body(cl)
     finally:
         cl.check_children()
         cl.stop()
         cl.restore_signals()
+    return True
+
+
+def warn_failures(header: str, failures: list[str]):
+    warn(header)
+    for f in failures:
+        warn("  " + f)
+
+
+def cmd_cluster(args) -> int:
+    def supervise(cl: Cluster):
+        say(f"stop with Ctrl-C or: {sys.argv[0]} stop --run-dir {cl.run_dir}")
+        cl.supervise()
+
+    cl = open_cluster(args)
+    if not run_supervised(cl, supervise):
+        return 1
     if cl.failures:
-        warn(f"{len(cl.failures)} process(es) died unexpectedly:")
-        for f in cl.failures:
-            warn("  " + f)
+        warn_failures(f"{len(cl.failures)} process(es) died unexpectedly:", cl.failures)
         return 1
     say("cluster stopped")
     return 0
@@ -135,15 +152,9 @@ def cmd_run(args) -> int:
         raise LaunchError(f"{loadgen} not found")
     cl = open_cluster(args, fresh=args.run_dir is None and not os.environ.get("MACHEMU_RUN_DIR"))
     cl.kernel_table = {**RUN_KERNEL, **(cl.kernel_table or {})}  # the config's win
-    cl.install_signals()
     statuses: list[tuple[str, int]] = []
-    try:
-        try:
-            cl.start()
-        except ClusterError as e:
-            warn(str(e))
-            return 1
-        print_summary(cl)
+
+    def workloads(cl: Cluster):
         for name, argv, duration in run_jobs(args, cl.run_dir):
             say(f"workload {name}: " + " ".join(argv[1:]))
             code = cl.run_workload(name, argv, (duration or 0) + WORKLOAD_GRACE)
@@ -151,10 +162,9 @@ def cmd_run(args) -> int:
             statuses.append((name, code))
             if cl.stop_signal is not None or not cl.kernel.alive():
                 break
-    finally:
-        cl.check_children()
-        cl.stop()
-        cl.restore_signals()
+
+    if not run_supervised(cl, workloads):
+        return 1
     failed = [c for _, c in statuses if c != 0]
     expected = 3 if args.anon_factor > 0 else 2
     status = failed[0] if failed else (0 if len(statuses) == expected else 1)
@@ -164,9 +174,7 @@ def cmd_run(args) -> int:
     if status < 0:
         status = 128 - status
     if status == 0 and cl.failures:
-        warn("workloads succeeded but cluster processes died:")
-        for f in cl.failures:
-            warn("  " + f)
+        warn_failures("workloads succeeded but cluster processes died:", cl.failures)
         return 1
     say("cluster stopped")
     return status
