@@ -118,7 +118,11 @@ class Cluster:
     servers); ``kernel_table``: the [kernel] settings (None: the kernel's defaults);
     ``threads``: the libports thread model of every server; ``warn(text)``: where reports
     for a person go (deaths, stragglers; default nowhere but the log); ``log``: a structlog
-    logger; ``launcher``: write DIR/launch.pid (``launch stop`` signals this process).
+    logger (default structlog's, as the caller configured it with protocol.logs.setup);
+    ``launcher``: write DIR/launch.pid (``launch stop`` signals this process).
+
+    ``prepare(fresh)`` (called by ``start`` if not done) refuses a run directory with a
+    live launcher or kernel (ClusterError) or a socket path too long (RunDirError).
     """
 
     def __init__(self, run_dir: RunDir | str | os.PathLike, kernel_table: dict | None = None,

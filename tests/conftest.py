@@ -56,12 +56,13 @@ def start_server(procs, run_dir, module, name, *extra, timeout=60):
 
 
 def ready_or_fail(p: "Proc", timeout: float):
-    """Wait for ``p``'s DIR/NAME.ready; fail the test with its output if it dies first or
-    the deadline passes."""
+    """Wait for ``p``'s DIR/NAME.ready; fail the test with its output if it dies (first or
+    at once) or the deadline passes."""
     try:
         wait_ready([p], timeout)
     except ProcessError as e:
         raise AssertionError(f"{e}\n{p.output()}") from None
+    assert p.alive(), p.output()
 
 
 def run_loadgen(run_dir, *args, timeout=100):
