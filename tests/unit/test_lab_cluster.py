@@ -71,9 +71,10 @@ def test_default_pager_first_deaths_reported_workloads(run_dir):
         code = cl.run_workload("hello", [sys.executable, "-c", "raise SystemExit(3)"], 30)
         assert code == 3
         code = cl.run_workload("hang", [sys.executable, "-c", "import time; time.sleep(60)"],
-                               0.5)
-        assert code == -signal.SIGINT
-        assert warned == ["workload hang still running after 0s: stopping it"]
+                               2)
+        # SIGINT: KeyboardInterrupt, or exit status 1 if it came while Python was starting
+        assert code in (-signal.SIGINT, 1)
+        assert warned == ["workload hang still running after 2s: stopping it"]
 
         demo.send_signal(signal.SIGKILL)
         demo.wait(20)
@@ -114,8 +115,13 @@ def test_a_server_not_ready_in_time(run_dir, monkeypatch):
     warned = []
     cl = Cluster(run_dir, servers=[{"name": "sleepy", "module": "sleepy_server", "args": [],
                                     "role": "server"}], warn=warned.append)
-    cl.ready_timeout = 1
-    cl.prepare()
+    start_group = cl.wait_ready
+
+    def wait_ready(children):  # the kernel may be slow on a loaded machine; sleepy not
+        cl.ready_timeout = 90 if children == [cl.kernel] else 1
+        start_group(children)
+
+    cl.wait_ready = wait_ready
     try:
         with pytest.raises(ClusterError) as e:
             cl.start()
