@@ -5,7 +5,8 @@ Every child runs in its own session (a terminal's Ctrl-C reaches only the tool, 
 stops its children in order), optionally with a parent-death signal (a killed tool does not
 leave its children running), with ``PYTHONPATH`` pointing at this tree, and writes its
 stdout and stderr to ``DIR/NAME.out``.  A child is watched through a pidfd where the
-platform has them, so waiting for an exit costs no polling.
+platform has them, so waiting for an exit costs no polling.  ``gone`` and ``wait_gone``
+watch processes that are not our children (those a cluster.json lists, say).
 """
 
 from __future__ import annotations
