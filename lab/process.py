@@ -5,7 +5,8 @@ Every child runs in its own session (a terminal's Ctrl-C reaches only the tool, 
 stops its children in order), optionally with a parent-death signal (a killed tool does not
 leave its children running), with ``PYTHONPATH`` pointing at this tree, and writes its
 stdout and stderr to ``DIR/NAME.out``.  A child is watched through a pidfd where the
-platform has them, so waiting for an exit costs no polling.
+platform has them, so waiting for an exit costs no polling.  ``gone`` and ``wait_gone``
+watch processes that are not our children (those a cluster.json lists, say).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable
 
+import psutil
+
 ROOT = Path(__file__).resolve().parent.parent  # the tree that holds protocol/, kernel/, ...
 PR_SET_PDEATHSIG = 1
 
@@ -30,7 +33,18 @@ except OSError:
 
 
 class ProcessError(Exception):
-    """A child that died, did not get ready, or did not finish in time."""
+    """A child that died, did not get ready, or did not finish in time.
+
+    ``args`` are (message, child): ``child`` is the Child concerned (the first of those
+    not ready, for a deadline), None for an interruption.
+    """
+
+    def __init__(self, message: str, child: "Child | None" = None):
+        super().__init__(message, child)
+        self.child = child
+
+    def __str__(self):
+        return self.args[0]
 
 
 def tail(path: Path, lines: int = 20) -> str:
@@ -247,23 +261,34 @@ def wait_ready(children: list[Child], timeout: float, *,
         (sleep or time.sleep)(min(left, 0.05))
 
 
-def stop_all(children: list[Child], timeout: float = 10.0, kill_timeout: float = 5.0):
-    """Stop ``children`` as a group, last started first: SIGTERM to all, then SIGKILL to
-    what is left after ``timeout``."""
-    group = [c for c in reversed(children) if c.alive()]
+def stop_all(children: list[Child], timeout: float = 10.0, kill_timeout: float = 5.0, *,
+             sig=signal.SIGTERM, on_kill: Callable[[Child], None] | None = None,
+             on_stopped: Callable[[Child], None] | None = None,
+             wait: Callable[[list[Child], float], None] | None = None) -> list[Child]:
+    """Stop ``children`` as a group, last started first: ``sig`` to all, then SIGKILL to
+    what is left after ``timeout`` (``on_kill(child)`` just before), then up to
+    ``kill_timeout`` for each to go (``on_stopped(child)`` after it, gone or not).
+    ``wait(group, seconds)`` sleeps until one exits (default wait_exit): a caller that
+    also waits for signals passes its own.  Returns those that survive SIGKILL."""
+    group = list(reversed(children))
     for c in group:
         c.expected_exit = True
-        c.send_signal(signal.SIGTERM)
+        c.send_signal(sig)
     deadline = time.monotonic() + timeout
     while any(c.alive() for c in group) and time.monotonic() < deadline:
-        wait_exit(group, max(0.0, deadline - time.monotonic()))
+        (wait or wait_exit)(group, max(0.0, deadline - time.monotonic()))
     for c in group:
         if c.alive():
+            if on_kill:
+                on_kill(c)
             c.send_signal(signal.SIGKILL)
     for c in group:
         c.wait(kill_timeout)
+        if on_stopped:
+            on_stopped(c)
     for c in children:
         c.close()
+    return [c for c in group if c.alive()]
 
 
 def read_line(child: Child, timeout: float) -> str:
@@ -284,3 +309,39 @@ def read_line(child: Child, timeout: float) -> str:
                 break
             buf += chunk
     return buf.decode(errors="replace").strip()
+
+
+# ---------------------------------------------------------------- processes of others
+
+
+def gone(p: psutil.Process) -> bool:
+    """Whether a process (not necessarily our child) has exited: a zombie counts, its
+    parent just has not reaped it."""
+    try:
+        return p.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Wait until every process has exited (psutil's own wait does not see a non-child's
+    exit until it is reaped); returns those still running after ``timeout``."""
+    fds = {}
+    for p in procs:
+        try:
+            fds[p.pid] = os.pidfd_open(p.pid)
+        except (OSError, AttributeError):
+            pass
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            alive = [p for p in procs if not gone(p)]
+            left = deadline - time.monotonic()
+            if not alive or left <= 0:
+                return alive
+            wait_fds = [fds[p.pid] for p in alive if p.pid in fds]
+            cap = left if len(wait_fds) == len(alive) else min(left, 0.1)
+            select.select(wait_fds, [], [], cap)
+    finally:
+        for fd in fds.values():
+            os.close(fd)

@@ -6,7 +6,6 @@ endpoints are Unix socket paths limited to about 107 bytes.
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import subprocess
@@ -17,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from lab.cluster import kernel_argv, server_argv
+from lab.process import ROOT, Child, ProcessError, child_env, wait_ready
+from lab.rundir import RunDir
 
 
 def wait_for(cond, timeout=30.0, interval=0.02, what="condition"):
@@ -48,62 +49,78 @@ def log_records(path) -> list[dict]:
 def start_server(procs, run_dir, module, name, *extra, timeout=60):
     """Start ``python -m MODULE --run-dir DIR --name NAME EXTRA`` and wait for its
     DIR/NAME.ready (which must hold its pid)."""
-    p = procs.start([sys.executable, "-m", module, "--run-dir", str(run_dir), "--name", name,
-                     *extra], name=name)
-    ready = Path(run_dir) / f"{name}.ready"
-    wait_for(lambda: ready.exists() or p.p.poll() is not None, timeout, what=f"{name} ready")
-    assert p.p.poll() is None, p.output()
-    assert int(ready.read_text()) == p.pid
+    p = procs.start(server_argv(module, run_dir, name, extra), name=name)
+    ready_or_fail(p, timeout)
+    assert int(p.ready_file.read_text()) == p.pid
     return p
+
+
+def ready_or_fail(p: "Proc", timeout: float):
+    """Wait for ``p``'s DIR/NAME.ready; fail the test with its output if it dies (first or
+    at once) or the deadline passes."""
+    try:
+        wait_ready([p], timeout)
+    except ProcessError as e:
+        raise AssertionError(f"{e}\n{p.output()}") from None
+    assert p.alive(), p.output()
 
 
 def run_loadgen(run_dir, *args, timeout=100):
     """scripts/loadgen --run-dir DIR ARGS --json: (exit status, summary, stderr)."""
     import json
 
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     r = subprocess.run([sys.executable, str(ROOT / "scripts" / "loadgen"), "--run-dir",
                         str(run_dir), *args, "--json"], capture_output=True, text=True,
-                       timeout=timeout, env=env, cwd=ROOT)
+                       timeout=timeout, env=child_env(), cwd=ROOT)
     lines = [ln for ln in r.stdout.splitlines() if ln.strip()]
     assert len(lines) == 1, f"stdout must be one JSON object:\n{r.stdout}\n{r.stderr}"
     return r.returncode, json.loads(lines[0]), r.stderr
 
 
-class Proc:
-    """A child process of a test, killed (whole process group) at teardown."""
+class Proc(Child):
+    """A child process of a test (lab.process.Child: its own session, output to
+    DIR/NAME.out, which is truncated first), killed (whole process group) at teardown."""
 
     def __init__(self, argv, run_dir, env=None, name="proc"):
-        self.name = name
-        self.log_path = Path(run_dir) / f"{name}.out"
-        self.log = open(self.log_path, "wb")
-        e = dict(os.environ)
-        e["PYTHONPATH"] = str(ROOT) + os.pathsep + e.get("PYTHONPATH", "")
-        e.update(env or {})
-        self.p = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, env=e,
-                                  cwd=ROOT, start_new_session=True)
-        self.pid = self.p.pid
+        out = Path(run_dir) / f"{name}.out"
+        out.write_bytes(b"")
+        super().__init__(name, argv, run_dir, env=child_env(extra=env), out=out)
+        self.log_path = out
 
-    def output(self) -> str:
-        self.log.flush()
-        return self.log_path.read_text(errors="replace")
+    @property
+    def p(self) -> subprocess.Popen:
+        return self.popen
 
     def kill(self, sig=signal.SIGKILL):
-        try:
-            os.killpg(self.p.pid, sig)
-        except ProcessLookupError:
-            pass
+        """Send ``sig`` to its process group."""
+        self.send_signal(sig)
 
     def stop(self, timeout=10):
-        if self.p.poll() is None:
-            self.kill(signal.SIGTERM)
-            try:
-                self.p.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill(signal.SIGKILL)
-                self.p.wait(timeout)
-        self.log.close()
+        """SIGTERM to its group, SIGKILL after ``timeout``."""
+        super().stop(timeout, timeout)
+
+
+class Procs(list):
+    """The processes of one test: ``start(argv, name=, env=)``, ``python(code_or_args)``;
+    ``stop_all()`` stops them, last started first."""
+
+    def __init__(self, run_dir):
+        super().__init__()
+        self.run_dir = run_dir
+
+    def start(self, argv, name="proc", env=None) -> Proc:
+        p = Proc(argv, self.run_dir, env, name)
+        self.append(p)
+        return p
+
+    def python(self, code_or_args, name="task", env=None) -> Proc:
+        argv = [sys.executable] + (["-c", code_or_args] if isinstance(code_or_args, str)
+                                   else list(code_or_args))
+        return self.start(argv, name, env)
+
+    def stop_all(self):
+        for p in reversed(self):
+            p.stop()
 
 
 @pytest.fixture
@@ -116,33 +133,17 @@ def run_dir():
 @pytest.fixture
 def procs(run_dir):
     """Start processes with ``procs.start(argv, name=...)``; all are stopped at teardown."""
-
-    class Procs(list):
-        def start(self, argv, name="proc", env=None):
-            p = Proc(argv, run_dir, env, name)
-            self.append(p)
-            return p
-
-        def python(self, code_or_args, name="task", env=None):
-            argv = [sys.executable] + (["-c", code_or_args] if isinstance(code_or_args, str)
-                                       else list(code_or_args))
-            return self.start(argv, name, env)
-
-    ps = Procs()
+    ps = Procs(run_dir)
     yield ps
-    for p in reversed(ps):
-        p.stop()
+    ps.stop_all()
 
 
 @pytest.fixture
 def kernel(run_dir, procs):
     """A real kernel process; yields its endpoint."""
-    p = procs.python(["-m", "kernel", "--run-dir", str(run_dir)], name="kernel")
-    ready = run_dir / "kernel.ready"
-    wait_for(lambda: ready.exists() or p.p.poll() is not None, 30, what="kernel ready")
-    assert p.p.poll() is None, p.output()
-    k = ready.read_text().strip()
-    yield KernelHandle(k, p, run_dir)
+    p = procs.start(kernel_argv(run_dir), name="kernel")
+    ready_or_fail(p, 30)
+    yield KernelHandle(RunDir(run_dir).kernel_endpoint(), p, run_dir)
 
 
 class KernelHandle(str):

@@ -10,6 +10,7 @@ import sys
 import psutil
 import pytest
 
+from lab.process import child_env
 from tests.conftest import ROOT, wait_for
 
 LAUNCH = str(ROOT / "scripts" / "launch")
@@ -20,8 +21,9 @@ needs_demo = pytest.mark.skipif(not HAVE_DEMO, reason="translators.demo not writ
 
 
 def launch(*args, timeout=90):
+    # child_env: this tree's lab first on PYTHONPATH (the shim imports lab.launch)
     return subprocess.run([sys.executable, LAUNCH, *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT)
+                          timeout=timeout, cwd=ROOT, env=child_env())
 
 
 def gone(pid: int) -> bool:
