@@ -24,18 +24,28 @@ import zmq
 from kernel import host, mach_port, memory_object, netname, vm_user
 from kernel.config import KernelConfig
 from kernel.ipc_kmsg import IPCKmsg
+from kernel.ipc_mqueue import ipc_mqueue_send, waiter_timeout
 from kernel.ipc_notify import IPCNotify
-from kernel.ipc_port import KERNEL, IPCPort, ipc_port_clear_receiver, ipc_port_destroy
-from kernel.ipc_right import PORT_SEND, ipc_port_make_send, release_right
+from kernel.ipc_port import (
+    KERNEL,
+    IPCPort,
+    ipc_port_clear_receiver,
+    ipc_port_destroy,
+    ipc_port_make_send,
+)
+from kernel.ipc_right import PORT_SEND, release_right
 from kernel.ipc_space import T_RECEIVE, T_SEND
-from kernel.mach_msg import ipc_mqueue_send, mach_msg_trap, waiter_timeout
+from kernel.mach_msg import mach_msg_trap
 from kernel.sched_prim import Scheduler
 from kernel.task import Task, task_terminate
 from kernel.vm_init import VMSystem
+from kernel.vm_map import vm_map_copyout, vm_map_create
+from kernel.vm_object import vm_object_deallocate, vm_object_pager_died
 from kernel.vm_pageout import POLICIES
 from protocol import logs
 from protocol import message as M
 from protocol.kern_return import KernReturn, MachError, MachMsgReturn, MigReturn
+from protocol.mig import encode_error_reply
 from protocol.transport import readable, recv_frames, send_frames
 
 K_DISCONNECT = 4
@@ -140,6 +150,19 @@ class Kernel:
         if notify is not None:
             self.notify.port_deleted(notify, name)
 
+    # The IPC layer's calls into the VM (GNU Mach's ipc_kmsg.c and ipc_port.c call these
+    # directly; here kernel/ipc_* import nothing of kernel/vm_*).
+
+    def vm_map_copyout(self, task, kmsg):
+        return vm_map_copyout(self, task, kmsg)
+
+    def vm_map_copy_discard(self, obj):
+        """vm_map_copy_discard: out-of-line data that will not be received."""
+        vm_object_deallocate(self.vm, obj)
+
+    def vm_object_pager_died(self, obj):
+        vm_object_pager_died(self.vm, obj)
+
     def kernel_send(self, kmsg: IPCKmsg):
         """mach_msg_send_from_kernel: MACH_SEND_ALWAYS, no queue limit."""
         self.stats["kernel_msgs"] += 1
@@ -232,15 +255,12 @@ class Kernel:
         kmsg.reply = None
 
     def mig_reply(self, rt, reply_id, reply, reply_type, code, vals=()):
-        """Send a MIG reply (RetCode and, on success, the reply fields) to a reply right
-        the kernel holds."""
+        """Send a MIG reply (RetCode and, on success, the reply fields, port fields as
+        (port, type) pairs) to a reply right the kernel holds."""
         if code != 0:
-            body, descs, ool = M.packb([int(code)]), [], []
+            body, descs, ool = encode_error_reply(code), [], []
         else:
-            bidx, pidx, oidx = rt._rep
-            body = M.packb([0, *(vals[i] for i in bidx)])
-            descs = [vals[i] for i in pidx]
-            ool = [vals[i] for i in oidx]
+            body, descs, ool = rt.encode_reply(code, vals, rights=True)
         self.kernel_send(IPCKmsg(reply_id, reply, reply_type, None, 0, descs, body, ool))
 
     def consume_descs(self):
@@ -293,7 +313,7 @@ class Kernel:
         if old is not None:
             self.task_destroy(old, "reconnected")
         t = Task(ident, pid, name, role)
-        t.map = self.vm.map_create()
+        t.map = vm_map_create(self.vm)
         self.tasks[ident] = t
         try:
             t.pidfd = os.pidfd_open(pid)
