@@ -10,31 +10,47 @@ from kernel.ipc_kmsg import ipc_kmsg_copyin
 from kernel.ipc_mqueue import FULL, ipc_mqueue_receive, ipc_mqueue_send, ipc_mqueue_send_block
 from protocol import message as M
 from protocol.kern_return import MachError
+from protocol.message import (
+    H_DEALLOC,
+    H_DESCS,
+    H_ID,
+    H_LOCAL,
+    H_LOCAL_DISP,
+    H_OPTION,
+    H_RCV_NAME,
+    H_RCV_TIMEOUT,
+    H_REMOTE,
+    H_REMOTE_DISP,
+    H_SEND_TIMEOUT,
+    H_SEQ,
+    H_THREAD,
+)
 from protocol.vm_param import round_page, trunc_page
 
 
 def mach_msg_trap(k, task, h, frames):
-    """h: [OP_MSG, tid, seq, option, send_timeout, rcv_name, rcv_timeout,
-    msgh_id, remote, remote_disp, local, local_disp, descs] (already checked)."""
-    tid, seq, option = h[1], h[2], h[3]
-    if len(h) == 14 and h[13] and task.map is not None:
-        ool_deallocate(k, task, h[13])
-    rcv_timeout = h[6] if option & M.MACH_RCV_TIMEOUT else -1
+    """mach_msg_trap: ``h`` is an OP_MSG header (protocol.message, H_*), already
+    checked; frames[2] the body, frames[3:] the out-of-line data."""
+    tid, seq, option = h[H_THREAD], h[H_SEQ], h[H_OPTION]
+    if len(h) > H_DEALLOC and h[H_DEALLOC] and task.map is not None:
+        ool_deallocate(k, task, h[H_DEALLOC])
+    rcv_timeout = h[H_RCV_TIMEOUT] if option & M.MACH_RCV_TIMEOUT else -1
     if option & M.MACH_SEND_MSG:
-        body, ool = frames[2], frames[3:]
-        kmsg, code = ipc_kmsg_copyin(k, task.space, h[7], h[8], h[9], h[10], h[11], h[12],
-                                     body, ool)
+        kmsg, code = ipc_kmsg_copyin(k, task.space, h[H_ID], h[H_REMOTE], h[H_REMOTE_DISP],
+                                     h[H_LOCAL], h[H_LOCAL_DISP], h[H_DESCS], frames[2],
+                                     frames[3:])
         if code:
             k.reply_result(task, tid, seq, code)
             return
         k.stats["msgs_sent"] += 1
         if ipc_mqueue_send(k, kmsg) == FULL:
             ipc_mqueue_send_block(k, task, tid, seq, kmsg,
-                                  h[4] if option & M.MACH_SEND_TIMEOUT else -1,
-                                  h[5] if option & M.MACH_RCV_MSG else 0, rcv_timeout)
+                                  h[H_SEND_TIMEOUT] if option & M.MACH_SEND_TIMEOUT else -1,
+                                  h[H_RCV_NAME] if option & M.MACH_RCV_MSG else 0,
+                                  rcv_timeout)
             return
     if option & M.MACH_RCV_MSG:
-        ipc_mqueue_receive(k, task, tid, seq, h[5], rcv_timeout)
+        ipc_mqueue_receive(k, task, tid, seq, h[H_RCV_NAME], rcv_timeout)
     else:
         k.reply_result(task, tid, seq, 0)
 
