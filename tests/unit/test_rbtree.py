@@ -1,9 +1,11 @@
 """kernel.rbtree: random insert and remove sequences keep the red-black properties and
-the in-order traversal sorted; an augmented tree keeps its per-subtree values."""
+the in-order traversal sorted; an augmented tree keeps its per-subtree values; a map's
+entry tree (kernel.vm_map) stays balanced at 100k entries."""
 
 from __future__ import annotations
 
 import bisect
+import math
 import random
 
 from hypothesis import given, settings
@@ -21,6 +23,9 @@ from kernel.rbtree import (
     rbtree_remove,
     rbtree_rotate,
 )
+from kernel.vm_map import VMMap
+from protocol.defs.mach import VM_PROT_READ
+from protocol.vm_param import PAGE_SIZE as P
 
 
 class Node(RBNode):
@@ -157,3 +162,30 @@ def test_check_reports_a_broken_tree():
         pass
     else:
         raise AssertionError("a recoloured leaf went unnoticed")
+
+
+# ---------------------------------------------------------------- as vm_map uses it
+
+def test_tree_stays_balanced_at_100k():
+    n = 100_000
+    m = VMMap(lookup="tree", merge="classic", max_offset=1 << 40)
+    for i in range(n):  # ascending: the worst case for an unbalanced tree
+        m.vm_map_enter(2 * i * P, P)
+    bound = 2 * math.log2(n + 1)
+    assert m.nentries == n and m.tree_height() <= bound
+    m.check_consistency()
+    rng = random.Random(7)
+    victims = rng.sample(range(n), n // 2)
+    for i in victims:
+        m.vm_map_delete(2 * i * P, 2 * i * P + P)
+    assert m.nentries == n - n // 2
+    assert m.tree_height() <= 2 * math.log2(m.nentries + 1)
+    # Random-order inserts into the freed slots.
+    for i in victims[: n // 4]:
+        m.vm_map_enter(2 * i * P, P, protection=VM_PROT_READ)
+    assert m.tree_height() <= 2 * math.log2(m.nentries + 1)
+    m.check_consistency()
+    for _ in range(2000):
+        i = rng.randrange(n)
+        found, e = m.vm_map_lookup_entry(2 * i * P + 5)
+        assert found == (e is not None and e.vme_start == 2 * i * P)
