@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections import deque
 
 from kernel.ipc_kmsg import ipc_kmsg_copyin_undo, ipc_kmsg_copyout, ipc_kmsg_destroy
-from kernel.ipc_port import KERNEL, ipc_port_release_send
+from kernel.ipc_port import KERNEL, ipc_port_release_send, ipc_port_release_sonce
 from kernel.ipc_right import PORT_SEND
 from kernel.ipc_space import T_PORT_SET, T_RECEIVE
 from protocol import message as M
@@ -78,8 +78,9 @@ class IPCMQueue:
 
 
 def ipc_mqueue_send(k, kmsg, always: bool = False) -> int:
-    """Queue ``kmsg`` on its destination, or hand it to a waiting receiver.  Returns 0,
-    or FULL when a user send must wait (never for send-once rights or ``always``)."""
+    """ipc_mqueue_send: queue ``kmsg`` on its destination, or hand it to a waiting
+    receiver, or to ipc_kobject_server for a kernel port.  Returns 0, or FULL when a user
+    send must wait (never for send-once rights, nor with ``always``: MACH_SEND_ALWAYS)."""
     port = kmsg.dest
     if port is None or not port.active:
         ipc_kmsg_destroy(k, kmsg)
@@ -146,7 +147,7 @@ def deliver(k, task, w, port, kmsg):
     if kmsg.dest_type == PORT_SEND:
         ipc_port_release_send(k, port)
     else:
-        port.sorights -= 1
+        ipc_port_release_sonce(port)
     space = task.space
     reply_name, flat = ipc_kmsg_copyout(k, space, kmsg)
     local = space.reverse.get(port.id, 0)

@@ -28,7 +28,8 @@ def _control(obj):
 
 
 def send_to_pager(k, obj, routine, values, ool_objects=None):
-    """memory_object_* to the object's pager; values start after memory_control."""
+    """memory_object_* to the object's pager (values after memory_control); with no
+    pager, the message's out-of-line objects are discarded."""
     pager = obj.pager
     if pager is None:
         if ool_objects:
@@ -44,30 +45,35 @@ def send_to_pager(k, obj, routine, values, ool_objects=None):
 
 
 def memory_object_init(k, obj):
+    """memory_object_init: the pager hears of the object (control and name ports)."""
     ipc_port_make_send(obj.pager_name)
     send_to_pager(k, obj, MO.memory_object_init, [(obj.pager_name, PORT_SEND), PAGE_SIZE])
     obj.pager_initialized = True
 
 
 def memory_object_data_request(k, obj, offset, access):
+    """memory_object_data_request: one page, for a fault."""
     send_to_pager(k, obj, MO.memory_object_data_request, [offset, PAGE_SIZE, access])
 
 
 def memory_object_data_unlock(k, obj, offset, access):
+    """memory_object_data_unlock: a fault wants ``access`` that page_lock forbids."""
     send_to_pager(k, obj, MO.memory_object_data_unlock, [offset, PAGE_SIZE, access])
 
 
 def memory_object_data_return(k, obj, offset, data: bytes, dirty: bool, kernel_copy: bool,
                               laundry=None):
-    """``laundry``: the object holding the returned pages; it goes with the message and
-    ends up in the pager's address space until the pager deallocates it."""
+    """memory_object_data_return: a run of pages back to the pager.  ``laundry``: the
+    object holding them; it goes with the message and ends up in the pager's address
+    space until the pager deallocates it."""
     send_to_pager(k, obj, MO.memory_object_data_return, [offset, data, dirty, kernel_copy],
                   ool_objects=[laundry])
     k.vm.stats["data_return_pages"] += len(data) // PAGE_SIZE
 
 
 def memory_object_terminate(k, obj):
-    """The object is gone: the pager receives the control and name ports' receive rights."""
+    """memory_object_terminate: the object is gone; the pager receives the control and
+    name ports' receive rights (or they die with the pager)."""
     pager = obj.pager
     ctl, name = obj.pager_request, obj.pager_name
     for p in (ctl, name):
@@ -99,6 +105,7 @@ def memory_object_create(k, obj, default_pager, port):
 
 
 def memory_object_lock_completed(k, obj, reply_port, offset, size):
+    """memory_object_lock_completed: the reply to memory_object_lock_request."""
     ipc_port_make_send(obj.pager_request)
     k.kernel_send(kernel_message(
         MO.memory_object_lock_completed, reply_port, PORT_SEND_ONCE,
@@ -106,6 +113,7 @@ def memory_object_lock_completed(k, obj, reply_port, offset, size):
 
 
 def memory_object_supply_completed(k, obj, reply_port, offset, size, result, error_offset):
+    """memory_object_supply_completed: the reply to memory_object_data_supply."""
     ipc_port_make_send(obj.pager_request)
     k.kernel_send(kernel_message(
         MO.memory_object_supply_completed, reply_port, PORT_SEND_ONCE,
@@ -113,5 +121,6 @@ def memory_object_supply_completed(k, obj, reply_port, offset, size, result, err
 
 
 def memory_object_change_completed(k, reply_port, may_cache, copy_strategy):
+    """memory_object_change_completed: the reply to memory_object_change_attributes."""
     k.kernel_send(kernel_message(MO.memory_object_change_completed, reply_port,
                                  PORT_SEND_ONCE, [may_cache, copy_strategy]))
