@@ -8,9 +8,11 @@ import time
 
 import psutil
 
-from kernel.ipc_right import PORT_SEND, ipc_port_copy_send
+from kernel.ipc_port import ipc_port_copy_send
+from kernel.ipc_right import PORT_SEND
 from kernel.ipc_space import T_RECEIVE
-from kernel.vm_init import PAGEOUT_EVENT
+from kernel.vm_page import PAGEOUT_EVENT
+from kernel.vm_user import vm_statistics
 from protocol.defs import mach as MD
 from protocol.defs import machemu as X
 from protocol.mig import Demux
@@ -43,7 +45,7 @@ def kernel_info(k) -> dict:
                       "map_entries": t.map.nentries if t.map is not None else 0})
     proc = psutil.Process(os.getpid())
     return {"tasks": tasks, "ports": ports, "stats": dict(k.stats),
-            "vm": k.vm.statistics(),
+            "vm": vm_statistics(k.vm),
             "kernel": {"pid": os.getpid(), "rss": proc.memory_info().rss,
                        "endpoint": k.endpoint, "uptime": round(time.time() - k.started, 1),
                        "netnames": sorted(k.netname.names)}}

@@ -7,6 +7,7 @@ translated.
 
 from __future__ import annotations
 
+from kernel.ipc_port import ipc_port_check_circularity
 from kernel.ipc_right import (
     PORT_RECEIVE,
     SEND_DISPOSITIONS,
@@ -88,20 +89,6 @@ def ipc_kmsg_copyin(k, space, msgh_id, remote, rdisp, local, ldisp, descs, body,
     return IPCKmsg(msgh_id, d[0], d[1], reply, reply_type, carried, body, ool, undo), 0
 
 
-def ipc_port_check_circularity(port, dest) -> bool:
-    """Would sending ``port``'s receive right to ``dest`` put it inside its own queue
-    (directly, or through ports in transit)?  GNU Mach destroys such a message; machemu
-    refuses the send, which leaves the sender's rights intact."""
-    x = dest
-    while x is not None:
-        if x is port:
-            return True
-        if x.receiver is not None:
-            return False
-        x = x.destination
-    return False
-
-
 def _undo(k, space, undo):
     for port, typ, u in reversed(undo):
         ipc_right_copyin_undo(k, space, port, typ, u)
@@ -123,7 +110,7 @@ def ipc_kmsg_destroy(k, kmsg):
     if kmsg.ool_objects:
         for obj in kmsg.ool_objects:
             if obj is not None:
-                k.vm.object_deallocate(obj)
+                k.vm_map_copy_discard(obj)
         kmsg.ool_objects = None
     release_right(k, kmsg.dest, kmsg.dest_type if kmsg.dest is not None else 0)
     release_right(k, kmsg.reply, kmsg.reply_type)

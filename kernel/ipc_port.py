@@ -1,4 +1,5 @@
-"""Ports and port sets (GNU Mach ipc/ipc_port.h, ipc/ipc_pset.h).
+"""Ports and port sets (GNU Mach ipc/ipc_port.c, ipc/ipc_pset.c): their reference counts,
+the circularity check, destruction.
 
 A port's reference counts follow Mach: ``srights`` counts send rights (a space holding a
 send right with any number of user references counts once; a right in a message counts
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 
-from kernel.ipc_mqueue import IPCMQueue
+from protocol.kern_return import MachMsgReturn as R
 from protocol.message import MACH_PORT_QLIMIT_DEFAULT
 
 KERNEL = "kernel"  # receiver of kernel-served (kobject) ports
@@ -26,6 +27,9 @@ class IPCPort:
 
     def __init__(self, receiver=None, kobject=None, kotype=None,
                  qlimit: int = MACH_PORT_QLIMIT_DEFAULT, label: str = ""):
+        # ipc_mqueue's routines work on ports: its struct is imported at use.
+        from kernel.ipc_mqueue import IPCMQueue
+
         self.id = next(_ids)
         self.active = True
         self.receiver = receiver
@@ -55,6 +59,8 @@ class IPCPset:
     __slots__ = ("id", "active", "space", "members", "mqueue", "rr")
 
     def __init__(self, space):
+        from kernel.ipc_mqueue import IPCMQueue
+
         self.id = next(_ids)
         self.active = True
         self.space = space
@@ -66,13 +72,59 @@ class IPCPset:
         return f"<pset {self.id} ({len(self.members)} members)>"
 
 
+# ------------------------------------------------------------ reference counts
+
+def ipc_port_make_send(port):
+    """ipc_port_make_send: a new send right, made from the receive right."""
+    port.mscount += 1
+    port.srights += 1
+
+
+def ipc_port_copy_send(port):
+    """ipc_port_copy_send: one more send right, copied from one held."""
+    port.srights += 1
+
+
+def ipc_port_release_send(k, port):
+    """ipc_port_release_send: drop one send right; the last one going fires a requested
+    no-senders notification."""
+    port.srights -= 1
+    if port.srights == 0 and port.nsrequest is not None and port.active:
+        if port.mscount >= port.nssync:
+            notify, port.nsrequest = port.nsrequest, None
+            k.notify.no_senders(notify, port.mscount)
+
+
+def ipc_port_make_sonce(port):
+    """ipc_port_make_sonce: a new send-once right, made from the receive right."""
+    port.sorights += 1
+
+
+def ipc_port_release_sonce(port):
+    """ipc_port_release_sonce: a send-once right goes without a message."""
+    port.sorights -= 1
+
+
+def ipc_port_check_circularity(port, dest) -> bool:
+    """ipc_port_check_circularity: would sending ``port``'s receive right to ``dest`` put
+    it inside its own queue (directly, or through ports in transit)?  GNU Mach destroys
+    such a message; machemu refuses the send, which leaves the sender's rights intact."""
+    x = dest
+    while x is not None:
+        if x is port:
+            return True
+        if x.receiver is not None:
+            return False
+        x = x.destination
+    return False
+
+
 # ------------------------------------------------------------ destruction
 
 def ipc_port_clear_receiver(k, port):
     """The receive right leaves its space (moved or destroyed): out of its port set,
     and the threads waiting to receive on it are told the port is gone."""
-    from kernel.mach_msg import fail_waiter
-    from protocol.kern_return import MachMsgReturn as R
+    from kernel.ipc_mqueue import fail_waiter
 
     if port.pset is not None:
         port.pset.members.pop(port.id, None)
@@ -95,9 +147,8 @@ def ipc_port_destroy(k, port):
     registered dead-name request is answered.
     """
     from kernel.ipc_kmsg import ipc_kmsg_destroy
+    from kernel.ipc_mqueue import fail_waiter
     from kernel.ipc_right import PORT_SEND_ONCE, release_right
-    from kernel.mach_msg import fail_waiter
-    from protocol.kern_return import MachMsgReturn as R
 
     if not port.active:
         return
@@ -112,7 +163,7 @@ def ipc_port_destroy(k, port):
     k.stats["ports_destroyed"] += 1
     vm = getattr(k, "vm", None)
     if vm is not None and port.id in vm.pager_objects:
-        vm.pager_died(vm.pager_objects[port.id])
+        k.vm_object_pager_died(vm.pager_objects[port.id])
     if port.pdrequest is not None:
         release_right(k, port.pdrequest, PORT_SEND_ONCE)
         port.pdrequest = None
@@ -134,8 +185,8 @@ def ipc_port_destroy(k, port):
 
 
 def ipc_pset_destroy(k, pset):
-    from kernel.mach_msg import fail_waiter
-    from protocol.kern_return import MachMsgReturn as R
+    """ipc_pset_destroy: the set goes; its members stay, its receivers fail."""
+    from kernel.ipc_mqueue import fail_waiter
 
     pset.active = False
     for port in list(pset.members.values()):

@@ -8,6 +8,12 @@ copies out as MACH_PORT_DEAD; MACH_PORT_NULL is ``(None, 0)``.
 
 from __future__ import annotations
 
+from kernel.ipc_port import (
+    ipc_port_copy_send,
+    ipc_port_make_send,
+    ipc_port_make_sonce,
+    ipc_port_release_send,
+)
 from kernel.ipc_space import (
     MACH_PORT_UREFS_MAX,
     T_DEAD_NAME,
@@ -26,34 +32,6 @@ NULL_RIGHT = (None, 0, None)
 SEND_DISPOSITIONS = frozenset((M.MACH_MSG_TYPE_MOVE_SEND, M.MACH_MSG_TYPE_MOVE_SEND_ONCE,
                                M.MACH_MSG_TYPE_COPY_SEND, M.MACH_MSG_TYPE_MAKE_SEND,
                                M.MACH_MSG_TYPE_MAKE_SEND_ONCE))
-
-
-# ------------------------------------------------------------ reference counts
-
-def ipc_port_make_send(port):
-    port.mscount += 1
-    port.srights += 1
-
-
-def ipc_port_copy_send(port):
-    port.srights += 1
-
-
-def ipc_port_release_send(k, port):
-    """Drop one send right; the last one going fires a requested no-senders notification."""
-    port.srights -= 1
-    if port.srights == 0 and port.nsrequest is not None and port.active:
-        if port.mscount >= port.nssync:
-            notify, port.nsrequest = port.nsrequest, None
-            k.notify.no_senders(notify, port.mscount)
-
-
-def ipc_port_make_sonce(port):
-    port.sorights += 1
-
-
-def ipc_port_release_sonce(port):
-    port.sorights -= 1
 
 
 def release_right(k, port, typ):

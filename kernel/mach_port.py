@@ -8,19 +8,18 @@ before it consumes a right.
 
 from __future__ import annotations
 
-from kernel.ipc_port import IPCPort, IPCPset, ipc_port_clear_receiver
+from kernel.ipc_mqueue import admit_senders, deliver, fail_waiter
+from kernel.ipc_port import IPCPort, IPCPset, ipc_port_clear_receiver, ipc_port_release_send
 from kernel.ipc_right import (
     PORT_RECEIVE,
     PORT_SEND,
     PORT_SEND_ONCE,
-    ipc_port_release_send,
     ipc_right_copyin,
     ipc_right_copyout,
     ipc_right_destroy,
     release_right,
 )
 from kernel.ipc_space import T_DEAD_NAME, T_PORT_SET, T_RECEIVE, T_SEND, T_SEND_ONCE
-from kernel.mach_msg import admit_senders, deliver, fail_waiter
 from protocol import message as M
 from protocol.defs import mach_port as P
 from protocol.defs import machemu as X

@@ -24,24 +24,50 @@ import zmq
 from kernel import host, mach_port, memory_object, netname, vm_user
 from kernel.config import KernelConfig
 from kernel.ipc_kmsg import IPCKmsg
+from kernel.ipc_mqueue import ipc_mqueue_send, waiter_timeout
 from kernel.ipc_notify import IPCNotify
-from kernel.ipc_port import KERNEL, IPCPort, ipc_port_clear_receiver, ipc_port_destroy
-from kernel.ipc_right import PORT_SEND, ipc_port_make_send, release_right
+from kernel.ipc_port import (
+    KERNEL,
+    IPCPort,
+    ipc_port_clear_receiver,
+    ipc_port_destroy,
+    ipc_port_make_send,
+)
+from kernel.ipc_right import PORT_SEND, release_right
 from kernel.ipc_space import T_RECEIVE, T_SEND
-from kernel.mach_msg import ipc_mqueue_send, mach_msg_trap, waiter_timeout
+from kernel.mach_msg import mach_msg_trap
 from kernel.sched_prim import Scheduler
 from kernel.task import Task, task_terminate
 from kernel.vm_init import VMSystem
+from kernel.vm_map import vm_map_copyout, vm_map_create
+from kernel.vm_object import vm_object_deallocate, vm_object_pager_died
 from kernel.vm_pageout import POLICIES
 from protocol import logs
 from protocol import message as M
 from protocol.kern_return import KernReturn, MachError, MachMsgReturn, MigReturn
+from protocol.message import (
+    H_DEALLOC,
+    H_DESCS,
+    H_ID,
+    H_LOCAL,
+    H_LOCAL_DISP,
+    H_OP,
+    H_OPTION,
+    H_PID,
+    H_RCV_NAME,
+    H_RCV_TIMEOUT,
+    H_REMOTE,
+    H_REMOTE_DISP,
+    H_ROLE,
+    H_SEND_TIMEOUT,
+    H_SEQ,
+    H_TASK_NAME,
+    H_THREAD,
+)
+from protocol.mig import encode_error_reply
 from protocol.transport import readable, recv_frames, send_frames
 
-K_DISCONNECT = 4
-K_BATCH = 5  # [K_BATCH, frame count of each answer...], then the answers' frames
-MAX_BATCH = 64
-OP_REPLY_PORT = 5
+MAX_BATCH = 64  # answers in one K_BATCH
 DRAIN_BATCH = 512
 
 log = structlog.get_logger("kernel")
@@ -51,29 +77,36 @@ def _is_int(v, lo, hi):
     return type(v) is int and lo <= v <= hi
 
 
+def _has_thread(h) -> bool:
+    """A trap to answer: [op, thread, seq, ...] with a thread and a sequence number."""
+    return (len(h) > H_SEQ and _is_int(h[H_THREAD], 1, M.THREAD_MAX)
+            and _is_int(h[H_SEQ], 0, 2**63))
+
+
 def check_msg_header(h) -> bool:
     """The OP_MSG header: every field's type and range (see protocol.message)."""
-    if len(h) == 14:
-        regions = h[13]
+    if len(h) == H_DEALLOC + 1:
+        regions = h[H_DEALLOC]
         if (type(regions) is not list or len(regions) % 2
                 or len(regions) > 2 * M.MAX_OOL_DEALLOC):
             return False
         for v in regions:
             if type(v) is not int or not 0 <= v < 2**64:
                 return False
-    elif len(h) != 13:
+    elif len(h) != H_DESCS + 1:
         return False
-    for i in range(3, 12):
+    for i in range(H_OPTION, H_DESCS):
         if type(h[i]) is not int:
             return False
-    option, nmax, tmax = h[3], M.NATURAL_MAX, M.MAX_TIMEOUT_MS
-    if not (0 <= option <= nmax and -1 <= h[4] <= tmax and 0 <= h[5] <= nmax
-            and -1 <= h[6] <= tmax):
+    option, nmax, tmax = h[H_OPTION], M.NATURAL_MAX, M.MAX_TIMEOUT_MS
+    if not (0 <= option <= nmax and -1 <= h[H_SEND_TIMEOUT] <= tmax
+            and 0 <= h[H_RCV_NAME] <= nmax and -1 <= h[H_RCV_TIMEOUT] <= tmax):
         return False
     if option & M.MACH_SEND_MSG:
-        descs = h[12]
-        if not (-(2**31) <= h[7] < 2**31 and 0 <= h[8] <= nmax and 0 <= h[9] <= 255
-                and 0 <= h[10] <= nmax and 0 <= h[11] <= 255 and type(descs) is list
+        descs = h[H_DESCS]
+        if not (-(2**31) <= h[H_ID] < 2**31 and 0 <= h[H_REMOTE] <= nmax
+                and 0 <= h[H_REMOTE_DISP] <= 255 and 0 <= h[H_LOCAL] <= nmax
+                and 0 <= h[H_LOCAL_DISP] <= 255 and type(descs) is list
                 and len(descs) % 2 == 0 and len(descs) <= 2 * M.MAX_DESCRIPTORS):
             return False
         for i in range(0, len(descs), 2):
@@ -140,6 +173,19 @@ class Kernel:
         if notify is not None:
             self.notify.port_deleted(notify, name)
 
+    # The IPC layer's calls into the VM (GNU Mach's ipc_kmsg.c and ipc_port.c call these
+    # directly; here kernel/ipc_* import nothing of kernel/vm_*).
+
+    def vm_map_copyout(self, task, kmsg):
+        return vm_map_copyout(self, task, kmsg)
+
+    def vm_map_copy_discard(self, obj):
+        """vm_map_copy_discard: out-of-line data that will not be received."""
+        vm_object_deallocate(self.vm, obj)
+
+    def vm_object_pager_died(self, obj):
+        vm_object_pager_died(self.vm, obj)
+
     def kernel_send(self, kmsg: IPCKmsg):
         """mach_msg_send_from_kernel: MACH_SEND_ALWAYS, no queue limit."""
         self.stats["kernel_msgs"] += 1
@@ -172,7 +218,7 @@ class Kernel:
         if len(box) == 1:
             out = [task.ident, *box[0]]
         else:
-            out = [task.ident, M.packb([K_BATCH, *(len(f) for f in box)])]
+            out = [task.ident, M.packb([M.K_BATCH, *(len(f) for f in box)])]
             for f in box:
                 out += f
         try:
@@ -232,15 +278,12 @@ class Kernel:
         kmsg.reply = None
 
     def mig_reply(self, rt, reply_id, reply, reply_type, code, vals=()):
-        """Send a MIG reply (RetCode and, on success, the reply fields) to a reply right
-        the kernel holds."""
+        """Send a MIG reply (RetCode and, on success, the reply fields, port fields as
+        (port, type) pairs) to a reply right the kernel holds."""
         if code != 0:
-            body, descs, ool = M.packb([int(code)]), [], []
+            body, descs, ool = encode_error_reply(code), [], []
         else:
-            bidx, pidx, oidx = rt._rep
-            body = M.packb([0, *(vals[i] for i in bidx)])
-            descs = [vals[i] for i in pidx]
-            ool = [vals[i] for i in oidx]
+            body, descs, ool = rt.encode_reply(code, vals, rights=True)
         self.kernel_send(IPCKmsg(reply_id, reply, reply_type, None, 0, descs, body, ool))
 
     def consume_descs(self):
@@ -293,7 +336,7 @@ class Kernel:
         if old is not None:
             self.task_destroy(old, "reconnected")
         t = Task(ident, pid, name, role)
-        t.map = self.vm.map_create()
+        t.map = vm_map_create(self.vm)
         self.tasks[ident] = t
         try:
             t.pidfd = os.pidfd_open(pid)
@@ -325,7 +368,7 @@ class Kernel:
         if task is not None:
             self.task_destroy(task, why)
         try:
-            self.sock.send_multipart([ident, M.packb([K_DISCONNECT, 0, 0, int(code)])],
+            self.sock.send_multipart([ident, M.packb([M.K_DISCONNECT, 0, 0, int(code)])],
                                      flags=zmq.NOBLOCK)
         except zmq.ZMQError:
             pass
@@ -343,14 +386,16 @@ class Kernel:
             h = M.unpackb(frames[1])
         except Exception:
             h = None
-        if type(h) is not list or not h or type(h[0]) is not int:
+        if type(h) is not list or not h or type(h[H_OP]) is not int:
             self.disconnect(ident, task, MachMsgReturn.MACH_SEND_INVALID_HEADER, "bad header")
             return
-        op = h[0]
+        op = h[H_OP]
         if task is not None:
             task.last_seen = time.monotonic()
         if op == M.OP_MSG and task is not None:
-            if len(h) < 3 or not (_is_int(h[1], 1, M.THREAD_MAX) and _is_int(h[2], 0, 2**63)):
+            # _has_thread, inline: this is the per-message path
+            if len(h) <= H_SEQ or not (_is_int(h[H_THREAD], 1, M.THREAD_MAX)
+                                       and _is_int(h[H_SEQ], 0, 2**63)):
                 self.disconnect(ident, task, MachMsgReturn.MACH_SEND_INVALID_HEADER,
                                 "no thread in trap")
                 return
@@ -358,40 +403,41 @@ class Kernel:
             if (not check_msg_header(h) or n < 3 or len(frames[2]) > M.MAX_BODY_BYTES
                     or any(len(f) > M.MAX_OOL_BYTES for f in frames[3:])):
                 self.stats["bad_traps"] += 1
-                self.reply_result(task, h[1], h[2], MachMsgReturn.MACH_SEND_INVALID_HEADER)
+                self.reply_result(task, h[H_THREAD], h[H_SEQ],
+                                  MachMsgReturn.MACH_SEND_INVALID_HEADER)
                 return
             try:
                 mach_msg_trap(self, task, h, frames)
             except Exception:
                 # a kernel bug must not leave the thread waiting forever
-                log.exception("mach_msg trap failed", task=task.name, msgh_id=h[7])
+                log.exception("mach_msg trap failed", task=task.name, msgh_id=h[H_ID])
                 self.stats["internal_errors"] += 1
-                self.reply_result(task, h[1], h[2], KernReturn.KERN_FAILURE)
+                self.reply_result(task, h[H_THREAD], h[H_SEQ], KernReturn.KERN_FAILURE)
         elif op == M.OP_HEARTBEAT and task is not None and len(h) == 1:
             self.emit(task, [M.packb([M.K_RESULT, 0, 0, 0])])
-        elif op == OP_REPLY_PORT and task is not None:
-            if len(h) != 3 or not (_is_int(h[1], 1, M.THREAD_MAX) and _is_int(h[2], 0, 2**63)):
+        elif op == M.OP_REPLY_PORT and task is not None:
+            if len(h) != H_SEQ + 1 or not _has_thread(h):
                 self.disconnect(ident, task, MachMsgReturn.MACH_SEND_INVALID_HEADER, "bad trap")
                 return
             port = IPCPort(receiver=task.space, qlimit=self.config.qlimit_default)
             name = task.space.insert(port, T_RECEIVE)
-            self.reply_result(task, h[1], h[2], 0, name)
+            self.reply_result(task, h[H_THREAD], h[H_SEQ], 0, name)
         elif op == M.OP_HELLO:
-            if not (len(h) == 6 and _is_int(h[1], 1, M.THREAD_MAX) and _is_int(h[2], 0, 2**63)
-                    and _is_int(h[3], 0, 2**31) and type(h[4]) is str and len(h[4]) <= 128
-                    and type(h[5]) is str and len(h[5]) <= 64):
+            if not (len(h) == H_ROLE + 1 and _has_thread(h) and _is_int(h[H_PID], 0, 2**31)
+                    and type(h[H_TASK_NAME]) is str and len(h[H_TASK_NAME]) <= 128
+                    and type(h[H_ROLE]) is str and len(h[H_ROLE]) <= 64):
                 self.disconnect(ident, task, MachMsgReturn.MACH_SEND_INVALID_HEADER, "bad hello")
                 return
             if task is None and len(self.tasks) >= self.config.max_tasks:
                 self.disconnect(ident, None, KernReturn.KERN_RESOURCE_SHORTAGE, "too many tasks")
                 return
-            t = self.task_create(ident, h[3], h[4], h[5])
+            t = self.task_create(ident, h[H_PID], h[H_TASK_NAME], h[H_ROLE])
             sp = t.space
             names = []
             for port in (t.port, self.host_port, self.netname_port):
                 ipc_port_make_send(port)
                 names.append(sp.insert(port, T_SEND, 1))
-            self.emit(t, [M.packb([M.K_HELLO, h[1], h[2], 0, *names, t.id])])
+            self.emit(t, [M.packb([M.K_HELLO, h[H_THREAD], h[H_SEQ], 0, *names, t.id])])
         elif op == M.OP_BYE and task is not None and len(h) == 1:
             self.task_destroy(task, "goodbye")
         else:
@@ -472,7 +518,7 @@ class Kernel:
     def close(self):
         for t in list(self.tasks.values()):
             try:
-                self.sock.send_multipart([t.ident, M.packb([K_DISCONNECT, 0, 0, 0])],
+                self.sock.send_multipart([t.ident, M.packb([M.K_DISCONNECT, 0, 0, 0])],
                                          flags=zmq.NOBLOCK)
             except zmq.ZMQError:
                 pass

@@ -1,130 +1,136 @@
-"""The kernel side of the external pager protocol (GNU Mach vm/memory_object.c and the
-memory_object_* senders of vm/vm_object.c, vm/vm_pageout.c).
-
-Messages to pagers go with MACH_SEND_ALWAYS: nothing in IPC slows the kernel down when a
-pager falls behind.  Calls from pagers arrive on an object's control port.
+"""The kernel side of the external pager protocol (GNU Mach vm/memory_object.c): the calls
+pagers make on an object's control port.  What the kernel sends to pagers is in
+kernel.memory_object_user.
 """
 
 from __future__ import annotations
 
-from kernel.ipc_kmsg import IPCKmsg
-from kernel.ipc_right import (
-    PORT_RECEIVE,
-    PORT_SEND,
-    PORT_SEND_ONCE,
-    ipc_port_copy_send,
-    ipc_port_make_send,
-    release_right,
-)
-from protocol import message as M
+from kernel import memory_object_user as MOU
+from kernel.ipc_right import PORT_SEND_ONCE, release_right
+from kernel.vm_object import pages_of, vm_object_destroy
+from kernel.vm_page import vm_page_free, vm_page_grab, vm_page_insert, vm_page_wakeup
+from kernel.vm_pageout import vm_pageout_pages
 from protocol.defs import mach as MD
-from protocol.defs import memory_object as MO
 from protocol.kern_return import KernReturn as K
 from protocol.kern_return import MachError
 from protocol.mig import Demux
 from protocol.vm_param import PAGE_SIZE
 
-DATA_WRITE_MAX = 32  # pages in one data_return (vm_pageout.c)
-
-
-def kernel_message(k, routine, dest, dest_type, values, reply=None, reply_type=0):
-    """Build a kmsg for ``routine`` from the kernel: port fields are (port, type) pairs
-    whose rights the caller has made."""
-    bidx, pidx, oidx = routine._req
-    body = M.packb([values[i] for i in bidx])
-    descs = [values[i] for i in pidx]
-    ool = [values[i] for i in oidx]
-    return IPCKmsg(routine.msgh_id, dest, dest_type, reply, reply_type, descs, body, ool)
-
-
-def _control(obj):
-    ipc_port_make_send(obj.pager_request)
-    return (obj.pager_request, PORT_SEND)
-
-
-def send_to_pager(k, obj, routine, values, ool_objects=None):
-    """memory_object_* to the object's pager; values start after memory_control."""
-    pager = obj.pager
-    if pager is None:
-        if ool_objects:
-            for o in ool_objects:
-                if o is not None:
-                    k.vm.object_deallocate(o)
-        return
-    ipc_port_copy_send(pager)
-    kmsg = kernel_message(k, routine, pager, PORT_SEND, [_control(obj), *values])
-    kmsg.ool_objects = ool_objects
-    k.kernel_send(kmsg)
-    k.vm.stats[routine.name] += 1
-
-
-def memory_object_init(k, obj):
-    ipc_port_make_send(obj.pager_name)
-    send_to_pager(k, obj, MO.memory_object_init, [(obj.pager_name, PORT_SEND), PAGE_SIZE])
-    obj.pager_initialized = True
-
-
-def memory_object_data_request(k, obj, offset, access):
-    send_to_pager(k, obj, MO.memory_object_data_request, [offset, PAGE_SIZE, access])
-
-
-def memory_object_data_unlock(k, obj, offset, access):
-    send_to_pager(k, obj, MO.memory_object_data_unlock, [offset, PAGE_SIZE, access])
-
-
-def memory_object_data_return(k, obj, offset, data: bytes, dirty: bool, kernel_copy: bool,
-                              laundry=None):
-    """``laundry``: the object holding the returned pages; it goes with the message and
-    ends up in the pager's address space until the pager deallocates it."""
-    send_to_pager(k, obj, MO.memory_object_data_return, [offset, data, dirty, kernel_copy],
-                  ool_objects=[laundry])
-    k.vm.stats["data_return_pages"] += len(data) // PAGE_SIZE
-
-
-def memory_object_terminate(k, obj):
-    """The object is gone: the pager receives the control and name ports' receive rights."""
-    pager = obj.pager
-    ctl, name = obj.pager_request, obj.pager_name
-    for p in (ctl, name):
-        if p is not None:
-            p.kobject, p.kotype, p.receiver = None, None, None
-    if pager is not None and pager.active and ctl is not None:
-        ipc_port_copy_send(pager)
-        k.kernel_send(kernel_message(k, MO.memory_object_terminate, pager, PORT_SEND,
-                                     [(ctl, PORT_RECEIVE), (name, PORT_RECEIVE)]))
-    else:
-        for p in (ctl, name):
-            if p is not None:
-                k.ipc_port_destroy(p)
-    if pager is not None:
-        release_right(k, pager, PORT_SEND)
-    obj.pager = obj.pager_request = obj.pager_name = None
-
-
-def memory_object_create(k, obj, default_pager):
-    """vm_object_pager_create: an anonymous object's first pageout makes the default
-    pager its pager.  The kernel makes the pager port and gives its receive right away."""
-    from kernel.ipc_port import IPCPort
-    from kernel.vm_object import make_control_ports
-
-    port = IPCPort(receiver=None, qlimit=k.config.qlimit_default, label=f"anon {obj.id}")
-    make_control_ports(obj)
-    ipc_port_make_send(port)
-    obj.pager = port
-    obj.pager_created = obj.pager_initialized = obj.pager_ready = True
-    k.vm.pager_objects[port.id] = obj
-    ipc_port_copy_send(default_pager)
-    ipc_port_make_send(obj.pager_name)
-    k.kernel_send(kernel_message(
-        k, MO.memory_object_create, default_pager, PORT_SEND,
-        [(port, PORT_RECEIVE), obj.size, _control(obj), (obj.pager_name, PORT_SEND),
-         PAGE_SIZE]))
-    k.vm.stats["memory_object_create"] += 1
-
 
 def _reply_port(reply_to):
     port, typ = reply_to
     return port if port is not None and typ == PORT_SEND_ONCE else None
+
+
+# ---------------------------------------------------------------- data from the pager
+
+def memory_object_supply_page(vm, obj, offset, data, lock_value, precious) -> int:
+    """One page of memory_object_data_supply."""
+    page = obj.resident.get(offset)
+    if page is not None and not page.absent:
+        return K.KERN_MEMORY_PRESENT
+    asked = page is not None
+    mem = vm.mem
+    if page is None:
+        # an unasked page never takes the reserve: a pager cannot starve the system
+        page = vm_page_grab(vm, privileged=False)
+        if page is None:
+            return K.KERN_RESOURCE_SHORTAGE
+        vm_page_insert(page, obj, offset)
+    else:
+        page.absent = False
+        obj.absent_count -= 1
+        obj.paging_in_progress -= 1
+        mem.stats["pageins"] += 1
+    mem.write(page, data)
+    page.page_lock = lock_value & 7
+    page.unlock_request = 0
+    page.precious = precious
+    page.dirty = False
+    if vm.pageout is not None:
+        vm.pageout.page_supplied(page, asked)
+    if asked:
+        mem.vm_page_activate(page)
+    else:
+        mem.vm_page_deactivate(page)
+    vm_page_wakeup(vm, page)
+    if not asked:
+        vm.k.sched.thread_wakeup(obj)
+    return K.KERN_SUCCESS
+
+
+def _absent_page(obj, offset):
+    page = obj.resident.get(offset)
+    if page is None or not page.absent:
+        return None
+    page.absent = False
+    obj.absent_count -= 1
+    obj.paging_in_progress -= 1
+    return page
+
+
+def memory_object_data_unavailable(vm, obj, offset, size):
+    """memory_object_data_unavailable: the pager has no data: zero-fill."""
+    mem = vm.mem
+    for off in range(offset - offset % PAGE_SIZE, offset + size, PAGE_SIZE):
+        page = _absent_page(obj, off)
+        if page is None:
+            continue
+        mem.zero(page)
+        mem.stats["zero_fill_count"] += 1
+        page.dirty = obj.internal  # nothing backs it until it is written out
+        mem.vm_page_activate(page)
+        vm_page_wakeup(vm, page)
+
+
+def memory_object_data_error(vm, obj, offset, size):
+    """memory_object_data_error: the faults waiting for these pages fail."""
+    for off in range(offset - offset % PAGE_SIZE, offset + size, PAGE_SIZE):
+        page = _absent_page(obj, off)
+        if page is not None:
+            page.error = True
+            vm_page_wakeup(vm, page)
+
+
+# ---------------------------------------------------------------- lock_request
+
+def memory_object_lock_request(vm, obj, offset, size, should_return, should_flush,
+                               lock_value, reply_port):
+    """memory_object_lock_request, page by page, as a kernel thread: absent pages are
+    skipped, busy ones waited for; the lock is set; pages to return go in data_returns
+    (kernel_copy when not flushing); flushed pages are freed, returned ones deactivated;
+    then one lock_completed to the reply port."""
+    if offset % PAGE_SIZE:
+        size += offset % PAGE_SIZE
+        offset -= offset % PAGE_SIZE
+    end = offset + size
+    while True:
+        busy = [p for p in pages_of(obj, offset, end - offset) if p.busy and not p.absent]
+        if not busy:
+            break
+        busy[0].wanted = True
+        yield busy[0]
+    for p in list(pages_of(obj, offset, end - offset)):
+        if p.absent or p.error:
+            continue
+        if lock_value != MD.VM_PROT_NO_CHANGE:
+            old = p.page_lock
+            p.page_lock = lock_value & 7
+            if old & ~p.page_lock:
+                p.unlock_request &= p.page_lock
+                if vm.pageout is not None:
+                    vm.pageout.page_unlocked(p)
+                vm_page_wakeup(vm, p)
+    if should_return != MD.MEMORY_OBJECT_RETURN_NONE and obj.pager is not None:
+        vm_pageout_pages(vm, obj, offset, end - offset, flush=should_flush,
+                         only_dirty=should_return == MD.MEMORY_OBJECT_RETURN_DIRTY)
+    if should_flush:
+        for p in list(pages_of(obj, offset, end - offset)):
+            if not p.absent and not p.busy:
+                vm_page_free(vm, p)
+    vm.stats["lock_requests"] += 1
+    if reply_port is not None:
+        MOU.memory_object_lock_completed(vm.k, obj, reply_port, offset, size)
 
 
 # ---------------------------------------------------------------- control port calls
@@ -143,8 +149,7 @@ def make_handlers(k) -> Demux:
         obj.copy_strategy = copy_strategy
         rp = _reply_port(reply_to)
         if rp is not None:
-            k.kernel_send(kernel_message(k, MO.memory_object_change_completed, rp,
-                                         PORT_SEND_ONCE, [may_cache, copy_strategy]))
+            MOU.memory_object_change_completed(k, rp, may_cache, copy_strategy)
 
     def data_supply(obj, offset, data, lock_value, precious, reply_to):
         if offset % PAGE_SIZE or len(data) % PAGE_SIZE or not len(data):
@@ -154,34 +159,31 @@ def make_handlers(k) -> Demux:
             raise MachError(K.KERN_INVALID_ARGUMENT)
         result, error_offset = K.KERN_SUCCESS, 0
         for i in range(0, len(data), PAGE_SIZE):
-            code = vm.supply_page(obj, offset + i, data[i:i + PAGE_SIZE], lock_value,
-                                  precious)
+            code = memory_object_supply_page(vm, obj, offset + i, data[i:i + PAGE_SIZE],
+                                             lock_value, precious)
             if code and not result:
                 result, error_offset = code, offset + i
         rp = _reply_port(reply_to)
         if rp is not None:
-            ipc_port_make_send(obj.pager_request)
-            k.kernel_send(kernel_message(
-                k, MO.memory_object_supply_completed, rp, PORT_SEND_ONCE,
-                [(obj.pager_request, PORT_SEND), offset, len(data), result, error_offset]))
+            MOU.memory_object_supply_completed(k, obj, rp, offset, len(data), result,
+                                               error_offset)
 
     def data_unavailable(obj, offset, size):
-        for off in range(offset - offset % PAGE_SIZE, offset + size, PAGE_SIZE):
-            vm.page_unavailable(obj, off)
+        memory_object_data_unavailable(vm, obj, offset, size)
 
     def data_error(obj, offset, size, error_value):
-        for off in range(offset - offset % PAGE_SIZE, offset + size, PAGE_SIZE):
-            vm.page_error(obj, off)
+        memory_object_data_error(vm, obj, offset, size)
 
     def lock_request(obj, offset, size, should_return, should_flush, lock_value, reply_to):
         if should_return not in (0, 1, 2) or size > (1 << 40):
             raise MachError(K.KERN_INVALID_ARGUMENT)
-        k.sched.spawn(vm.lock_request_thread(obj, offset, size, should_return, should_flush,
-                                             lock_value, _reply_port(reply_to)),
+        k.sched.spawn(memory_object_lock_request(vm, obj, offset, size, should_return,
+                                                 should_flush, lock_value,
+                                                 _reply_port(reply_to)),
                       "lock_request")
 
     def destroy(obj, reason):
-        vm.object_destroy(obj)
+        vm_object_destroy(vm, obj)
 
     def get_attributes(obj):
         return obj.pager_ready, obj.can_persist, obj.copy_strategy

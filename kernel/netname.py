@@ -7,7 +7,8 @@ port has died is forgotten at the next look-up.
 
 from __future__ import annotations
 
-from kernel.ipc_right import PORT_SEND, ipc_port_copy_send, release_right
+from kernel.ipc_port import ipc_port_copy_send
+from kernel.ipc_right import PORT_SEND, release_right
 from protocol.defs import netname as NS
 from protocol.kern_return import MachError
 from protocol.mig import Demux

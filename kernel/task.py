@@ -7,10 +7,10 @@ from __future__ import annotations
 import itertools
 import time
 
+from kernel.ipc_mqueue import fail_waiter
 from kernel.ipc_port import KERNEL, IPCPort
 from kernel.ipc_right import ipc_right_destroy
 from kernel.ipc_space import IPCSpace
-from kernel.mach_msg import fail_waiter
 
 _ids = itertools.count(1)
 

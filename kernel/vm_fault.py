@@ -9,8 +9,9 @@ memory when short, and sends memory_object_data_unlock for a write to a page who
 
 from __future__ import annotations
 
-from kernel import memory_object as MOK
-from kernel.vm_page import Q_INACTIVE
+from kernel import memory_object_user as MOU
+from kernel.vm_object import vm_object_allocate
+from kernel.vm_page import Q_INACTIVE, vm_page_free, vm_page_grab, vm_page_insert, vm_page_wait
 from protocol.defs.mach import VM_PROT_WRITE
 from protocol.kern_return import KernReturn as K
 from protocol.kern_return import MachError
@@ -36,7 +37,7 @@ def vm_fault(k, task, vaddr: int, fault_type: int):
             raise MachError(K.KERN_PROTECTION_FAILURE)
         obj = entry.object
         if obj is None:
-            obj = entry.object = vm.object_allocate(entry.vme_end - entry.vme_start)
+            obj = entry.object = vm_object_allocate(vm, entry.vme_end - entry.vme_start)
             entry.offset = 0
         offset = entry.offset + (vaddr - entry.vme_start)
         page = obj.resident.get(offset)
@@ -46,12 +47,12 @@ def vm_fault(k, task, vaddr: int, fault_type: int):
                 yield page
                 continue
             if page.error:
-                vm.page_free(page)
+                vm_page_free(vm, page)
                 raise MachError(K.KERN_MEMORY_ERROR)
             if fault_type & VM_PROT_WRITE and page.page_lock & VM_PROT_WRITE:
                 if not page.unlock_request & VM_PROT_WRITE:
                     page.unlock_request |= VM_PROT_WRITE
-                    MOK.memory_object_data_unlock(k, obj, offset, VM_PROT_WRITE)
+                    MOU.memory_object_data_unlock(k, obj, offset, VM_PROT_WRITE)
                 page.wanted = True
                 yield page
                 continue
@@ -62,11 +63,11 @@ def vm_fault(k, task, vaddr: int, fault_type: int):
         if not obj.alive:
             raise MachError(K.KERN_MEMORY_ERROR)
         if obj.pager is None:
-            page = vm.page_grab(privileged=obj.privileged)
+            page = vm_page_grab(vm, privileged=obj.privileged)
             if page is None:
-                yield from vm.page_wait()
+                yield from vm_page_wait(vm)
                 continue
-            vm.page_insert(page, obj, offset)
+            vm_page_insert(page, obj, offset)
             mem.zero(page)
             mem.stats["zero_fill_count"] += 1
             page.referenced = True
@@ -77,15 +78,15 @@ def vm_fault(k, task, vaddr: int, fault_type: int):
         if not obj.pager_ready or obj.absent_count >= vm.config.absent_max:
             yield obj
             continue
-        page = vm.page_grab(privileged=obj.privileged)
+        page = vm_page_grab(vm, privileged=obj.privileged)
         if page is None:
-            yield from vm.page_wait()
+            yield from vm_page_wait(vm)
             continue
-        vm.page_insert(page, obj, offset)
+        vm_page_insert(page, obj, offset)
         page.busy = page.absent = True
         obj.absent_count += 1
         obj.paging_in_progress += 1
-        MOK.memory_object_data_request(k, obj, offset, fault_type)
+        MOU.memory_object_data_request(k, obj, offset, fault_type)
         page.wanted = True
         yield page
 

@@ -2,18 +2,16 @@
 
 A ``VMMap`` holds ``VMMapEntry``s [vme_start, vme_end), page aligned, sorted, never
 overlapping, on a doubly linked list with a header (``vm_map_to_entry``), plus a lookup
-``hint``.  Two lookup structures can be chosen at creation, so their cost can be measured:
+``hint``.  The lookup structure is chosen at creation, so its cost can be measured:
 
-  lookup="list"   Mach before 2012: vm_map_lookup_entry starts at the hint and scans the
-                  list linearly (forward from the hint, or from the head when the address
-                  lies below it); vm_map_find_space scans from ``first_free``.
+  lookup="list"   Mach before 2012: vm_map_lookup_entry scans the list from the hint (or
+                  the head), vm_map_find_space from ``first_free``.
   lookup="tree"   GNU Mach since 2012: the list plus a red-black tree keyed by vme_start
-                  (hint kept as the fast path).  The tree is augmented with each entry's
-                  gap to its successor and the largest gap in each subtree, so a first-fit
-                  search for free space is O(log n) too (GNU Mach keeps a separate gap tree,
-                  2013, for the same purpose).
+                  (kernel.rbtree; the hint stays the fast path), augmented with each
+                  entry's gap to its successor and the largest gap of each subtree, so a
+                  first-fit search is O(log n) too (GNU Mach's gap tree, 2013).
 
-and two merge modes:
+and so is the merge mode:
 
   merge="classic"   vm_map_enter only extends the previous entry when anonymous memory
                     (no object) is entered right at its end with identical attributes.
@@ -22,29 +20,40 @@ and two merge modes:
 
 Objects are opaque to the map: anything with ``ref_count``, ``pager`` (None: anonymous),
 ``shadow``, ``paging_in_progress``, ``internal`` and ``size``.  Each entry owns one
-reference to its object (None: zero-fill memory not yet given an object).  The map never
-touches pages; it calls back into the object layer:
+reference to its object (None: zero-fill memory not yet given an object; never passed
+to a callback).  The map never touches pages; it calls back into the object layer
+(``vm_map_create`` gives it kernel.vm_object's routines):
 
-  reference(obj)      vm_object_reference: a clip gave a second entry the same object
-  deallocate(obj)     vm_object_deallocate: an entry went away (delete, or a merge of two
-                      entries over one object)
-  unmap(entry)        optional, for vm_map_delete: called for each removed entry while it
-                      still holds its reference, before deallocate (where Mach does
-                      pmap_remove / vm_object_page_remove)
+  reference(obj)   vm_object_reference: a clip gave a second entry the same object
+  deallocate(obj)  vm_object_deallocate: an entry went (delete, or a merge over one object)
+  unmap(entry)     optional, for vm_map_delete: each removed entry while it still holds
+                   its reference, before deallocate (Mach's vm_object_page_remove)
   coalesce(obj_a, size_a, obj_b, size_b[, offset_a=, offset_b=])
-                      vm_object_coalesce for two distinct objects (one may be None) that
-                      are both anonymous with one reference, no pager, no shadow and no
-                      paging in progress.  Returns None (no merge), the merged object, or
-                      (object, offset).  The offsets are passed as keywords only if the
-                      callable accepts them.  See ``VMMap._object_coalesce``.
-
-Callbacks get None never: references to "no object" are not counted, as in Mach.
+                   vm_object_coalesce of two mergeable objects: VMMap._object_coalesce
 """
 
 from __future__ import annotations
 
 import inspect
+from functools import partial
 
+from kernel.rbtree import (
+    RB_LEFT,
+    RB_RIGHT,
+    RBNode,
+    RBTree,
+    rbtree_height,
+    rbtree_insert_rebalance,
+    rbtree_remove,
+)
+from kernel.vm_kern import kmem_alloc_wired
+from kernel.vm_map_check import vm_map_check
+from kernel.vm_object import (
+    vm_object_coalesce,
+    vm_object_deallocate,
+    vm_object_page_remove,
+    vm_object_reference,
+)
 from protocol.defs.mach import (
     VM_INHERIT_COPY,
     VM_INHERIT_DEFAULT,
@@ -54,7 +63,7 @@ from protocol.defs.mach import (
     VM_PROT_DEFAULT,
 )
 from protocol.kern_return import KernReturn, MachError
-from protocol.vm_param import PAGE_MASK, VM_MAX_ADDRESS, VM_MIN_ADDRESS
+from protocol.vm_param import PAGE_MASK, PAGE_SIZE, VM_MAX_ADDRESS, VM_MIN_ADDRESS
 
 LOOKUP_LIST = "list"
 LOOKUP_TREE = "tree"
@@ -69,18 +78,19 @@ def _fail(code: KernReturn, what: str):
     raise MachError(code, what)
 
 
-class VMMapEntry:
+class VMMapEntry(RBNode):
     """struct vm_map_entry (vm/vm_map.h).
 
     ``vme_prev``/``vme_next`` are the list links (the map's header ends the ring);
-    ``rb_*`` are the tree node, ``gap_size`` the free space up to the next entry (or to
-    max_offset) and ``max_gap`` the largest gap in the subtree (tree maps only).
+    ``rb_*`` (from RBNode) are the tree node, ``gap_size`` the free space up to the next
+    entry (or to max_offset) and ``max_gap`` the largest gap in the subtree (tree maps
+    only).
     """
 
     __slots__ = ("vme_prev", "vme_next", "vme_start", "vme_end", "object", "offset",
                  "protection", "max_protection", "inheritance", "wired_count", "is_shared",
                  "needs_copy", "in_transition", "needs_wakeup", "is_sub_map",
-                 "rb_left", "rb_right", "rb_parent", "rb_red", "gap_size", "max_gap")
+                 "gap_size", "max_gap")
 
     def __init__(self, start: int, end: int, obj=None, offset: int = 0,
                  protection: int = VM_PROT_DEFAULT, max_protection: int = VM_PROT_ALL,
@@ -91,12 +101,9 @@ class VMMapEntry:
         self.protection, self.max_protection = protection, max_protection
         self.inheritance = inheritance
         self.wired_count = 0
-        self.is_shared = False
         self.needs_copy = needs_copy
-        self.in_transition = False
-        self.needs_wakeup = False
-        self.is_sub_map = False
-        self.rb_left = self.rb_right = self.rb_parent = None
+        self.is_shared = self.in_transition = self.needs_wakeup = self.is_sub_map = False
+        self.rb_parent = self.rb_children = None
         self.rb_red = False
         self.gap_size = self.max_gap = 0
 
@@ -119,10 +126,6 @@ class VMMapEntry:
                 f"inh={self.inheritance} wired={self.wired_count}>")
 
 
-def _default_reference(obj) -> None:
-    obj.ref_count += 1
-
-
 def _default_deallocate(obj) -> None:
     obj.ref_count -= 1
 
@@ -143,15 +146,38 @@ def _anonymous_mergeable(obj) -> bool:
             and obj.paging_in_progress == 0 and obj.internal)
 
 
+class _GapTree(RBTree):
+    """The entry tree, augmented with each subtree's largest gap (``max_gap``)."""
+
+    __slots__ = ()
+
+    def augment_rotate(self, node, up):
+        up.max_gap = node.max_gap  # the same entries as node's subtree had
+        left, right = node.rb_children
+        node.max_gap = max(node.gap_size, left.max_gap, right.max_gap)
+
+    def augment_insert(self, node):
+        g = node.max_gap = node.gap_size
+        p, nil = node.rb_parent, self.nil
+        while p is not nil and p.max_gap < g:
+            p.max_gap = g
+            p = p.rb_parent
+
+    def augment_remove(self, parent):
+        p, nil = parent, self.nil
+        while p is not nil:
+            left, right = p.rb_children
+            p.max_gap = max(p.gap_size, left.max_gap, right.max_gap)
+            p = p.rb_parent
+
+
 class VMMap:
     """struct vm_map (vm/vm_map.h) and the vm_map.c routines that work on it.
 
     Attributes keep Mach's names: ``min_offset``, ``max_offset``, ``nentries``, ``size``
     (bytes mapped), ``hint`` (last entry found; None for the header), ``first_free``.
-    Operations raise ``MachError`` with Mach's codes.  Addresses and sizes given to the
-    map must be page aligned: rounding (trunc_page/round_page) is the caller's job, as in
-    vm_user.c.
-    """
+    Operations raise ``MachError`` with Mach's codes.  Addresses and sizes must be page
+    aligned: rounding is the caller's job, as in vm_user.c."""
 
     def __init__(self, min_offset: int = VM_MIN_ADDRESS, max_offset: int = VM_MAX_ADDRESS,
                  lookup: str = LOOKUP_TREE, merge: str = MERGE_COALESCE, *,
@@ -166,7 +192,7 @@ class VMMap:
         self.lookup, self.merge = lookup, merge
         self._tree = lookup == LOOKUP_TREE
         self._coalescing = merge == MERGE_COALESCE
-        self._reference = reference or _default_reference
+        self._reference = reference or vm_object_reference
         self._deallocate = deallocate or _default_deallocate
         self._coalesce_cb = coalesce
         self._coalesce_offsets = coalesce is not None and _accepts_offsets(coalesce)
@@ -180,14 +206,11 @@ class VMMap:
         self._first_free = h
         if self._tree:
             nil = self._nil = VMMapEntry(0, 0)
-            nil.rb_left = nil.rb_right = nil.rb_parent = nil
-            nil.rb_red = False
             nil.gap_size = nil.max_gap = -1
-            self._root = nil
+            self._rbtree = _GapTree(nil)
             self._lookup = self._lookup_tree
         else:
-            self._nil = None
-            self._root = None
+            self._nil = self._rbtree = None
             self._lookup = self._lookup_list
 
     # ------------------------------------------------------------------ inspection
@@ -215,16 +238,6 @@ class VMMap:
     def first_free(self) -> VMMapEntry | None:
         return None if self._first_free is self._header else self._first_free
 
-    def first_entry(self) -> VMMapEntry | None:
-        """vm_map_first_entry, or None when the map is empty."""
-        e = self._header.vme_next
-        return None if e is self._header else e
-
-    def next_entry(self, entry: VMMapEntry) -> VMMapEntry | None:
-        """entry->vme_next, or None at the end of the map."""
-        e = entry.vme_next
-        return None if e is self._header else e
-
     # ------------------------------------------------------------------ lookup
 
     def vm_map_lookup_entry(self, address: int) -> tuple[bool, VMMapEntry | None]:
@@ -234,8 +247,7 @@ class VMMap:
         return found, (None if e is self._header else e)
 
     def _lookup_list(self, address):
-        """Classic vm_map_lookup_entry: linear scan from the hint (or from the head when
-        the address is below the hint).  Returns the header for 'no predecessor'."""
+        """Classic vm_map_lookup_entry (the header for 'no predecessor')."""
         header = self._header
         cur = self._hint
         if cur is header:
@@ -259,8 +271,7 @@ class VMMap:
         return False, pred
 
     def _lookup_tree(self, address):
-        """GNU Mach's vm_map_lookup_entry since 2012: the hint, then the red-black tree
-        (rbtree_lookup_nearest to the left)."""
+        """vm_map_lookup_entry since 2012: the hint, then rbtree_lookup_nearest (left)."""
         header = self._header
         hint = self._hint
         if hint is not header and address >= hint.vme_start:
@@ -270,23 +281,22 @@ class VMMap:
             if nxt is header or address < nxt.vme_start:
                 return False, hint
         nil = self._nil
-        node = self._root
+        node = self._rbtree.root
         best = header
         while node is not nil:
             if address < node.vme_start:
-                node = node.rb_left
+                node = node.rb_children[0]  # RB_LEFT
             elif address < node.vme_end:
                 self._hint = node
                 return True, node
             else:
                 best = node
-                node = node.rb_right
+                node = node.rb_children[1]  # RB_RIGHT
         self._hint = best
         return False, best
 
     def vm_region(self, address: int) -> VMMapEntry:
-        """vm_region: the entry containing ``address``, else the first one after it;
-        KERN_NO_SPACE when there is none."""
+        """vm_region: the entry containing ``address``, else the next one (or KERN_NO_SPACE)."""
         found, e = self._lookup(address)
         if not found:
             e = e.vme_next
@@ -329,12 +339,12 @@ class VMMap:
             if start + size <= hi and start + size <= limit:
                 return start, header
             nil = self._nil
-            node = self._root
+            node = self._rbtree.root
             stack = []
             while True:
                 while node is not nil and node.max_gap >= size:
                     stack.append(node)
-                    node = node.rb_left
+                    node = node.rb_children[0]  # RB_LEFT
                 if not stack:
                     break
                 node = stack.pop()
@@ -346,7 +356,7 @@ class VMMap:
                     end = start + size
                     if end <= lo + node.gap_size and end <= limit:
                         return start, node
-                node = node.rb_right
+                node = node.rb_children[1]  # RB_RIGHT
             _fail(KernReturn.KERN_NO_SPACE, "vm_map_find_space")
 
         # Classic: scan the list from first_free, which has no hole before its end.
@@ -380,13 +390,10 @@ class VMMap:
                      inheritance: int = VM_INHERIT_DEFAULT, mask: int = 0,
                      needs_copy: bool = False) -> int:
         """vm_map_enter: map ``size`` bytes of ``obj`` from ``offset`` at ``address``
-        (None: anywhere, first fit).  Returns the address.
-
-        The map takes over the caller's reference to ``obj`` on success (not on failure).
-        Errors: KERN_INVALID_ARGUMENT (size 0 or unaligned, bad protection or
-        inheritance), KERN_INVALID_ADDRESS (outside [min_offset, max_offset)),
-        KERN_NO_SPACE (overlap, address against the mask, no room anywhere).
-        """
+        (None: anywhere, first fit); returns the address.  The map takes over the caller's
+        reference to ``obj`` on success (not on failure).  KERN_INVALID_ARGUMENT (size 0
+        or unaligned, bad protection or inheritance), KERN_INVALID_ADDRESS (outside
+        [min_offset, max_offset)), KERN_NO_SPACE (overlap, against the mask, no room)."""
         self._check_size(size, "vm_map_enter")
         if offset < 0 or offset & PAGE_MASK:
             _fail(KernReturn.KERN_INVALID_ARGUMENT, "vm_map_enter: offset")
@@ -481,12 +488,9 @@ class VMMap:
 
     def vm_map_delete(self, start: int, end: int) -> list[VMMapEntry]:
         """vm_map_delete (vm_map_remove): clip and remove the entries in [start, end),
-        clamped to the map's bounds.  Holes are fine.  For each removed entry, in address
-        order, ``unmap(entry)`` (if given) then ``deallocate(entry.object)``.  Returns the
-        removed entries (their object and offset intact, links cleared).
-
-        Entries in transition are removed too: there is no one to wait for here.
-        """
+        clamped to the map's bounds, holes and entries in transition included (no one to
+        wait for here).  For each, in address order, ``unmap(entry)`` (if given) then
+        ``deallocate(entry.object)``.  Returns them (object and offset intact, unlinked)."""
         start, end = self._range(start, end, "vm_map_delete")
         if start >= end:
             return []
@@ -516,11 +520,9 @@ class VMMap:
 
     def vm_map_protect(self, start: int, end: int, new_prot: int, set_max: bool = False):
         """vm_map_protect: set the current protection of [start, end) (clamped; holes
-        are skipped), or with ``set_max`` the maximum protection, which also clamps the
-        current one (protection = new max & old protection).  Asking for bits outside an
-        entry's max_protection fails with KERN_PROTECTION_FAILURE and changes nothing.
-        Partial entries are clipped (up to three entries from one); under coalescing the
-        touched entries are then merged with their neighbours."""
+        skipped), or with ``set_max`` the maximum one, which also clamps the current one.
+        Bits outside an entry's max_protection: KERN_PROTECTION_FAILURE, nothing changed.
+        Partial entries are clipped (up to three from one), then coalesced."""
         if new_prot & ~VM_PROT_ALL or new_prot < 0:
             _fail(KernReturn.KERN_INVALID_ARGUMENT, "vm_map_protect: protection")
         start, end = self._range(start, end, "vm_map_protect")
@@ -537,38 +539,40 @@ class VMMap:
             cur = cur.vme_next
         if found:
             self.vm_map_clip_start(first, start)
-        cur = first
-        while cur is not header and cur.vme_start < end:
-            self.vm_map_clip_end(cur, end)
-            if set_max:
-                cur.max_protection = new_prot
-                cur.protection &= new_prot
-            else:
-                cur.protection = new_prot
-            nxt = cur.vme_next
-            if self._coalescing:
-                self.vm_map_coalesce_entry(cur)
-            cur = nxt
-        if self._coalescing:
-            self.vm_map_coalesce_entry(cur)
+        if set_max:
+            def change(e):
+                e.max_protection = new_prot
+                e.protection &= new_prot
+        else:
+            def change(e):
+                e.protection = new_prot
+        self._change_entries(first, end, change)
 
     def vm_map_inherit(self, start: int, end: int, inheritance: int):
-        """vm_map_inherit: set the inheritance of [start, end) (clamped; holes skipped),
-        clipping partial entries; coalesces touched entries under coalescing."""
+        """vm_map_inherit: set the inheritance of [start, end), as vm_map_protect."""
         if inheritance not in _INHERITANCES:
             _fail(KernReturn.KERN_INVALID_ARGUMENT, "vm_map_inherit: inheritance")
         start, end = self._range(start, end, "vm_map_inherit")
         if start >= end:
             return
-        header = self._header
         found, cur = self._lookup(start)
         if found:
             self.vm_map_clip_start(cur, start)
         else:
             cur = cur.vme_next
+
+        def change(e):
+            e.inheritance = inheritance
+        self._change_entries(cur, end, change)
+
+    def _change_entries(self, cur, end, change):
+        """``change`` each entry from ``cur`` (clipped at the start already) up to
+        ``end``, clipping the last; under coalescing each touched entry is then merged
+        with its neighbours."""
+        header = self._header
         while cur is not header and cur.vme_start < end:
             self.vm_map_clip_end(cur, end)
-            cur.inheritance = inheritance
+            change(cur)
             nxt = cur.vme_next
             if self._coalescing:
                 self.vm_map_coalesce_entry(cur)
@@ -588,8 +592,7 @@ class VMMap:
             return False
         prev = entry.vme_prev
         if (prev is header or prev.vme_end != entry.vme_start
-                or prev.is_shared or entry.is_shared
-                or prev.is_sub_map or entry.is_sub_map
+                or prev.is_shared or entry.is_shared or prev.is_sub_map or entry.is_sub_map
                 or prev.in_transition or entry.in_transition
                 or prev.inheritance != entry.inheritance
                 or prev.protection != entry.protection
@@ -611,21 +614,16 @@ class VMMap:
 
     def _object_coalesce(self, a, off_a, size_a, b, off_b, size_b):
         """vm_object_coalesce for the entries' objects: (ok, object, offset) for the
-        merged range [a then b].
-
-        - both None: merge (still no object);
-        - the same object with contiguous offsets: merge and drop one of the two
-          references (deallocate);
-        - distinct objects (one may be None): every object involved must be anonymous
-          with one reference, no pager, no shadow and no paging in progress; then the
-          ``coalesce`` callback decides (a bare object result sits at offset_a if it is
-          ``a``, at offset_b - size_a if it is ``b``, else at 0; a tuple gives the
-          offset).  The map drops the references of the inputs that are not the result.
-          Without a callback, Mach's own cases only: None after an object extends that
-          object (its size grows), None before an object extends it backwards when
-          offset_b >= size_a; two objects never merge.  (Mach also purges stale pages
-          in the range taken over; a callback should do that.)
-        """
+        merged range [a then b].  Both None merge; the same object with contiguous
+        offsets merges, dropping one reference.  Distinct objects (one may be None) must
+        each be anonymous with one reference, no pager, shadow or paging in progress;
+        then the ``coalesce`` callback decides: None (no merge), a tuple (object,
+        offset), or an object (at offset_a if it is ``a``, offset_b - size_a if ``b``,
+        else 0); the map drops the inputs that are not the result.  The offsets go as
+        keywords only if the callback takes them.  Without a callback, Mach's own cases
+        only: None after an object extends it (its size grows), None before one extends
+        it backwards when offset_b >= size_a.  (Mach also purges stale pages of the
+        range taken over: kernel.vm_object's callback does.)"""
         if a is b:
             if a is None:
                 return True, None, 0
@@ -704,7 +702,7 @@ class VMMap:
         nxt.vme_prev = prev
         self.nentries -= 1
         if self._tree:
-            self._rb_delete(e)
+            rbtree_remove(self._rbtree, e)
             if prev is not header:
                 self._gap_update(prev)
         if self._hint is e:
@@ -715,7 +713,7 @@ class VMMap:
             self._first_free = prev
         e.vme_prev = e.vme_next = None
 
-    # --- red-black tree (keyed by vme_start), augmented with max_gap
+    # --- the tree: kernel.rbtree keyed by vme_start, augmented with max_gap
 
     def _gap_update(self, e):
         """Recompute e's gap to its successor and the max_gap of its ancestors
@@ -725,307 +723,76 @@ class VMMap:
         nil = self._nil
         node = e
         while node is not nil:
-            m = node.gap_size
-            x = node.rb_left.max_gap
-            if x > m:
-                m = x
-            x = node.rb_right.max_gap
-            if x > m:
-                m = x
+            left, right = node.rb_children
+            m = max(node.gap_size, left.max_gap, right.max_gap)
             if m == node.max_gap and node is not e:
                 break
             node.max_gap = m
             node = node.rb_parent
 
-    def _rb_rotate_left(self, x):
-        nil = self._nil
-        y = x.rb_right
-        x.rb_right = y.rb_left
-        if y.rb_left is not nil:
-            y.rb_left.rb_parent = x
-        p = x.rb_parent
-        y.rb_parent = p
-        if p is nil:
-            self._root = y
-        elif x is p.rb_left:
-            p.rb_left = y
-        else:
-            p.rb_right = y
-        y.rb_left = x
-        x.rb_parent = y
-        y.max_gap = x.max_gap
-        x.max_gap = max(x.gap_size, x.rb_left.max_gap, x.rb_right.max_gap)
-
-    def _rb_rotate_right(self, x):
-        nil = self._nil
-        y = x.rb_left
-        x.rb_left = y.rb_right
-        if y.rb_right is not nil:
-            y.rb_right.rb_parent = x
-        p = x.rb_parent
-        y.rb_parent = p
-        if p is nil:
-            self._root = y
-        elif x is p.rb_right:
-            p.rb_right = y
-        else:
-            p.rb_left = y
-        y.rb_right = x
-        x.rb_parent = y
-        y.max_gap = x.max_gap
-        x.max_gap = max(x.gap_size, x.rb_left.max_gap, x.rb_right.max_gap)
-
-    def _rb_insert(self, z):
-        nil = self._nil
-        z.rb_left = z.rb_right = nil
-        z.rb_red = True
-        z.max_gap = z.gap_size
-        key = z.vme_start
-        y = nil
-        x = self._root
-        while x is not nil:
-            y = x
-            x = x.rb_left if key < x.vme_start else x.rb_right
-        z.rb_parent = y
-        if y is nil:
-            self._root = z
-        elif key < y.vme_start:
-            y.rb_left = z
-        else:
-            y.rb_right = z
-        g = z.gap_size
-        p = y
-        while p is not nil and p.max_gap < g:
-            p.max_gap = g
-            p = p.rb_parent
-        while z.rb_parent.rb_red:
-            p = z.rb_parent
-            gp = p.rb_parent
-            if p is gp.rb_left:
-                u = gp.rb_right
-                if u.rb_red:
-                    p.rb_red = u.rb_red = False
-                    gp.rb_red = True
-                    z = gp
-                else:
-                    if z is p.rb_right:
-                        z = p
-                        self._rb_rotate_left(z)
-                        p = z.rb_parent
-                    p.rb_red = False
-                    gp.rb_red = True
-                    self._rb_rotate_right(gp)
-            else:
-                u = gp.rb_left
-                if u.rb_red:
-                    p.rb_red = u.rb_red = False
-                    gp.rb_red = True
-                    z = gp
-                else:
-                    if z is p.rb_left:
-                        z = p
-                        self._rb_rotate_right(z)
-                        p = z.rb_parent
-                    p.rb_red = False
-                    gp.rb_red = True
-                    self._rb_rotate_left(gp)
-        self._root.rb_red = False
-
-    def _rb_transplant(self, u, v):
-        p = u.rb_parent
-        if p is self._nil:
-            self._root = v
-        elif u is p.rb_left:
-            p.rb_left = v
-        else:
-            p.rb_right = v
-        v.rb_parent = p
-
-    def _rb_delete(self, z):
-        nil = self._nil
-        y = z
-        y_red = y.rb_red
-        if z.rb_left is nil:
-            x = z.rb_right
-            self._rb_transplant(z, x)
-        elif z.rb_right is nil:
-            x = z.rb_left
-            self._rb_transplant(z, x)
-        else:
-            y = z.rb_right
-            while y.rb_left is not nil:
-                y = y.rb_left
-            y_red = y.rb_red
-            x = y.rb_right
-            if y.rb_parent is z:
-                x.rb_parent = y
-            else:
-                self._rb_transplant(y, x)
-                y.rb_right = z.rb_right
-                y.rb_right.rb_parent = y
-            self._rb_transplant(z, y)
-            y.rb_left = z.rb_left
-            y.rb_left.rb_parent = y
-            y.rb_red = z.rb_red
-        # Every subtree that changed lies on the path from x's parent to the root.
-        p = x.rb_parent
-        while p is not nil:
-            p.max_gap = max(p.gap_size, p.rb_left.max_gap, p.rb_right.max_gap)
-            p = p.rb_parent
-        if not y_red:
-            self._rb_delete_fixup(x)
-        nil.rb_parent = nil
-        z.rb_left = z.rb_right = z.rb_parent = None
-
-    def _rb_delete_fixup(self, x):
-        while x is not self._root and not x.rb_red:
-            p = x.rb_parent
-            if x is p.rb_left:
-                w = p.rb_right
-                if w.rb_red:
-                    w.rb_red = False
-                    p.rb_red = True
-                    self._rb_rotate_left(p)
-                    w = p.rb_right
-                if not w.rb_left.rb_red and not w.rb_right.rb_red:
-                    w.rb_red = True
-                    x = p
-                else:
-                    if not w.rb_right.rb_red:
-                        w.rb_left.rb_red = False
-                        w.rb_red = True
-                        self._rb_rotate_right(w)
-                        w = p.rb_right
-                    w.rb_red = p.rb_red
-                    p.rb_red = False
-                    w.rb_right.rb_red = False
-                    self._rb_rotate_left(p)
-                    x = self._root
-            else:
-                w = p.rb_left
-                if w.rb_red:
-                    w.rb_red = False
-                    p.rb_red = True
-                    self._rb_rotate_right(p)
-                    w = p.rb_left
-                if not w.rb_left.rb_red and not w.rb_right.rb_red:
-                    w.rb_red = True
-                    x = p
-                else:
-                    if not w.rb_left.rb_red:
-                        w.rb_right.rb_red = False
-                        w.rb_red = True
-                        self._rb_rotate_left(w)
-                        w = p.rb_left
-                    w.rb_red = p.rb_red
-                    p.rb_red = False
-                    w.rb_left.rb_red = False
-                    self._rb_rotate_right(p)
-                    x = self._root
-        x.rb_red = False
+    def _rb_insert(self, e):
+        """Insert ``e`` in the tree, keyed by vme_start."""
+        tree = self._rbtree
+        nil = tree.nil
+        key = e.vme_start
+        parent, index = nil, RB_LEFT
+        node = tree.root
+        while node is not nil:
+            parent = node
+            index = RB_LEFT if key < node.vme_start else RB_RIGHT
+            node = node.rb_children[index]
+        rbtree_insert_rebalance(tree, parent, index, e)
 
     # ------------------------------------------------------------------ checking
 
     def tree_height(self) -> int:
         """Height of the lookup tree (0 when empty or for a list map)."""
-        if not self._tree:
-            return 0
-        nil = self._nil
-        best = 0
-        stack = [(self._root, 1)] if self._root is not nil else []
-        while stack:
-            node, d = stack.pop()
-            if d > best:
-                best = d
-            if node.rb_left is not nil:
-                stack.append((node.rb_left, d + 1))
-            if node.rb_right is not nil:
-                stack.append((node.rb_right, d + 1))
-        return best
+        return rbtree_height(self._rbtree) if self._tree else 0
 
     def check_consistency(self) -> None:
-        """Verify every invariant (list order, counts, size, hint, first_free; for tree
-        maps the binary-search, red-black and gap properties).  Raises AssertionError.
-        O(n): for tests and debugging."""
-        def need(cond, what):
-            if not cond:
-                raise AssertionError(what)
+        vm_map_check(self)  # AssertionError on any broken invariant
 
-        header = self._header
-        n = 0
-        total = 0
-        prev = header
-        e = header.vme_next
-        live = set()
-        while e is not header:
-            need(e.vme_prev is prev, f"broken back link at {e!r}")
-            need(e.vme_start < e.vme_end, f"empty entry {e!r}")
-            need(not (e.vme_start | e.vme_end) & PAGE_MASK, f"unaligned {e!r}")
-            need(self.min_offset <= e.vme_start and e.vme_end <= self.max_offset,
-                 f"out of bounds {e!r}")
-            if prev is not header:
-                need(prev.vme_end <= e.vme_start, f"overlap/order {prev!r} {e!r}")
-            need(e.offset >= 0, f"negative offset {e!r}")
-            live.add(id(e))
-            n += 1
-            total += e.vme_end - e.vme_start
-            prev = e
-            e = e.vme_next
-        need(header.vme_prev is prev, "header back link")
-        need(n == self.nentries, f"nentries {self.nentries} != {n}")
-        need(total == self.size, f"size {self.size} != {total}")
-        need(self._hint is header or id(self._hint) in live, "stale hint")
-        ff = self._first_free
-        need(ff is header or id(ff) in live, "stale first_free")
-        if ff is not header:
-            # No hole between min_offset and first_free's end.
-            expect = self.min_offset
-            e = header.vme_next
-            while True:
-                need(e.vme_start == expect, "hole before first_free")
-                expect = e.vme_end
-                if e is ff:
-                    break
-                e = e.vme_next
-        if not self._tree:
-            return
-        nil = self._nil
-        need(not nil.rb_red and nil.max_gap == -1, "nil sentinel damaged")
-        root = self._root
-        need(root is nil or (root.rb_parent is nil and not root.rb_red), "root")
-        inorder = []
-        # Iterative post-order: black height and max_gap per node.
-        info = {}
-        stack = [(root, False)] if root is not nil else []
-        while stack:
-            node, done = stack.pop()
-            if not done:
-                stack.append((node, True))
-                for child in (node.rb_right, node.rb_left):
-                    if child is not nil:
-                        need(child.rb_parent is node, f"parent link of {child!r}")
-                        stack.append((child, False))
-                continue
-            bl = info[id(node.rb_left)][0] if node.rb_left is not nil else 1
-            br = info[id(node.rb_right)][0] if node.rb_right is not nil else 1
-            need(bl == br, f"black height differs under {node!r}")
-            if node.rb_red:
-                need(not node.rb_left.rb_red and not node.rb_right.rb_red,
-                     f"red node with red child {node!r}")
-            nxt = node.vme_next
-            gap = (self.max_offset if nxt is header else nxt.vme_start) - node.vme_end
-            need(node.gap_size == gap, f"gap_size of {node!r}")
-            mg = max(node.gap_size, node.rb_left.max_gap, node.rb_right.max_gap)
-            need(node.max_gap == mg, f"max_gap of {node!r}")
-            info[id(node)] = (bl + (0 if node.rb_red else 1),)
-        # In-order walk equals the list.
-        stack = []
-        node = root
-        while stack or node is not nil:
-            while node is not nil:
-                stack.append(node)
-                node = node.rb_left
-            node = stack.pop()
-            inorder.append(node)
-            node = node.rb_right
-        need(inorder == self.entries(), "tree order differs from the list")
+
+# ---------------------------------------------------------------- the kernel's maps
+
+def vm_map_create(vm) -> VMMap:
+    """vm_map_create: a task's empty map, with the configured lookup structure and merge
+    mode, its objects managed by kernel.vm_object."""
+    cfg = vm.config
+    return VMMap(min_offset=PAGE_SIZE, lookup=cfg.map_lookup, merge=cfg.map_merge,
+                 reference=vm_object_reference, deallocate=partial(vm_object_deallocate, vm),
+                 unmap=partial(vm_map_entry_unmap, vm),
+                 coalesce=partial(vm_object_coalesce, vm))
+
+
+def vm_map_entry_unmap(vm, entry):
+    """vm_map_entry_delete's page removal: pages of an anonymous object that no other
+    entry maps are freed with the range (vm_object_page_remove)."""
+    obj = entry.object
+    if obj is None or not obj.internal or obj.ref_count > 1:
+        return
+    vm_object_page_remove(vm, obj, entry.offset, entry.vme_end - entry.vme_start)
+
+
+def vm_map_copyout(k, task, kmsg):
+    """vm_map_copyout: out-of-line data occupies a region of the receiver's map until it
+    vm_deallocates it.  Page-backed data (data_return's laundry) brings its pages, other
+    data of a page or more is copied into new wired pages.  Returns the addresses (0: not
+    mapped, small data or no frame left for a copy)."""
+    vm = k.vm
+    addrs = []
+    vmap = task.map
+    objects = kmsg.ool_objects or [None] * len(kmsg.ool)
+    for frame, obj in zip(kmsg.ool, objects):
+        addr = 0
+        if obj is None and len(frame) >= PAGE_SIZE:
+            obj = kmem_alloc_wired(vm, frame)
+        if obj is not None:
+            try:
+                addr = vmap.vm_map_enter(None, obj.size, obj, 0, VM_PROT_DEFAULT, VM_PROT_ALL,
+                                         VM_INHERIT_NONE)
+            except MachError:
+                vm_object_deallocate(vm, obj)
+        addrs.append(addr)
+    kmsg.ool_objects = None
+    return addrs

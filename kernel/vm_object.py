@@ -1,10 +1,12 @@
-"""Memory objects inside the kernel (GNU Mach vm/vm_object.c).
+"""Memory objects inside the kernel (GNU Mach vm/vm_object.c, vm/vm_object.h).
 
 Internal objects are anonymous memory: zero-filled on first touch, given to the default
 pager (memory_object_create) the first time one of their pages is paged out.  External
 objects are backed by a translator's pager port.  An object whose last reference goes
 while ``can_persist`` is set enters the object cache; a later vm_map of the same pager
 finds it there with its pages still resident.
+
+The vm_object_* routines take the VM system (``kernel.vm_init.VMSystem``) first.
 """
 
 from __future__ import annotations
@@ -12,7 +14,10 @@ from __future__ import annotations
 import itertools
 from collections import OrderedDict
 
-from kernel.ipc_port import KERNEL, IPCPort
+from kernel import memory_object_user as MOU
+from kernel.ipc_port import KERNEL, IPCPort, ipc_port_make_send
+from kernel.ipc_right import PORT_SEND, release_right
+from kernel.vm_page import vm_page_free, vm_page_wakeup
 from protocol.vm_param import PAGE_SIZE
 
 _ids = itertools.count(1)
@@ -104,3 +109,160 @@ def pages_of(obj: VMObject, offset: int, size: int):
     else:
         for off in sorted(o for o in res if offset <= o < offset + size):
             yield res[off]
+
+
+# ------------------------------------------------------------ references
+
+def vm_object_allocate(vm, size: int) -> VMObject:
+    """vm_object_allocate: a new anonymous (internal) object."""
+    vm.objects += 1
+    return VMObject(size, internal=True)
+
+
+def vm_object_reference(obj):
+    """vm_object_reference."""
+    if obj is not None:
+        obj.ref_count += 1
+
+
+def vm_object_deallocate(vm, obj):
+    """vm_object_deallocate: the last reference either caches the object (pager
+    allows caching) or terminates it."""
+    if obj is None:
+        return
+    obj.ref_count -= 1
+    if obj.ref_count > 0:
+        return
+    if obj.can_persist and obj.pager is not None and obj.alive and obj.pager.active:
+        vm.cache.enter(obj)
+        if vm.config.deactivate_on_cache:
+            for p in list(obj.resident.values()):
+                if not p.busy:
+                    vm.mem.vm_page_deactivate(p)
+        for old in vm.cache.overflow():
+            vm_object_terminate(vm, old)
+        return
+    vm_object_terminate(vm, obj)
+
+
+def vm_object_terminate(vm, obj):
+    """vm_object_terminate: dirty and precious pages go back to the pager, every page
+    is freed, the pager gets memory_object_terminate."""
+    from kernel.vm_pageout import vm_pageout_pages  # vm_pageout.c uses vm_object.c too
+
+    if not obj.alive:
+        return
+    obj.alive = False
+    vm.objects -= 1
+    if obj.pager is not None and obj.pager.active:
+        vm_pageout_pages(vm, obj, 0, None, flush=True, only_dirty=False)
+    for p in list(obj.resident.values()):
+        if p.busy:
+            p.absent = False
+            p.error = True
+            vm_page_wakeup(vm, p)
+        vm_page_free(vm, p)
+    if obj.pager is not None:
+        vm.pager_objects.pop(obj.pager.id, None)
+    MOU.memory_object_terminate(vm.k, obj)
+
+
+def vm_object_destroy(vm, obj):
+    """vm_object_destroy (memory_object_destroy from the pager): the object goes, its
+    data with it."""
+    if vm.cache.objects.get(obj.id) is obj:
+        vm.cache.remove(obj)
+    for p in list(obj.resident.values()):
+        if not p.busy:
+            p.dirty = p.precious = False
+    vm_object_terminate(vm, obj)
+
+
+# ------------------------------------------------------------ pagers
+
+def vm_object_enter(vm, pager_port, size: int) -> VMObject:
+    """vm_object_enter: the object of a pager port, made (and memory_object_init sent)
+    on first use, found again — possibly in the object cache — afterwards.  Takes the
+    caller's send right to the pager."""
+    obj = vm.pager_objects.get(pager_port.id)
+    vm.cache.lookups += 1
+    if obj is not None and obj.alive:
+        release_right(vm.k, pager_port, PORT_SEND)  # the object holds one already
+        if obj.cached:
+            vm.cache.hits += 1
+            vm.cache.remove(obj)
+            obj.ref_count = 1
+        else:
+            obj.ref_count += 1
+        obj.size = max(obj.size, size)
+        return obj
+    obj = VMObject(size, internal=False)
+    vm.objects += 1
+    obj.pager = pager_port
+    obj.pager_ready = False
+    make_control_ports(obj)
+    vm.pager_objects[pager_port.id] = obj
+    MOU.memory_object_init(vm.k, obj)
+    return obj
+
+
+def vm_object_pager_create(vm, obj, default_pager):
+    """vm_object_pager_create: an anonymous object's first pageout makes the default
+    pager its pager.  The kernel makes the pager port and gives its receive right away
+    (memory_object_create)."""
+    k = vm.k
+    port = IPCPort(receiver=None, qlimit=k.config.qlimit_default, label=f"anon {obj.id}")
+    make_control_ports(obj)
+    ipc_port_make_send(port)
+    obj.pager = port
+    obj.pager_created = obj.pager_initialized = obj.pager_ready = True
+    vm.pager_objects[port.id] = obj
+    MOU.memory_object_create(k, obj, default_pager, port)
+
+
+def vm_object_pager_died(vm, obj):
+    """The pager's port died (its translator is gone): pages it was asked for will
+    never come, so their faults end with a memory error instead of waiting forever;
+    later faults on missing pages fail the same way (vm_fault checks the port).  GNU
+    Mach has no such routine: there the faults would wait."""
+    vm.stats["pagers_died"] += 1
+    for p in list(obj.resident.values()):
+        if p.absent:
+            p.absent = False
+            obj.absent_count -= 1
+            obj.paging_in_progress -= 1
+            p.error = True
+            vm_page_wakeup(vm, p)
+    obj.pager_ready = True
+    vm.k.sched.thread_wakeup(obj)
+
+
+# ------------------------------------------------------------ pages of a range
+
+def vm_object_page_remove(vm, obj, offset: int, size: int, busy_too: bool = False):
+    """vm_object_page_remove: free the resident pages of [offset, offset + size).  Busy
+    pages are skipped, or with ``busy_too`` marked in error (a fault in flight sees them
+    gone) and freed."""
+    for p in list(pages_of(obj, offset, size)):
+        if p.busy:
+            if not busy_too:
+                continue
+            p.error = True
+        vm_page_free(vm, p)
+
+
+def vm_object_coalesce(vm, a, size_a, b, size_b, offset_a=0, offset_b=0):
+    """vm_object_coalesce: let one anonymous object (one reference, no pager) cover
+    two neighbouring ranges.  Pages left over in the range it grows into (from an
+    earlier, deallocated mapping of the same object) are purged first, so the new
+    memory reads as zeros."""
+    if b is None and a is not None:
+        vm_object_page_remove(vm, a, offset_a + size_a, size_b, busy_too=True)
+        a.size = max(a.size, offset_a + size_a + size_b)
+        return a
+    if a is None and b is not None:
+        if offset_b < size_a:
+            return None
+        vm_object_page_remove(vm, b, offset_b - size_a, size_a, busy_too=True)
+        return (b, offset_b - size_a)
+    return None

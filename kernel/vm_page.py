@@ -1,11 +1,15 @@
-"""Physical memory: page frames holding real bytes, and the page queues (GNU Mach
-vm/vm_page.h, vm/vm_resident.c).
+"""Physical memory: page frames holding real bytes, the page queues, and the resident
+page routines (GNU Mach vm/vm_page.h, vm/vm_page.c, vm/vm_resident.c).
 
 Frames live in one anonymous mapping (untouched frames cost no RSS).  A page is on at most
 one of the free, active and inactive queues: the active and inactive queues are doubly
 linked through the pages themselves (``pageq``, as in Mach: O(1) insert, remove and
 take-oldest, no memory beyond two links a page); the free queue is a deque.  Wired pages
 and pages in transit are on none.
+
+``VMResident`` is the machine's memory; ``vm_page_grab``, ``vm_page_free``,
+``vm_page_wait`` and the other vm_page_* functions take the VM system (``kernel.vm_init``)
+first, for the pageout policy's reserve and hooks and the kernel's scheduler.
 """
 
 from __future__ import annotations
@@ -16,6 +20,9 @@ from collections import deque
 from protocol.vm_param import PAGE_SIZE
 
 Q_NONE, Q_FREE, Q_ACTIVE, Q_INACTIVE = 0, 1, 2, 3
+
+FREE_EVENT = "vm_page_free_wanted"  # what vm_page_wait sleeps on
+PAGEOUT_EVENT = "vm_pageout"  # what wakes the pageout daemon
 
 
 def _flag(bit: int, doc: str):
@@ -172,10 +179,10 @@ class VMResident:
         elif q == Q_INACTIVE:
             self.inactive.remove(page)
         elif q == Q_FREE:
-            self.free.remove(page)  # rare: pages leave the free queue through vm_page_grab
+            self.free.remove(page)  # rare: pages leave the free queue by vm_page_alloc_pa
         page.queue = Q_NONE
 
-    def vm_page_grab(self) -> VMPage | None:
+    def vm_page_alloc_pa(self) -> VMPage | None:
         """Take a free frame (the caller inserts it in an object), or None."""
         if not self.free:
             return None
@@ -183,7 +190,7 @@ class VMResident:
         page.queue = Q_NONE
         return page
 
-    def vm_page_free(self, page: VMPage):
+    def vm_page_free_pa(self, page: VMPage):
         """Return a frame to the free queue (the caller removed it from its object)."""
         self._unqueue(page)
         if page.wire_count:
@@ -234,3 +241,59 @@ class VMResident:
         transit = self.npages - free - active - inactive - self.wired
         return {"free": free, "active": active, "inactive": inactive, "wired": self.wired,
                 "transit": transit}
+
+
+# ------------------------------------------------------------ resident page routines
+
+def vm_page_insert(page: VMPage, obj, offset: int):
+    """vm_page_insert: the page holds ``obj``'s data at ``offset``."""
+    page.object, page.offset = obj, offset
+    obj.resident[offset] = page
+
+
+def vm_page_free(vm, page: VMPage):
+    """vm_page_free: out of its object, back to the free queue; wakes waiters."""
+    obj = page.object
+    if obj is not None and obj.resident.get(page.offset) is page:
+        del obj.resident[page.offset]
+    if page.laundry and vm.pageout is not None:
+        vm.pageout.laundry -= 1
+    sched = vm.k.sched
+    if page.wanted:
+        sched.thread_wakeup(page)
+    vm.mem.vm_page_free_pa(page)
+    if sched.waitq.get(FREE_EVENT) and vm.mem.free_count > vm_page_free_reserved(vm):
+        sched.thread_wakeup(FREE_EVENT)
+
+
+def vm_page_free_reserved(vm) -> int:
+    """vm_page_free_reserved: frames only privileged allocations may take."""
+    return vm.pageout.free_reserved if vm.pageout is not None else 0
+
+
+def vm_page_grab(vm, privileged: bool = False) -> VMPage | None:
+    """vm_page_grab: a free frame, or None when only the reserve is left (which only
+    privileged allocations — pageout, the default pager's objects — may take)."""
+    mem = vm.mem
+    if mem.free_count <= (0 if privileged else vm_page_free_reserved(vm)):
+        return None
+    page = mem.vm_page_alloc_pa()
+    if vm.pageout is not None:
+        vm.pageout.after_grab()
+    return page
+
+
+def vm_page_wait(vm):
+    """vm_page_wait (a kernel-thread generator): sleep until pages are freed, kicking
+    the pageout daemon."""
+    vm.stats["page_waits"] += 1
+    vm.k.sched.thread_wakeup(PAGEOUT_EVENT)
+    yield FREE_EVENT
+
+
+def vm_page_wakeup(vm, page: VMPage):
+    """PAGE_WAKEUP_DONE: the page is no longer busy; whoever waits for it runs."""
+    page.busy = False
+    if page.wanted:
+        page.wanted = False
+        vm.k.sched.thread_wakeup(page)

@@ -1,4 +1,5 @@
-"""The pageout daemon (GNU Mach vm/vm_pageout.c).  Its policy is the experiment; this
+"""The pageout daemon (GNU Mach vm/vm_pageout.c): how pages go back to their pager
+(vm_pageout_setup, vm_pageout_page), and the daemon.  Its policy is the experiment; this
 file holds the ``classic`` policy (GNU Mach as of 2011):
 
 - free target 15 + free/80, free min 10 + free/100 (both plus the reserve), reserve 50;
@@ -13,16 +14,97 @@ file holds the ``classic`` policy (GNU Mach as of 2011):
 
 from __future__ import annotations
 
-from kernel import memory_object as MOK
+from kernel import memory_object_user as MOU
 from kernel.sched_prim import Sleep
-from kernel.vm_init import PAGEOUT_EVENT
+from kernel.vm_object import VMObject, pages_of, vm_object_pager_create
+from kernel.vm_page import (
+    PAGEOUT_EVENT,
+    vm_page_free,
+    vm_page_grab,
+    vm_page_insert,
+)
 from protocol.vm_param import PAGE_SIZE
 
+DATA_WRITE_MAX = 32  # pages in one data_return (memory_object.c)
 VM_PAGE_FREE_RESERVED = 50
 BURST_MAX = 10
 BURST_MIN = 5
 BURST_WAIT = 0.010  # per page of a burst
 EMPTY_WAIT = 0.075
+
+
+def vm_pageout_setup(vm, run, move: bool):
+    """vm_pageout_setup for the pages of one data_return: they go out in a new internal
+    object (the laundry), moved out of their object when flushed, copied when the
+    kernel keeps them.  They stay wired, counted as laundry, until the pager
+    deallocates them.  None if no frame is left for a copy (the data still travels in
+    the message)."""
+    lobj = VMObject(len(run) * PAGE_SIZE, internal=True, label="laundry")
+    mem = vm.mem
+    for i, p in enumerate(run):
+        if move:
+            del p.object.resident[p.offset]
+            q = p
+            q.dirty = q.precious = False
+            q.page_lock = q.unlock_request = 0
+        else:
+            q = vm_page_grab(vm, privileged=True)
+            if q is None:
+                for r in list(lobj.resident.values()):
+                    vm_page_free(vm, r)
+                return None
+            mem.write(q, mem.data(p))
+        vm_page_insert(q, lobj, i * PAGE_SIZE)
+        q.laundry = True
+        mem.vm_page_wire(q)
+        if vm.pageout is not None:
+            vm.pageout.laundry += 1
+    vm.stats["laundered"] += len(run)
+    vm.objects += 1
+    return lobj
+
+
+def vm_pageout_pages(vm, obj, offset, size, flush: bool, only_dirty: bool,
+                     cluster: int = DATA_WRITE_MAX) -> int:
+    """vm_pageout_page for the dirty (and, unless only_dirty, precious) resident pages
+    of a range (``size`` None: to the last page), contiguous pages batched into
+    data_returns of up to ``cluster`` pages (as memory_object_lock_request's
+    PAGEOUT_PAGES); flushed pages are freed, the others are cleaned.  Returns the
+    number of pages sent."""
+    if size is None:
+        size = max([o for o in obj.resident] + [0]) + PAGE_SIZE
+    mem = vm.mem
+    run_off, run = None, []
+    sent = 0
+
+    def flush_run():
+        nonlocal run_off, run, sent
+        if run:
+            data = b"".join(mem.read(p) for p in run)
+            dirty = any(p.dirty for p in run)
+            laundry = vm_pageout_setup(vm, run, move=flush)
+            MOU.memory_object_data_return(vm.k, obj, run_off, data, dirty,
+                                          kernel_copy=not flush, laundry=laundry)
+            sent += len(run)
+            if not flush:
+                for p in run:
+                    p.dirty = False
+                    p.potentially_dirty = False
+                    mem.vm_page_deactivate(p)
+        run_off, run = None, []
+
+    for p in list(pages_of(obj, offset, size)):
+        if p.busy or p.absent or p.error:
+            continue
+        if not (p.dirty or (p.precious and not only_dirty)):
+            continue
+        if run and (p.offset != run_off + len(run) * PAGE_SIZE or len(run) >= cluster):
+            flush_run()
+        if not run:
+            run_off = p.offset
+        run.append(p)
+    flush_run()
+    return sent
 
 
 class ClassicPageout:
@@ -108,7 +190,7 @@ class ClassicPageout:
                 self.stats["reactivated"] += 1
                 continue
             if not (page.dirty or page.precious):
-                vm.page_free(page)
+                vm_page_free(vm, page)
                 self.stats["freed_clean"] += 1
                 continue
             if not self.launder(page):
@@ -128,7 +210,7 @@ class ClassicPageout:
             if vm.default_pager is None or not vm.default_pager.active:
                 self.stats["no_default_pager"] += 1
                 return False
-            MOK.memory_object_create(vm.k, obj, vm.default_pager)
+            vm_object_pager_create(vm, obj, vm.default_pager)
         cluster = max(1, vm.config.data_return_cluster)
         start = page.offset
         if cluster > 1:
@@ -137,8 +219,8 @@ class ClassicPageout:
                 if q.busy or q.absent or not (q.dirty or q.precious) or q.queue != page.queue:
                     break
                 start -= PAGE_SIZE
-        n = vm.return_pages(obj, start, cluster * PAGE_SIZE, flush=True, only_dirty=False,
-                            cluster=cluster)
+        n = vm_pageout_pages(vm, obj, start, cluster * PAGE_SIZE, flush=True,
+                             only_dirty=False, cluster=cluster)
         vm.mem.stats["pageouts"] += n
         self.stats["returned"] += n
         if obj.internal:

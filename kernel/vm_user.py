@@ -8,12 +8,40 @@ they finish at once and reply like any other kernel routine.
 from __future__ import annotations
 
 from kernel.vm_fault import vm_fault_range
+from kernel.vm_object import vm_object_deallocate, vm_object_enter
 from protocol import message as M
 from protocol.defs import mach as MD
 from protocol.kern_return import KernReturn as K
 from protocol.kern_return import MachError
 from protocol.mig import Demux
 from protocol.vm_param import PAGE_SIZE, round_page, trunc_page
+
+
+def vm_statistics(vm) -> dict:
+    """vm_statistics: vm_statistics_data_t plus machemu's counters."""
+    mem = vm.mem
+    c = mem.counts()
+    s = mem.stats
+    dirty = sum(1 for p in mem.pages if p.dirty and p.object is not None)
+    pageout = vm.pageout
+    return {
+        "pagesize": PAGE_SIZE, "free_count": c["free"], "active_count": c["active"],
+        "inactive_count": c["inactive"], "wire_count": c["wired"],
+        "transit_count": c["transit"], "zero_fill_count": s["zero_fill_count"],
+        "reactivations": s["reactivations"], "pageins": s["pageins"],
+        "pageouts": s["pageouts"], "faults": s["faults"], "cow_faults": s["cow_faults"],
+        "lookups": vm.cache.lookups, "hits": vm.cache.hits,
+        "physical_pages": mem.npages, "dirty_count": dirty,
+        "potentially_dirty": pageout.potentially_dirty if pageout else 0,
+        "laundry_count": pageout.laundry if pageout else 0,
+        "laundered": vm.stats["laundered"], "ool_regions": vm.stats["ool_regions"],
+        "data_returns": vm.stats["memory_object_data_return"],
+        "data_return_pages": vm.stats["data_return_pages"],
+        "data_requests": vm.stats["memory_object_data_request"],
+        "data_unlocks": vm.stats["memory_object_data_unlock"],
+        "objects": vm.objects, "cached_objects": len(vm.cache),
+        "page_waits": vm.stats["page_waits"],
+    }
 
 
 def fail(code):
@@ -112,8 +140,8 @@ def make_handlers(k) -> Demux:
                 e.inheritance, bool(e.is_shared or (obj is not None and obj.ref_count > 1)),
                 0, e.offset)
 
-    def vm_statistics(task):
-        s = vm.statistics()
+    def statistics(task):
+        s = vm_statistics(vm)
         s["map_entries"] = task.map.nentries
         s["pageout"] = dict(vm.pageout.stats)
         return s
@@ -138,19 +166,19 @@ def make_handlers(k) -> Demux:
             found, _ = task.map.vm_map_lookup_entry(a)
             if found:
                 fail(K.KERN_NO_SPACE)
-        obj = vm.object_enter(port, offset + size)
+        obj = vm_object_enter(vm, port, offset + size)
         k.consume_descs()  # the object holds the pager right now
         try:
             return task.map.vm_map_enter(None if anywhere else trunc_page(address), size,
                                          obj, offset, cur_protection, max_protection,
                                          inheritance, mask)
         except MachError:
-            vm.object_deallocate(obj)
+            vm_object_deallocate(vm, obj)
             raise
 
     return Demux({
         MD.vm_allocate: vm_allocate, MD.vm_deallocate: vm_deallocate,
         MD.vm_protect: vm_protect, MD.vm_inherit: vm_inherit, MD.vm_read: vm_read,
         MD.vm_write: vm_write, MD.vm_copy: vm_copy, MD.vm_region: vm_region,
-        MD.vm_statistics: vm_statistics, MD.vm_map: vm_map,
+        MD.vm_statistics: statistics, MD.vm_map: vm_map,
     })

@@ -4,20 +4,24 @@ A message crosses ZeroMQ as frames: a small msgpack header, a msgpack body, then
 frame per out-of-line datum.  The kernel decodes and rewrites only the header: names and
 rights are per task.  A body addressed to a task's port is forwarded untouched.
 
-Task -> kernel header (a msgpack array):
+Task -> kernel header (a msgpack array), a trap; its fields are read by the H_* indices:
     [OP_MSG, thread, seq, option, send_timeout_ms, rcv_name, rcv_timeout_ms,
      msgh_id, remote_name, remote_disp, local_name, local_disp, descs(, dealloc)]
     ``dealloc`` (optional): [address, size, ...] of out-of-line regions the task is done
     with; the kernel vm_deallocates them before the trap (the runtime's way of doing
     what a C program does with vm_deallocate after using received data).
     [OP_HELLO, thread, seq, pid, task_name, role]
+    [OP_REPLY_PORT, thread, seq]                                      (mach_reply_port)
     [OP_HEARTBEAT]
     [OP_BYE]
-Kernel -> task header:
-    [K_RESULT, thread, seq, code]                                    (send done / error)
+Kernel -> task header, an answer; its fields are read by the A_* indices:
+    [K_RESULT, thread, seq, code(, value)]    (send done / error; value: a trap's result)
     [K_MSG, thread, seq, 0, msgh_id, remote_name, remote_type,
      local_name, local_type, descs, msgh_seqno, ool_addrs]            (a received message)
     [K_HELLO, thread, seq, code, task_self, host, name_server, task_id]
+    [K_DISCONNECT, 0, 0, code]                          (the kernel dropped this task)
+    [K_BATCH, n1, n2, ...]  then n1 frames of the first answer, n2 of the second...
+Thread 0 is the task's I/O thread: heartbeat answers and K_DISCONNECT go to it.
 
 ``descs`` is a flat list ``[name, disposition, name, disposition, ...]`` naming the port
 rights carried in the body's port fields, in order.  In a received message each
@@ -89,10 +93,56 @@ OP_MSG = 1
 OP_HELLO = 2
 OP_HEARTBEAT = 3
 OP_BYE = 4
+OP_REPLY_PORT = 5  # the mach_reply_port trap
 # Wire kinds, kernel -> task.
 K_RESULT = 1
 K_MSG = 2
 K_HELLO = 3
+K_DISCONNECT = 4  # the kernel dropped this task
+K_BATCH = 5  # several answers in one message
+
+# Header fields.  Module-level integers, so that reading a field by name costs what a
+# literal index does on the kernel's per-message path.
+H_OP = 0  # every trap: OP_*
+H_THREAD = 1  # the sending thread (0: the runtime's I/O thread)
+H_SEQ = 2  # the thread's trap number: the answer carries it back
+# OP_MSG
+H_OPTION = 3
+H_SEND_TIMEOUT = 4
+H_RCV_NAME = 5
+H_RCV_TIMEOUT = 6
+H_ID = 7  # msgh_id
+H_REMOTE = 8  # msgh_remote_port: the destination
+H_REMOTE_DISP = 9
+H_LOCAL = 10  # msgh_local_port: the reply port
+H_LOCAL_DISP = 11
+H_DESCS = 12
+H_DEALLOC = 13  # optional
+# OP_HELLO
+H_PID = 3
+H_TASK_NAME = 4
+H_ROLE = 5
+
+A_KIND = 0  # every answer: K_*
+A_THREAD = 1
+A_SEQ = 2
+A_CODE = 3  # K_RESULT, K_HELLO, K_DISCONNECT (0 in K_MSG)
+A_VALUE = 4  # K_RESULT, optional: the trap's result (mach_reply_port: the name)
+A_COUNTS = 1  # K_BATCH: the first frame count
+# K_MSG
+A_ID = 4
+A_REMOTE = 5  # msgh_remote_port: the reply right
+A_REMOTE_TYPE = 6
+A_LOCAL = 7  # msgh_local_port: the port received on
+A_LOCAL_TYPE = 8
+A_DESCS = 9
+A_SEQNO = 10
+A_OOL_ADDRS = 11
+# K_HELLO
+A_TASK_SELF = 4
+A_HOST = 5
+A_NAME_SERVER = 6
+A_TASK_ID = 7
 
 # Bounds every peer is held to.
 MAX_FRAMES = 2 + 8  # header, body, at most 8 out-of-line frames

@@ -214,29 +214,40 @@ class Routine:
     # -------- encoding (either side)
 
     @staticmethod
-    def _encode(flds, split, values, what):
+    def _encode(flds, split, values, what, rights):
         body_idx, port_idx, ool_idx = split
         if len(values) != len(flds):
             raise TypeError(f"{what} takes {len(flds)} arguments, got {len(values)}")
         body = [flds[i].type.wire(values[i]) for i in body_idx]
         descs = []
         for i in port_idx:
-            disp = flds[i].type.disposition
             v = values[i]
-            if disp is None:
-                v, disp = v
-            descs.append((v, disp))
+            if not rights:
+                disp = flds[i].type.disposition
+                if disp is None:
+                    v, disp = v
+                v = (v, disp)
+            descs.append(v)
         ool = [values[i] for i in ool_idx]
         return body, descs, ool
 
-    def encode_request(self, args) -> tuple[bytes, list, list]:
-        body, descs, ool = self._encode(self.request, self._req, args, self.name)
+    def encode_request(self, args, rights: bool = False) -> tuple[bytes, list, list]:
+        """The request for ``args`` (in field order): (msgpack body, port descriptors,
+        OOL frames).  A port field is a name, sent with the field's disposition, or for
+        a polymorphic field a (name, disposition) pair.  With ``rights`` every port field
+        is a (right, type) pair carried as it is: the kernel sends rights it holds and
+        has made, not names."""
+        body, descs, ool = self._encode(self.request, self._req, args, self.name, rights)
         return M.packb(body), descs, ool
 
-    def encode_reply(self, code: int, values=()) -> tuple[bytes, list, list]:
+    def encode_reply(self, code: int, values=(), rights: bool = False
+                     ) -> tuple[bytes, list, list]:
+        """The reply: RetCode ``code`` and, on success, the reply fields ``values``
+        (port fields as for encode_request)."""
         if code != KernReturn.KERN_SUCCESS:
-            return M.packb([int(code)]), [], []
-        body, descs, ool = self._encode(self.reply, self._rep, values, self.name + " reply")
+            return encode_error_reply(code), [], []
+        body, descs, ool = self._encode(self.reply, self._rep, values, self.name + " reply",
+                                        rights)
         return M.packb([0, *body]), descs, ool
 
     # -------- decoding with checks (either side)
@@ -387,6 +398,12 @@ class Demux:
             raise TypeError(f"handler for {rt.name} returned {len(vals)} values, "
                             f"the routine replies with {len(rt.reply)}")
         return rt, KernReturn.KERN_SUCCESS, vals
+
+
+def encode_error_reply(code: int) -> bytes:
+    """The body of an error reply: the RetCode alone (also for a request no routine
+    serves, MIG_BAD_ID)."""
+    return M.packb([int(code)])
 
 
 def bad_id_reply_id(msgh_id: int) -> int:

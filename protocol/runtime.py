@@ -44,9 +44,6 @@ if not structlog.is_configured():
 
 log = structlog.get_logger("runtime")
 
-OP_REPLY_PORT = 5  # the mach_reply_port trap
-K_DISCONNECT = 4  # the kernel dropped this task
-K_BATCH = 5  # several answers in one message
 _EMPTY = object()
 _LEAD = object()  # mailbox token: the reader role is yours
 
@@ -108,12 +105,13 @@ class TaskRuntime:
         try:
             hdr, _ = self._trap([M.OP_HELLO, None, None, os.getpid(), name, role], b"", (),
                                 wait=connect_timeout)
-            if hdr[3] != 0:
-                raise MachError(hdr[3], "task hello")
+            if hdr[M.A_CODE] != 0:
+                raise MachError(hdr[M.A_CODE], "task hello")
         except BaseException:
             self.close(say_bye=False)
             raise
-        self.task_self, self.host, self.name_server, self.task_id = hdr[4:8]
+        self.task_self, self.host, self.name_server, self.task_id = (
+            hdr[M.A_TASK_SELF], hdr[M.A_HOST], hdr[M.A_NAME_SERVER], hdr[M.A_TASK_ID])
 
     # ------------------------------------------------------------ threads
 
@@ -134,10 +132,10 @@ class TaskRuntime:
         """mig_get_reply_port: this thread's reply port, made with mach_reply_port."""
         self._thread()
         if not self._tls.reply_port:
-            hdr, _ = self._trap([OP_REPLY_PORT, None, None], b"", ())
-            if hdr[3] != 0:
-                raise MachError(hdr[3], "mach_reply_port")
-            self._tls.reply_port = hdr[4]
+            hdr, _ = self._trap([M.OP_REPLY_PORT, None, None], b"", ())
+            if hdr[M.A_CODE] != 0:
+                raise MachError(hdr[M.A_CODE], "mach_reply_port")
+            self._tls.reply_port = hdr[M.A_VALUE]
         return self._tls.reply_port
 
     def drop_reply_port(self):
@@ -186,7 +184,7 @@ class TaskRuntime:
             raise KernelGone(MachMsgReturn.MACH_SEND_INVALID_DEST, "kernel gone")
         tid, box = self._thread()
         seq = next(self._seq)
-        hdr[1], hdr[2] = tid, seq
+        hdr[M.H_THREAD], hdr[M.H_SEQ] = tid, seq
         self._send_frames([M.packb(hdr), body, *ool])
         deadline = None if wait is None else time.monotonic() + wait
         return self._await(tid, box, seq, deadline)
@@ -238,7 +236,7 @@ class TaskRuntime:
     def _check(self, item, seq):
         if item is None:
             raise KernelGone(MachMsgReturn.MACH_SEND_INVALID_DEST, "kernel gone")
-        if item[0][2] == seq:
+        if item[0][M.A_SEQ] == seq:
             return item
         return None  # an answer to an earlier trap this thread gave up on
 
@@ -252,7 +250,7 @@ class TaskRuntime:
             with self._lock:
                 while readable(sock):
                     item = self._dispatch(recv_frames(sock), tid)
-                    if item is not None and item[0][2] == seq:
+                    if item is not None and item[0][M.A_SEQ] == seq:
                         mine = item
                         break
                 pending = readable(sock)
@@ -322,10 +320,10 @@ class TaskRuntime:
                 del self._dealloc[:2 * M.MAX_OOL_DEALLOC]
             hdr.append(regions)
         rhdr, frames = self._trap(hdr, body, ool)
-        if rhdr[0] != M.K_MSG:
-            return rhdr[3], None
-        d = rhdr[9]
-        addrs = rhdr[11] if len(rhdr) > 11 else ()
+        if rhdr[M.A_KIND] != M.K_MSG:
+            return rhdr[M.A_CODE], None
+        d = rhdr[M.A_DESCS]
+        addrs = rhdr[M.A_OOL_ADDRS] if len(rhdr) > M.A_OOL_ADDRS else ()
         if addrs:
             # The data is in the frames; the region the kernel mapped for it goes back
             # with this task's next trap, as a C program would vm_deallocate it.
@@ -334,10 +332,11 @@ class TaskRuntime:
                     if addr:
                         self._dealloc += (addr, len(frame))
         return 0, M.Message(
-            msgh_id=rhdr[4], remote_port=rhdr[5], remote_disp=rhdr[6],
-            local_port=rhdr[7], local_disp=rhdr[8],
+            msgh_id=rhdr[M.A_ID], remote_port=rhdr[M.A_REMOTE],
+            remote_disp=rhdr[M.A_REMOTE_TYPE], local_port=rhdr[M.A_LOCAL],
+            local_disp=rhdr[M.A_LOCAL_TYPE],
             descs=[(d[i], d[i + 1]) for i in range(0, len(d), 2)],
-            body=frames[1], ool=frames[2:], seqno=rhdr[10], ool_addrs=list(addrs))
+            body=frames[1], ool=frames[2:], seqno=rhdr[M.A_SEQNO], ool_addrs=list(addrs))
 
     def send(self, msg: M.Message, timeout: float | None = None):
         code, _ = self.mach_msg(M.MACH_SEND_MSG, msg, send_timeout=timeout)
@@ -393,15 +392,15 @@ class TaskRuntime:
         self._last_kernel = time.monotonic()
         try:
             hdr = M.unpackb(frames[0])
-            kind = hdr[0]
+            kind = hdr[M.A_KIND]
         except Exception:
             log.warning("bad frame from kernel")
             return None
-        if kind != K_BATCH:
+        if kind != M.K_BATCH:
             return self._route(hdr, frames, reader_tid)
         mine = None
         i = 1
-        for count in hdr[1:]:
+        for count in hdr[M.A_COUNTS:]:
             part = frames[i:i + count]
             i += count
             try:
@@ -415,9 +414,9 @@ class TaskRuntime:
         return mine
 
     def _route(self, hdr, frames, reader_tid):
-        tid = hdr[1]
+        tid = hdr[M.A_THREAD]
         if tid == 0:
-            if hdr[0] == K_DISCONNECT:
+            if hdr[M.A_KIND] == M.K_DISCONNECT:
                 self._kernel_gone()
             return None  # heartbeat answer
         item = (hdr, frames)

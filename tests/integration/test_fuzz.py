@@ -34,8 +34,6 @@ from protocol.runtime import TaskRuntime
 
 pytestmark = pytest.mark.timeout(120)
 
-K_DISCONNECT = 4
-OP_REPLY_PORT = 5
 SEND_DISPS = (17, 18, 19, 20, 21)
 N_PER_TEST = 1300  # 8 tests: 10,400 cases
 
@@ -78,13 +76,14 @@ class Fuzzer:
         self.sock.send_multipart([M.packb([M.OP_HELLO, 1, seq, os.getpid(), "fuzz", "task"]),
                                   b""])
         hdr, _ = self.recv()
-        assert hdr[0] == M.K_HELLO and hdr[2] == seq and hdr[3] == 0, hdr
-        self.task_self, self.host, self.name_server = hdr[4:7]
+        assert hdr[M.A_KIND] == M.K_HELLO and hdr[M.A_SEQ] == seq and hdr[M.A_CODE] == 0, hdr
+        self.task_self, self.host, self.name_server = (
+            hdr[M.A_TASK_SELF], hdr[M.A_HOST], hdr[M.A_NAME_SERVER])
         seq = self.next_seq()
-        self.sock.send_multipart([M.packb([OP_REPLY_PORT, 1, seq])])
+        self.sock.send_multipart([M.packb([M.OP_REPLY_PORT, 1, seq])])
         hdr, _ = self.recv()
-        assert hdr[0] == M.K_RESULT and hdr[2] == seq and hdr[3] == 0, hdr
-        self.reply = hdr[4]
+        assert hdr[M.A_KIND] == M.K_RESULT and hdr[M.A_SEQ] == seq and hdr[M.A_CODE] == 0, hdr
+        self.reply = hdr[M.A_VALUE]
 
     @property
     def own_names(self):
@@ -95,17 +94,17 @@ class Fuzzer:
         self.cases += 1
         self.sock.send_multipart(frames, copy=True)
         hdr, rest = self.recv()
-        kind = hdr[0]
-        if kind == K_DISCONNECT:
-            assert hdr[3] != 0, hdr
+        kind = hdr[M.A_KIND]
+        if kind == M.K_DISCONNECT:
+            assert hdr[M.A_CODE] != 0, hdr
             self.disconnects += 1
             self.hello()
             return "disconnect"
         if seq is not None:
-            assert hdr[2] == seq, (hdr, seq)
+            assert hdr[M.A_SEQ] == seq, (hdr, seq)
         if kind == M.K_RESULT:
-            assert hdr[3] != 0, f"malformed case accepted: {hdr}"
-            return hdr[3]
+            assert hdr[M.A_CODE] != 0, f"malformed case accepted: {hdr}"
+            return hdr[M.A_CODE]
         assert kind == M.K_MSG, hdr
         body = M.unpackb(rest[0])
         assert type(body) is list and len(body) == 1 and body[0] != 0, (hdr, body)
@@ -128,15 +127,15 @@ def could_be_legit(frames, fz: Fuzzer) -> bool:
         h = M.unpackb(frames[0])
     except Exception:
         return False
-    if type(h) is not list or not h or type(h[0]) is not int:
+    if type(h) is not list or not h or type(h[M.H_OP]) is not int:
         return False
-    op = h[0]
+    op = h[M.H_OP]
     if op in (M.OP_HEARTBEAT, M.OP_BYE):
         return len(h) == 1
-    if op in (M.OP_HELLO, OP_REPLY_PORT):
+    if op in (M.OP_HELLO, M.OP_REPLY_PORT):
         return True  # too close to a valid request to call
     if op == M.OP_MSG:
-        return (len(h) == 13 and type(h[1]) is int and type(h[2]) is int
+        return (len(h) == M.H_DESCS + 1 and type(h[M.H_THREAD]) is int and type(h[M.H_SEQ]) is int
                 and check_msg_header(h))
     return False
 
@@ -203,7 +202,7 @@ def test_wrong_types_in_header_fields(fuzz):
         elif op == "hello":
             h = [M.OP_HELLO, 1, seq, os.getpid(), "fuzz", "task"]
         else:
-            h = [OP_REPLY_PORT, 1, seq]
+            h = [M.OP_REPLY_PORT, 1, seq]
         field = field % len(h)
         if field == 0:
             field = 1
@@ -228,39 +227,39 @@ def test_out_of_range_and_oversized(fuzz):
         h = fz.msg_header(seq)
         body, extra = M.packb([]), []
         if what == "option":
-            h[3] = 2**32 + k
+            h[M.H_OPTION] = 2**32 + k
         elif what == "send_timeout":
-            h[4] = M.MAX_TIMEOUT_MS + 1 + k if k % 2 else -2 - k
+            h[M.H_SEND_TIMEOUT] = M.MAX_TIMEOUT_MS + 1 + k if k % 2 else -2 - k
         elif what == "rcv_timeout":
-            h[3] = M.MACH_RCV_MSG | M.MACH_RCV_TIMEOUT
-            h[6] = M.MAX_TIMEOUT_MS + 1 + k if k % 2 else -2 - k
+            h[M.H_OPTION] = M.MACH_RCV_MSG | M.MACH_RCV_TIMEOUT
+            h[M.H_RCV_TIMEOUT] = M.MAX_TIMEOUT_MS + 1 + k if k % 2 else -2 - k
         elif what == "rcv":
-            h[5] = 2**32 + k if k % 2 else -1 - k
+            h[M.H_RCV_NAME] = 2**32 + k if k % 2 else -1 - k
         elif what == "msgh_id":
-            h[7] = 2**31 + k if k % 2 else -(2**31) - 1 - k
+            h[M.H_ID] = 2**31 + k if k % 2 else -(2**31) - 1 - k
         elif what == "remote":
-            h[8] = 2**32 + k if k % 2 else -1 - k
+            h[M.H_REMOTE] = 2**32 + k if k % 2 else -1 - k
         elif what == "rdisp":
-            h[9] = 256 + k if k % 2 else -1 - k
+            h[M.H_REMOTE_DISP] = 256 + k if k % 2 else -1 - k
         elif what == "local":
-            h[10] = 2**32 + k
+            h[M.H_LOCAL] = 2**32 + k
         elif what == "ldisp":
-            h[11] = 256 + k
+            h[M.H_LOCAL_DISP] = 256 + k
         elif what == "desc_name":
-            h[12] = [2**32 + k, 19]
+            h[M.H_DESCS] = [2**32 + k, 19]
         elif what == "desc_disp":
-            h[12] = [fz.task_self, 256 + k]
+            h[M.H_DESCS] = [fz.task_self, 256 + k]
         elif what == "odd_descs":
-            h[12] = [fz.task_self] * (2 * (k % 10) + 1)
+            h[M.H_DESCS] = [fz.task_self] * (2 * (k % 10) + 1)
         elif what == "big_header":
-            h[7] = 1000
+            h[M.H_ID] = 1000
             h.append("x" * (M.MAX_HEADER_BYTES + k % 1000))
         elif what == "big_body":
             body = b"\x00" * (M.MAX_BODY_BYTES + 1 + k % 100)
         elif what == "tid":
-            h[1] = 0 if k % 2 else M.THREAD_MAX + 1 + k
+            h[M.H_THREAD] = 0 if k % 2 else M.THREAD_MAX + 1 + k
         elif what == "seq":
-            h[2] = -1 - k
+            h[M.H_SEQ] = -1 - k
         elif what == "hello_name":
             h = [M.OP_HELLO, 1, seq, os.getpid(), "n" * (129 + k % 1000), "task"]
         elif what == "hello_pid":
@@ -294,32 +293,32 @@ def test_forged_names_and_wrong_rights(fuzz):
         h = fz.msg_header(seq, option=option, rcv=fz.reply, rcv_timeout=5000, msgh_id=3299)
         expect = None
         if what == "dest":
-            h[8], h[9] = name, disp
+            h[M.H_REMOTE], h[M.H_REMOTE_DISP] = name, disp
             expect = R.MACH_SEND_INVALID_DEST
         elif what == "desc":
-            h[12] = [fz.task_self, 19, name, disp]
+            h[M.H_DESCS] = [fz.task_self, 19, name, disp]
             expect = R.MACH_SEND_INVALID_RIGHT
         elif what == "reply":
-            h[10], h[11] = name, disp
+            h[M.H_LOCAL], h[M.H_LOCAL_DISP] = name, disp
             expect = R.MACH_SEND_INVALID_REPLY
         elif what == "wrong_dest_kind":
             # task_self is a send right: no receive right to make rights from, and no
             # send-once right; the reply port is a receive right only.
-            h[8], h[9] = [(fz.task_self, 18), (fz.task_self, 20), (fz.task_self, 21),
+            h[M.H_REMOTE], h[M.H_REMOTE_DISP] = [(fz.task_self, 18), (fz.task_self, 20), (fz.task_self, 21),
                           (fz.reply, 17), (fz.reply, 18), (fz.reply, 19)][anydisp % 6]
             expect = R.MACH_SEND_INVALID_DEST
         elif what == "wrong_desc_kind":
-            h[12] = [[(fz.task_self, 16), (fz.task_self, 18), (fz.task_self, 20),
+            h[M.H_DESCS] = [[(fz.task_self, 16), (fz.task_self, 18), (fz.task_self, 20),
                       (fz.task_self, 21), (fz.reply, 17), (fz.reply, 18),
                       (fz.reply, 19)][anydisp % 7]]
-            h[12] = list(h[12][0])
+            h[M.H_DESCS] = list(h[M.H_DESCS][0])
             expect = R.MACH_SEND_INVALID_RIGHT
         elif what == "wrong_reply_kind":
-            h[10], h[11] = [(fz.task_self, 18), (fz.task_self, 20), (fz.task_self, 21),
+            h[M.H_LOCAL], h[M.H_LOCAL_DISP] = [(fz.task_self, 18), (fz.task_self, 20), (fz.task_self, 21),
                             (fz.reply, 17), (fz.reply, 19)][anydisp % 5]
             expect = R.MACH_SEND_INVALID_REPLY
         elif what == "dead_dest":
-            h[8], h[9] = (M.MACH_PORT_NULL, M.MACH_PORT_DEAD)[anydisp % 2], disp
+            h[M.H_REMOTE], h[M.H_REMOTE_DISP] = (M.MACH_PORT_NULL, M.MACH_PORT_DEAD)[anydisp % 2], disp
             expect = R.MACH_SEND_INVALID_DEST
         elif what == "receive_forged":
             h = fz.msg_header(seq, option=M.MACH_RCV_MSG | M.MACH_RCV_TIMEOUT, rcv=name,
@@ -327,7 +326,7 @@ def test_forged_names_and_wrong_rights(fuzz):
             expect = R.MACH_RCV_INVALID_NAME
         elif what == "bad_desc_disp":
             assume(anydisp not in M.DISPOSITIONS)
-            h[12] = [fz.task_self, anydisp]
+            h[M.H_DESCS] = [fz.task_self, anydisp]
             expect = R.MACH_SEND_INVALID_TYPE
         code = fz.case([M.packb(h), M.packb([])], seq)
         assert code == expect, (what, h, code)
@@ -348,17 +347,17 @@ def test_bad_dispositions_and_descriptor_lists(fuzz):
         h = fz.msg_header(seq)
         if what == "rdisp":
             assume(d not in SEND_DISPS)
-            h[9] = d
+            h[M.H_REMOTE_DISP] = d
         elif what == "ldisp":
             assume(d not in SEND_DISPS)
-            h[10], h[11] = fz.reply, d
+            h[M.H_LOCAL], h[M.H_LOCAL_DISP] = fz.reply, d
         elif what == "many_descs":  # more than MAX_DESCRIPTORS
             n = M.MAX_DESCRIPTORS + 1 + count % 200
-            h[12] = [fz.task_self, 19] * n
+            h[M.H_DESCS] = [fz.task_self, 19] * n
         elif what == "huge_descs":  # so many the header itself is oversized
-            h[12] = [fz.task_self, 19] * (M.MAX_HEADER_BYTES + count)
+            h[M.H_DESCS] = [fz.task_self, 19] * (M.MAX_HEADER_BYTES + count)
         else:
-            h[12] = [{"a": 1}, "x", None, 1.5, b"x"][count % 5]
+            h[M.H_DESCS] = [{"a": 1}, "x", None, 1.5, b"x"][count % 5]
         fz.case([M.packb(h), M.packb([])], seq)
 
     run()
@@ -420,8 +419,8 @@ def test_kernel_ports_with_bad_bodies(fuzz):
         fz.sock.send_multipart([M.packb(h), body, *ool])
         fz.cases += 1
         hdr, rest = fz.recv()
-        assert hdr[0] == M.K_MSG and hdr[2] == seq, hdr
-        assert hdr[4] == reply_id, (hdr, reply_id)
+        assert hdr[M.A_KIND] == M.K_MSG and hdr[M.A_SEQ] == seq, hdr
+        assert hdr[M.A_ID] == reply_id, (hdr, reply_id)
         assert M.unpackb(rest[0]) == [expect]
         assert msgh_id in all_ids or unknown_id
 
@@ -436,11 +435,11 @@ def test_not_a_task_and_mixed_sequences(fuzz, kernel):
     s.setsockopt(zmq.LINGER, 0)
     s.connect(kernel)
     try:
-        for h in ([M.OP_MSG, 1, 1] + [0] * 10, [M.OP_HEARTBEAT], [M.OP_BYE], [OP_REPLY_PORT, 1, 1]):
+        for h in ([M.OP_MSG, 1, 1] + [0] * 10, [M.OP_HEARTBEAT], [M.OP_BYE], [M.OP_REPLY_PORT, 1, 1]):
             s.send_multipart([M.packb(h), b""])
             assert s.poll(10000)
             r = M.unpackb(s.recv_multipart()[0])
-            assert r[0] == K_DISCONNECT and r[3] != 0
+            assert r[M.A_KIND] == M.K_DISCONNECT and r[M.A_CODE] != 0
     finally:
         s.close(linger=0)
         ctx.term()

@@ -17,7 +17,6 @@ import psutil
 import pytest
 import zmq
 
-from kernel.main import K_BATCH
 from protocol import message as M
 from protocol.defs import mach_port as P
 from protocol.defs import machemu as X
@@ -152,10 +151,10 @@ def test_flood_blocked_senders_bounded_kernel_memory(kernel, tasks, procs):
 def split_answers(frames):
     """The kernel sends several answers to one task as one K_BATCH message."""
     hdr = M.unpackb(frames[0])
-    if hdr[0] != K_BATCH:
+    if hdr[M.A_KIND] != M.K_BATCH:
         return [frames]
     out, i = [], 1
-    for count in hdr[1:]:
+    for count in hdr[M.A_COUNTS:]:
         out.append(frames[i:i + count])
         i += count
     return out
@@ -193,12 +192,12 @@ def test_pipelined_sends_bounded_per_task(run_dir, procs):
             return M.unpackb(s.recv_multipart()[0])
 
         h = trap([M.packb([M.OP_HELLO, 1, 1, os.getpid(), "pipeliner", "task"]), b""])
-        ns = h[6]
-        rp = trap([M.packb([5, 1, 2])])[4]
+        ns = h[M.A_NAME_SERVER]
+        rp = trap([M.packb([M.OP_REPLY_PORT, 1, 2])])[M.A_VALUE]
         body, _, _ = NS.netname_look_up.encode_request(["", "sink"])
         r = trap([M.packb([M.OP_MSG, 1, 3, M.MACH_SEND_MSG | M.MACH_RCV_MSG, -1, rp, -1,
                            NS.netname_look_up.msgh_id, ns, 19, rp, 21, []]), body])
-        dest = r[9][0]
+        dest = r[M.A_DESCS][0]
         before = rss(kp.pid)
         n = 3000
         page = b"\x5a" * PAGE
@@ -211,7 +210,7 @@ def test_pipelined_sends_bounded_per_task(run_dir, procs):
         while got < expected:
             assert s.poll(20000)
             for ans in split_answers(s.recv_multipart()):
-                c = M.unpackb(ans[0])[3]
+                c = M.unpackb(ans[0])[M.A_CODE]
                 codes[c] = codes.get(c, 0) + 1
                 got += 1
         a = X.mach_port_get_attributes(sink.task_self, p, X.MACH_PORT_RECEIVE_STATUS, rt=sink)

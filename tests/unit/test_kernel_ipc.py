@@ -14,7 +14,7 @@ import pytest
 
 from kernel.ipc_port import IPCPort
 from kernel.ipc_space import T_DEAD_NAME, T_RECEIVE, T_SEND, T_SEND_ONCE, IPCSpace
-from kernel.main import K_DISCONNECT, OP_REPLY_PORT, Kernel
+from kernel.main import Kernel
 from protocol import message as M
 from protocol.defs import mach_port as P
 from protocol.defs import machemu as X
@@ -52,8 +52,9 @@ class KTask:
         self.k, self.ident, self.name = k, b"t" + uuid.uuid4().bytes, name
         self.seq = 0
         hdr = self._op([M.OP_HELLO, 1, 0, os.getpid(), name, "task"])
-        assert hdr[0] == M.K_HELLO and hdr[3] == 0
-        self.task_self, self.host, self.name_server, self.task_id = hdr[4:8]
+        assert hdr[M.A_KIND] == M.K_HELLO and hdr[M.A_CODE] == 0
+        self.task_self, self.host, self.name_server, self.task_id = (
+            hdr[M.A_TASK_SELF], hdr[M.A_HOST], hdr[M.A_NAME_SERVER], hdr[M.A_TASK_ID])
         self.task = k.tasks[self.ident]
         self._reply = 0
 
@@ -66,8 +67,8 @@ class KTask:
 
     def _op(self, hdr, *rest, tid=1):
         self.seq += 1
-        if len(hdr) > 2 and hdr[2] is None:
-            hdr[1], hdr[2] = tid, self.seq
+        if len(hdr) > M.H_SEQ and hdr[M.H_SEQ] is None:
+            hdr[M.H_THREAD], hdr[M.H_SEQ] = tid, self.seq
         n = len(self.frames())
         self.k.handle([self.ident, M.packb(hdr), *rest])
         new = self.frames()[n:]
@@ -82,21 +83,22 @@ class KTask:
         hdr = [M.OP_MSG, tid, None, option, send_timeout, rcv, rcv_timeout, msg.msgh_id,
                msg.remote_port, msg.remote_disp, msg.local_port, msg.local_disp, descs]
         self.seq += 1
-        hdr[2] = self.seq
+        hdr[M.H_SEQ] = self.seq
         n = len(self.frames())
         self.k.handle([self.ident, M.packb(hdr), msg.body, *msg.ool])
         # Only the answers to this trap (a trap may also wake other threads).
-        return [f for f in self.frames()[n:] if f[0][1] == tid and f[0][2] == self.seq]
+        return [f for f in self.frames()[n:]
+                if f[0][M.A_THREAD] == tid and f[0][M.A_SEQ] == self.seq]
 
     def send(self, msg, timeout=None, tid=1):
         """Returns the send's code, or None if the sender is now blocked."""
         opt = M.MACH_SEND_MSG | (M.MACH_SEND_TIMEOUT if timeout is not None else 0)
         out = self.trap(opt, msg, send_timeout=-1 if timeout is None else timeout, tid=tid)
-        return out[-1][0][3] if out else None
+        return out[-1][0][M.A_CODE] if out else None
 
     def answers(self, tid):
         """Frames this task got for thread ``tid``."""
-        return [f for f in self.frames() if f[0][1] == tid]
+        return [f for f in self.frames() if f[0][M.A_THREAD] == tid]
 
     def receive(self, name, timeout=0, tid=1):
         """A receive trap; returns ('msg', hdr, frames), ('code', code) or None (waiting)."""
@@ -106,15 +108,15 @@ class KTask:
         if not out:
             return None
         hdr = out[-1][0]
-        if hdr[0] == M.K_MSG:
+        if hdr[M.A_KIND] == M.K_MSG:
             return ("msg", hdr, out[-1][1:])
-        return ("code", hdr[3])
+        return ("code", hdr[M.A_CODE])
 
     def reply_port(self):
         if not self._reply:
-            hdr = self._op([OP_REPLY_PORT, None, None])
-            assert hdr[3] == 0
-            self._reply = hdr[4]
+            hdr = self._op([M.OP_REPLY_PORT, None, None])
+            assert hdr[M.A_CODE] == 0
+            self._reply = hdr[M.A_VALUE]
         return self._reply
 
     def call(self, routine, dest, *args):
@@ -123,10 +125,10 @@ class KTask:
         out = self.trap(M.MACH_SEND_MSG | M.MACH_RCV_MSG | M.MACH_RCV_TIMEOUT, msg,
                         rcv=self.reply_port(), rcv_timeout=0)
         hdr = out[-1][0]
-        if hdr[0] != M.K_MSG:
-            return hdr[3], None
-        assert hdr[4] == routine.reply_id, hdr
-        d = hdr[9]
+        if hdr[M.A_KIND] != M.K_MSG:
+            return hdr[M.A_CODE], None
+        assert hdr[M.A_ID] == routine.reply_id, hdr
+        d = hdr[M.A_DESCS]
         code, vals = routine.decode_reply(out[-1][1], d[0::2], out[-1][2:])
         return code, vals
 
@@ -177,7 +179,7 @@ def msg(dest, disp=COPY_SEND, msgh_id=1000, descs=(), local=0, ldisp=0, ool=()):
 def got(r, msgh_id=None):
     assert r is not None and r[0] == "msg", r
     if msgh_id is not None:
-        assert r[1][4] == msgh_id, r[1]
+        assert r[1][M.A_ID] == msgh_id, r[1]
     return r[1]
 
 
@@ -251,8 +253,8 @@ def _give_send(src: KTask, dst: KTask, name, copies=1, disp=COPY_SEND):
     for _ in range(copies):
         assert src.send(msg(qs, descs=[(name, disp)])) == 0
         h = got(dst.receive(q))
-        assert h[9][1] == M.MACH_MSG_TYPE_PORT_SEND
-        names.add(h[9][0])
+        assert h[M.A_DESCS][1] == M.MACH_MSG_TYPE_PORT_SEND
+        names.add(h[M.A_DESCS][0])
     assert len(names) == 1
     return names.pop()
 
@@ -323,7 +325,7 @@ def test_send_once_notification_when_send_once_right_destroyed(k):
     # a sends b a make-send-once right to n; b destroys it unused.
     assert a.send(msg(qa, descs=[(n, MAKE_SO)])) == 0
     h = got(b.receive(q))
-    so_name, so_type = h[9]
+    so_name, so_type = h[M.A_DESCS]
     assert so_type == M.MACH_MSG_TYPE_PORT_SEND_ONCE
     assert b.ptype(so_name) == M.MACH_PORT_TYPE_SEND_ONCE
     assert b.refs(so_name, SO) == 1
@@ -394,7 +396,7 @@ def test_port_destroyed_returns_the_receive_right(k):
     a.ok(P.mach_port_destroy, n)
     assert port.active and port.receiver is None  # in transit in the notification
     h = got(a.receive(nport), N.MACH_NOTIFY_PORT_DESTROYED)
-    new_name, typ = h[9]
+    new_name, typ = h[M.A_DESCS]
     assert typ == M.MACH_MSG_TYPE_PORT_RECEIVE
     assert a.space.lookup(new_name).object is port and port.receiver is a.space
     # the queued messages came with it
@@ -460,7 +462,7 @@ def test_qlimit_enforced_for_user_sends(k):
     assert a.attrs(n)["blocked_senders"] == 1
     assert a.answers(2) == []
     got(a.receive(n), 3000)
-    assert [f[0][3] for f in a.answers(2)] == [0]  # the blocked send completed
+    assert [f[0][M.A_CODE] for f in a.answers(2)] == [0]  # the blocked send completed
     at = a.attrs(n)
     assert at["msgcount"] == 5 and at["blocked_senders"] == 0
     # the kernel's own sends ignore the limit: a send-once notification lands
@@ -468,7 +470,7 @@ def test_qlimit_enforced_for_user_sends(k):
     q = b.port()
     qa = _transfer_send(b, a, q)
     assert a.send(msg(qa, descs=[(n, MAKE_SO)])) == 0
-    so_name = got(b.receive(q))[9][0]
+    so_name = got(b.receive(q))[M.A_DESCS][0]
     assert b.space.lookup(so_name).type == T_SEND_ONCE
     b.ok(P.mach_port_deallocate, so_name)
     assert a.attrs(n)["msgcount"] == 6
@@ -498,7 +500,7 @@ def test_set_qlimit_bounds_and_zero(k):
     assert (at["waiting_receivers"], at["blocked_senders"]) == (1, 1)
     # raising the limit admits the blocked sender, whose message goes to the receiver
     a.ok(P.mach_port_set_qlimit, n, 1)
-    assert [(f[0][0], f[0][4]) for f in a.answers(2)] == [(M.K_MSG, 78)]
+    assert [(f[0][M.A_KIND], f[0][M.A_ID]) for f in a.answers(2)] == [(M.K_MSG, 78)]
     assert b.frames()[-1][0][:4] == [M.K_RESULT, 1, b.seq, 0]
     # send-once messages ignore the limit
     a.ok(P.mach_port_set_qlimit, n, 0)
@@ -519,7 +521,7 @@ def test_receive_errors(k):
     assert a.attrs(n)["waiting_receivers"] == 1
     assert a.send(msg(n, msgh_id=55)) == 0
     h = a.frames()[-2][0]
-    assert h[0] == M.K_MSG and h[4] == 55 and h[7] == n
+    assert h[M.A_KIND] == M.K_MSG and h[M.A_ID] == 55 and h[M.A_LOCAL] == n
 
 
 def test_destroying_a_port_wakes_its_receivers_and_senders(k):
@@ -531,8 +533,8 @@ def test_destroying_a_port_wakes_its_receivers_and_senders(k):
     receiver = a.trap(M.MACH_RCV_MSG, rcv=n, tid=2)
     assert receiver == []
     a.ok(P.mach_port_destroy, n)
-    assert [f[0][3] for f in a.answers(2)] == [R.MACH_RCV_PORT_DIED]
-    assert b.frames()[-1][0][3] == R.MACH_SEND_INVALID_DEST
+    assert [f[0][M.A_CODE] for f in a.answers(2)] == [R.MACH_RCV_PORT_DIED]
+    assert b.frames()[-1][0][M.A_CODE] == R.MACH_SEND_INVALID_DEST
 
 
 def test_task_port_is_kernel_served_and_bad_requests_get_mig_errors(k):
@@ -542,11 +544,11 @@ def test_task_port_is_kernel_served_and_bad_requests_get_mig_errors(k):
                     M.packb(["not a number"]))
     out = a.trap(M.MACH_SEND_MSG | M.MACH_RCV_MSG, bad, rcv=rp)
     h = out[-1][0]
-    assert h[0] == M.K_MSG and h[4] == P.mach_port_allocate.reply_id
+    assert h[M.A_KIND] == M.K_MSG and h[M.A_ID] == P.mach_port_allocate.reply_id
     assert M.unpackb(out[-1][1]) == [MigReturn.MIG_BAD_ARGUMENTS]
     unknown = M.Message(3299, a.task_self, COPY_SEND, rp, MAKE_SO, [], M.packb([]))
     out = a.trap(M.MACH_SEND_MSG | M.MACH_RCV_MSG, unknown, rcv=rp)
-    assert out[-1][0][4] == 3399
+    assert out[-1][0][M.A_ID] == 3399
     assert M.unpackb(out[-1][1]) == [MigReturn.MIG_BAD_ID]
 
 
@@ -560,7 +562,7 @@ def test_malformed_frames_disconnect_only_the_offender(k):
     assert b.ident not in k.tasks and not b.task.alive
     assert len(k.out.get(b.ident, [])) == frames_before
     assert a.ptype(n) == M.MACH_PORT_TYPE_RECEIVE  # a goes on
-    assert K_DISCONNECT == 4
+    assert M.K_DISCONNECT == 4
 
 
 def test_reverse_map_forgets_a_port_whose_last_send_right_goes():

@@ -4,7 +4,6 @@ merge modes, against Mach's rules and against a brute-force page model."""
 from __future__ import annotations
 
 import itertools
-import math
 import random
 
 import pytest
@@ -524,33 +523,6 @@ def test_malloc_pattern_all_the_way():
         m.vm_map_protect(base + n * P, base + (n + 1) * P, RW)
         assert m.nentries <= 2
     assert spans(m) == [(base, base + pages * P)] and m.entries()[0].protection == RW
-
-
-# ---------------------------------------------------------------- tree balance
-
-def test_tree_stays_balanced_at_100k():
-    n = 100_000
-    m, _ = make("tree", "classic", max_offset=1 << 40)
-    for i in range(n):  # ascending: the worst case for an unbalanced tree
-        m.vm_map_enter(2 * i * P, P)
-    bound = 2 * math.log2(n + 1)
-    assert m.nentries == n and m.tree_height() <= bound
-    m.check_consistency()
-    rng = random.Random(7)
-    victims = rng.sample(range(n), n // 2)
-    for i in victims:
-        m.vm_map_delete(2 * i * P, 2 * i * P + P)
-    assert m.nentries == n - n // 2
-    assert m.tree_height() <= 2 * math.log2(m.nentries + 1)
-    # Random-order inserts into the freed slots.
-    for i in victims[: n // 4]:
-        m.vm_map_enter(2 * i * P, P, protection=VM_PROT_READ)
-    assert m.tree_height() <= 2 * math.log2(m.nentries + 1)
-    m.check_consistency()
-    for _ in range(2000):
-        i = rng.randrange(n)
-        found, e = m.vm_map_lookup_entry(2 * i * P + 5)
-        assert found == (e is not None and e.vme_start == 2 * i * P)
 
 
 # ---------------------------------------------------------------- model-based
