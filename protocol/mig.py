@@ -20,6 +20,22 @@ from typing import Any, Callable, Sequence
 from protocol import message as M
 from protocol.kern_return import KernReturn, MachError, MigReturn
 
+
+def _no_runtime():
+    raise RuntimeError("this process is not a task: call protocol.runtime.connect()")
+
+
+# The calling thread's task runtime when a stub is called without ``rt``: set by
+# protocol.runtime when it loads (as libmach's mach_msg is linked under MIG's stubs), so
+# the stubs never import the runtime that itself calls stubs (mig_dealloc_reply_port).
+_current_runtime: Callable[[], Any] = _no_runtime
+
+
+def set_current_runtime(fn: Callable[[], Any]):
+    """Make ``fn`` what a stub called without ``rt`` sends through."""
+    global _current_runtime
+    _current_runtime = fn
+
 MACH_NOTIFY_SEND_ONCE = 71  # see protocol.defs.notify
 
 
@@ -318,9 +334,7 @@ class Routine:
         single reply value, or a tuple of them (a port field, polymorphic or not, gives the
         name only, as a C stub's out parameter does); raises MachError for a non-zero RetCode,
         a mach_msg error, MIG_SERVER_DIED when the server dropped the reply right."""
-        from protocol import runtime
-
-        rt = rt or runtime.current()
+        rt = rt or _current_runtime()
         if self.simple:
             rt.send(self.message(dest, args, dest_disp=dest_disp), timeout=timeout)
             return None

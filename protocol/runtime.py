@@ -29,6 +29,7 @@ import structlog
 import zmq
 
 from protocol import message as M
+from protocol import mig
 from protocol.kern_return import MachError, MachMsgReturn
 from protocol.transport import readable, recv_frames, send_frames
 
@@ -494,9 +495,13 @@ def connect(endpoint: str | None = None, name: str = "task", role: str = "task")
 
 
 def current() -> TaskRuntime:
+    """The task runtime of this process (made by ``connect``); RuntimeError if none."""
     if _current is None:
         raise RuntimeError("this process is not a task: call protocol.runtime.connect()")
     return _current
+
+
+mig.set_current_runtime(current)
 
 
 def disconnect():
