@@ -21,15 +21,13 @@ import time
 import structlog
 
 from protocol.defs import fs as F
-from protocol.kern_return import MachError
-from protocol.vm_param import PAGE_SIZE
 from translators.ext2fs import ondisk as D
 from translators.ext2fs.filesystem import Ext2
+from translators.ext2fs.pager import Ext2PagerOps, ext2_error
 from translators.fsserver import (
     DT_DIR,
     DT_REG,
     DT_UNKNOWN,
-    FilePagerOps,
     FileSystem,
     Node,
     fs_error,
@@ -37,13 +35,7 @@ from translators.fsserver import (
 
 log = structlog.get_logger("ext2fs")
 
-MAX_WRITE_BLOCKS = 128  # blocks per disk write (the Hurd's pager_write_pages limit)
 _DT = {D.EXT2_FT_REG_FILE: DT_REG, D.EXT2_FT_DIR: DT_DIR}
-
-
-def _err(e: OSError) -> MachError:
-    """The Hurd error_t for an Ext2Error / OSError (its errno is Linux's)."""
-    return MachError(F.from_os_error(e.errno) if e.errno else F.EIO, str(e))
 
 
 class Ext2Node(Node):
@@ -55,95 +47,6 @@ class Ext2Node(Node):
     def __init__(self, ino: int, mode: int, size: int):
         super().__init__(ino, mode, size)
         self.dead = False  # unlinked / removed: its inode is to be (or was) released
-
-
-class Ext2PagerOps(FilePagerOps):
-    """The libpager callbacks of one file (ext2fs/pager.c file_pager_*): pages come from
-    and go to the file's blocks in the image."""
-
-    def __init__(self, fs: "Ext2Fs", node: Ext2Node):
-        super().__init__(node)
-        self.fs = fs
-
-    def _blocks(self, offset: int, length: int):
-        """File blocks of [offset, offset+length) that lie before EOF."""
-        bs = self.fs.ext2.block_size
-        end = min(offset + length, self.node.size)
-        return range(offset // bs, (end + bs - 1) // bs) if end > offset else range(0)
-
-    def read_page(self, pager, offset: int, length: int):
-        """pager_read_page: the page's blocks (1-4 per page).  A page with a hole
-        before EOF is supplied zero-filled where there is no block and write-locked:
-        its first write comes back as unlock_page, which allocates the blocks."""
-        fs, ext2, bs = self.fs, self.fs.ext2, self.fs.ext2.block_size
-        fs.count(read_page=1)
-        buf = bytearray(length)
-        hole = False
-        with ext2.lock:
-            inode = ext2.read_inode(self.node.ino)
-            for lb in self._blocks(offset, length):
-                pb = ext2.bmap(inode, lb)
-                if not pb:
-                    hole = True
-                    continue
-                o = lb * bs - offset
-                buf[o:o + bs] = ext2.read_block(pb)
-        if hole:
-            fs.count(hole_pages=1)
-        return bytes(buf), hole
-
-    def unlock_page(self, pager, offset: int, length: int):
-        """pager_unlock_page: allocate the page's blocks (ext2_getblk with create)."""
-        fs, ext2 = self.fs, self.fs.ext2
-        fs.count(unlock_page=1)
-        if self.node.dead:
-            raise MachError(F.EIO, "file removed")
-        try:
-            with ext2.lock:
-                inode = ext2.read_inode(self.node.ino)
-                for lb in self._blocks(offset, length):
-                    if not ext2.bmap(inode, lb):
-                        ext2.bmap(inode, lb, create=True)
-                        fs.count(blocks_allocated=1)
-        except OSError as e:
-            raise _err(e) from e
-
-    def write_page(self, pager, offset: int, data):
-        self.write_pages(pager, offset, data)
-
-    def write_pages(self, pager, offset: int, data):
-        """pager_write_page / pager_write_pages: store a run of pages.  Runs of blocks
-        contiguous on disk go out in one Ext2.write_blocks (at most MAX_WRITE_BLOCKS
-        blocks each); blocks past EOF are dropped.  A block still a hole (the file grew
-        under a page the kernel already had unlocked) is allocated here."""
-        fs, ext2, bs = self.fs, self.fs.ext2, self.fs.ext2.block_size
-        fs.count(data_returns=1, pages_returned=len(data) // PAGE_SIZE)
-        if self.node.dead:
-            return  # its blocks are (being) freed
-        runs: list[tuple[int, list]] = []
-        mv = memoryview(data)
-        try:
-            with ext2.lock:
-                inode = ext2.read_inode(self.node.ino)
-                for lb in self._blocks(offset, len(data)):
-                    pb = ext2.bmap(inode, lb)
-                    if not pb:
-                        pb = ext2.bmap(inode, lb, create=True)
-                        fs.count(blocks_allocated=1, write_allocations=1)
-                    o = lb * bs - offset
-                    blk = mv[o:o + bs]
-                    if runs and pb == runs[-1][0] + len(runs[-1][1]) \
-                            and len(runs[-1][1]) < MAX_WRITE_BLOCKS:
-                        runs[-1][1].append(blk)
-                    else:
-                        runs.append((pb, [blk]))
-            for start, blks in runs:
-                with ext2.lock:
-                    ext2.write_blocks(start, b"".join(blks))
-                fs.count(disk_writes=1, blocks_written=len(blks))
-                fs.disk_delay()
-        except OSError as e:
-            raise _err(e) from e
 
 
 class Ext2Fs(FileSystem):
@@ -172,7 +75,7 @@ class Ext2Fs(FileSystem):
         try:
             return fn(*args, **kw)
         except OSError as e:
-            raise _err(e) from e
+            raise ext2_error(e) from e
 
     # ------------------------------------------------------------ nodes
 
