@@ -90,8 +90,7 @@ class Ext2Workload(VMWorkload):
                        help="leave the files in place (default: dir_unlink at the end)")
         g.add_argument("--stats-wait", type=float, default=3.0, metavar="S",
                        help="seconds to wait for a fresh ext2fs stats log line (default 3)")
-        g.add_argument("--pager-name", default="defpager", metavar="NAME",
-                       help="the default pager's name (its log has the swap usage)")
+        self.add_pager_name(g)
 
     def check_args(self, args, parser):
         if args.chunk_kib * 1024 > MAX_OOL_BYTES:

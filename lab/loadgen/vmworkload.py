@@ -109,6 +109,11 @@ class VMWorkload(Workload):
     fatal_codes = Workload.fatal_codes | {MachMsgReturn.MACH_RCV_TIMED_OUT,
                                           MachMsgReturn.MACH_SEND_TIMED_OUT}
 
+    def add_pager_name(self, g):
+        """--pager-name: whose log says how much swap is used."""
+        g.add_argument("--pager-name", default="defpager", metavar="NAME",
+                       help="the default pager's name (its log has the swap usage)")
+
     def add_common(self, g):
         """The options anon and mmap share."""
         g.add_argument("--passes", type=positive_int, default=1, metavar="N",
@@ -117,8 +122,7 @@ class VMWorkload(Workload):
                        help="pages per vm_write / vm_read / io_read (default 16)")
         g.add_argument("--call-timeout", type=positive_float, default=120.0, metavar="S",
                        help="timeout of each call (default 120: faults wait for pageout)")
-        g.add_argument("--pager-name", default="defpager", metavar="NAME",
-                       help="the default pager's name (its log has the swap usage)")
+        self.add_pager_name(g)
 
     def check_args(self, args, parser):
         if args.chunk_pages * PAGE > MAX_OOL_BYTES:
