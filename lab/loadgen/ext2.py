@@ -8,10 +8,9 @@ from __future__ import annotations
 import random
 import threading
 import time
-from pathlib import Path
 
 from lab.loadgen.files import call_all, create_file
-from lab.loadgen.logstats import log_records, record_time
+from lab.loadgen.logstats import server_stats
 from lab.loadgen.pages import MIB, TaskState, page_pattern, pages_of
 from lab.loadgen.table import dash
 from lab.loadgen.vmworkload import VMWorkload, server_row
@@ -33,33 +32,6 @@ from protocol.vm_param import PAGE_SIZE as PAGE
 EXT2_COUNTERS = ("data_returns", "pages_returned", "disk_writes", "blocks_written",
                  "blocks_allocated", "read_page", "unlock_page", "hole_pages",
                  "pagers_created", "syncs", "nodes_freed", "nodes")
-
-
-def server_stats(run_dir: str, name: str, since: float | None = None,
-                 wait: float = 0.0) -> dict | None:
-    """The last "stats" (or "... stopping") record of a translator's log DIR/NAME.log;
-    with ``since``, wait up to ``wait`` seconds for one logged after that time (the
-    translator logs one every --stats-interval)."""
-    log = Path(run_dir) / f"{name}.log"
-    deadline = time.monotonic() + wait
-    while True:
-        last, t = None, None
-        for r in log_records(log, head=False):
-            if r.get("event") == "stats" or str(r.get("event", "")).endswith(" stopping"):
-                last = r
-        if last is not None:
-            t = record_time(last)
-        fresh = last is not None and (since is None or (t is not None and t >= since))
-        if fresh or time.monotonic() >= deadline:
-            break
-        time.sleep(0.05)
-    if last is None:
-        return None
-    d = {k: last[k] for k in EXT2_COUNTERS if k in last}
-    d["fresh"] = bool(fresh)
-    if t is not None:
-        d["age_s"] = round(time.time() - t, 2)
-    return d
 
 
 class Ext2File:
@@ -102,7 +74,7 @@ class Ext2Workload(VMWorkload):
         cluster.look_up(args.server)
         prep = self.prepare_vm(cluster, args)
         prep["server_pid"] = cluster.process_pid(args.server)
-        prep["ext2_before"] = server_stats(args.run_dir, args.server)
+        prep["ext2_before"] = server_stats(args.run_dir, args.server, EXT2_COUNTERS)
         return prep
 
     def watch(self, cluster, args, prepared):
@@ -111,7 +83,7 @@ class Ext2Workload(VMWorkload):
     def finish(self, cluster, args, prepared):
         t = time.time()
         super().finish(cluster, args, prepared)
-        prepared["ext2_after"] = server_stats(args.run_dir, args.server, since=t,
+        prepared["ext2_after"] = server_stats(args.run_dir, args.server, EXT2_COUNTERS, since=t,
                                               wait=args.stats_wait)
 
     def task_setup(self, rt, args, index, prepared):

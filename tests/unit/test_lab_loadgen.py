@@ -10,6 +10,7 @@ import math
 import os
 import random
 import struct
+import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -19,6 +20,7 @@ from lab.client import ClusterClient, ClusterError, connect_task, err_name
 from lab.loadgen.cli import build_parser
 from lab.loadgen.driver import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, exit_status, split_count
 from lab.loadgen.latency import Latencies, Meter
+from lab.loadgen.logstats import log_records, record_time, server_stats
 from lab.loadgen.pages import (
     MAGIC,
     TaskState,
@@ -218,6 +220,44 @@ def test_check_pages():
     assert "first: page 5 zero" in str(ei.value)
     assert st_.counters == {"ok_pages": 6, "mismatch_zero": 1, "mismatch_misplaced": 1}
     assert st_.progress == 8
+
+
+# ---------------------------------------------------------------- translators' logs
+
+def _iso(t: float) -> str:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(t, timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def test_log_records_and_server_stats(tmp_path):
+    now = time.time()
+    log = tmp_path / "ext2fs.log"
+    lines = [json.dumps({"event": "ready", "timestamp": _iso(now - 9)}), "not json", "[1]",
+             json.dumps({"event": "stats", "syncs": 1, "nodes": 3, "other": 0,
+                         "timestamp": _iso(now - 5)}),
+             json.dumps({"event": "stats", "syncs": 2, "nodes": 4,
+                         "timestamp": _iso(now - 2)}),
+             json.dumps({"event": "lookup", "timestamp": _iso(now - 1)})]
+    log.write_text("\n".join(lines) + "\n")
+    assert [r["event"] for r in log_records(log, head=True)] == ["ready", "stats", "stats",
+                                                                 "lookup"]
+    assert log_records(tmp_path / "missing.log", head=False) == []
+    assert abs(record_time({"timestamp": _iso(now)}) - now) < 1e-3
+    assert record_time({}) is None and record_time({"timestamp": "yesterday"}) is None
+    d = server_stats(tmp_path, "ext2fs", ("syncs", "nodes", "absent"))
+    assert d["syncs"] == 2 and d["nodes"] == 4 and "absent" not in d and d["fresh"]
+    assert 1.5 < d["age_s"] < 10
+    t0 = time.monotonic()
+    stale = server_stats(tmp_path, "ext2fs", ("syncs",), since=now, wait=0.2)
+    assert not stale["fresh"] and stale["syncs"] == 2
+    assert time.monotonic() - t0 >= 0.2  # waited for a fresh one
+    with open(log, "a") as f:
+        f.write(json.dumps({"event": "ext2fs stopping", "syncs": 3,
+                            "timestamp": _iso(time.time())}) + "\n")
+    assert server_stats(tmp_path, "ext2fs", ("syncs",), since=now, wait=5) == \
+        {"syncs": 3, "fresh": True, "age_s": pytest.approx(0, abs=1)}
+    assert server_stats(tmp_path, "nosuch", ("syncs",)) is None
 
 
 # ---------------------------------------------------------------- summary and command line
