@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 
 import pytest
 
+from lab.loadgen.latency import Latencies
 from tests.conftest import ROOT, run_loadgen, wait_for
 
 LOADGEN = ROOT / "scripts" / "loadgen"
-sys.path.insert(0, str(ROOT / "scripts"))
-import _loadlib  # noqa: E402
 
 
 def write_cluster_json(run_dir, kernel, servers):
@@ -124,15 +122,15 @@ def test_latencies_histogram_close_to_exact():
 
     rng = random.Random(7)
     xs = [rng.lognormvariate(-7, 1.0) for _ in range(5000)]
-    exact, capped = _loadlib.Latencies(cap=10_000), _loadlib.Latencies(cap=100)
-    halves = _loadlib.Latencies(cap=10_000), _loadlib.Latencies(cap=10_000)
+    exact, capped = Latencies(cap=10_000), Latencies(cap=100)
+    halves = Latencies(cap=10_000), Latencies(cap=10_000)
     for i, x in enumerate(xs):
         exact.add(x)
         capped.add(x)
         halves[i % 2].add(x)
     assert capped.exact is None and exact.exact is not None
-    merged = _loadlib.Latencies.from_wire(halves[0].to_wire())
-    merged.merge(_loadlib.Latencies.from_wire(halves[1].to_wire()))
+    merged = Latencies.from_wire(halves[0].to_wire())
+    merged.merge(Latencies.from_wire(halves[1].to_wire()))
     ys = sorted(xs)
     for q in (0.5, 0.9, 0.99):
         want = ys[round(q * 5000) - 1]  # nearest rank
