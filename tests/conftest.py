@@ -55,6 +55,16 @@ def start_server(procs, run_dir, module, name, *extra, timeout=60):
     return p
 
 
+def start_kernel(run_dir, procs, timeout=30, **settings) -> str:
+    """A real kernel, with SETTINGS as its [kernel] config table (DIR/kernel.toml, checked
+    by the kernel's KernelConfig first) if any; returns its endpoint."""
+    rd = RunDir(run_dir)
+    config = rd.write_kernel_toml(settings) if settings else None
+    p = procs.start(kernel_argv(run_dir, config), name="kernel")
+    ready_or_fail(p, timeout)
+    return rd.kernel_endpoint()
+
+
 def ready_or_fail(p: "Proc", timeout: float):
     """Wait for ``p``'s DIR/NAME.ready; fail the test with its output if it dies (first or
     at once) or the deadline passes."""
@@ -141,9 +151,8 @@ def procs(run_dir):
 @pytest.fixture
 def kernel(run_dir, procs):
     """A real kernel process; yields its endpoint."""
-    p = procs.start(kernel_argv(run_dir), name="kernel")
-    ready_or_fail(p, 30)
-    yield KernelHandle(RunDir(run_dir).kernel_endpoint(), p, run_dir)
+    endpoint = start_kernel(run_dir, procs)
+    yield KernelHandle(endpoint, procs[-1], run_dir)
 
 
 class KernelHandle(str):

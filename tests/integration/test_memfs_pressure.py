@@ -14,8 +14,7 @@ from protocol.defs import mach as MD
 from protocol.defs import netname as NS
 from protocol.runtime import TaskRuntime
 from protocol.vm_param import PAGE_SIZE
-from tests.conftest import start_server
-from tests.integration.test_vm import start_kernel
+from tests.conftest import start_kernel, start_server
 
 PAGE = PAGE_SIZE
 PHYS = 384

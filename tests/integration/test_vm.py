@@ -14,26 +14,9 @@ from protocol.kern_return import KernReturn as K
 from protocol.kern_return import MachError
 from protocol.runtime import TaskRuntime
 from protocol.vm_param import PAGE_SIZE
-from tests.conftest import wait_for
+from tests.conftest import start_kernel
 
 PAGE = PAGE_SIZE
-
-
-def start_kernel(run_dir, procs, **settings):
-    """A real kernel with a [kernel] config table; returns its endpoint."""
-    cfg = run_dir / "kernel.toml"
-    lines = ["[kernel]"]
-    for key, value in settings.items():
-        lines.append(f"{key} = {value!r}" if isinstance(value, str)
-                     else f"{key} = {str(value).lower() if isinstance(value, bool) else value}")
-    cfg.write_text("\n".join(lines) + "\n")
-    kp = procs.python(["-m", "kernel", "--run-dir", str(run_dir), "--config", str(cfg)],
-                      name="kernel")
-    ready = run_dir / "kernel.ready"
-    wait_for(lambda: (ready.exists() and ready.read_text().strip()) or kp.p.poll() is not None,
-             30, what="kernel ready")
-    assert kp.p.poll() is None, kp.output()
-    return ready.read_text().strip()
 
 
 @pytest.fixture

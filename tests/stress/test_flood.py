@@ -23,7 +23,7 @@ from protocol.defs import machemu as X
 from protocol.defs import netname as NS
 from protocol.runtime import TaskRuntime
 from protocol.vm_param import PAGE_SIZE
-from tests.conftest import wait_for
+from tests.conftest import start_kernel, wait_for
 
 pytestmark = [pytest.mark.stress, pytest.mark.timeout(240)]
 
@@ -164,17 +164,10 @@ def test_pipelined_sends_bounded_per_task(run_dir, procs):
     """A task that pipelines traps without waiting (a raw DEALER, one thread id per
     trap) gets MACH_SEND_NO_BUFFER once its blocked sends hold the per-task byte limit:
     the kernel keeps no more of its messages than the configured bound."""
-    cfg = run_dir / "kernel.toml"
     limit = 2 << 20
-    cfg.write_text(f"[kernel]\nmax_blocked_bytes_per_task = {limit}\n"
-                   "max_waiters_per_task = 100000\n")
-    kp = procs.python(["-m", "kernel", "--run-dir", str(run_dir), "--config", str(cfg)],
-                      name="kernel")
-    ready = run_dir / "kernel.ready"
-    wait_for(lambda: (ready.exists() and ready.read_text().strip()) or kp.p.poll() is not None,
-             30, what="kernel ready")
-    assert kp.p.poll() is None, kp.output()
-    endpoint = ready.read_text().strip()
+    endpoint = start_kernel(run_dir, procs, max_blocked_bytes_per_task=limit,
+                            max_waiters_per_task=100000)
+    kp = procs[-1]
     sink = TaskRuntime(endpoint, "sink")
     ctx = zmq.Context()
     s = ctx.socket(zmq.DEALER)
