@@ -57,6 +57,29 @@ def _range(address, size):
     return start, end
 
 
+def _copy_from_pages(mem, out: bytearray):
+    """A vm_fault_range callback copying each faulted-in piece of page into ``out``."""
+    memory = mem.memory
+
+    def each(page, start, n, done):
+        i = page.frame * PAGE_SIZE + start
+        out[done:done + n] = memory[i:i + n]
+
+    return each
+
+
+def _copy_to_pages(mem, data):
+    """A vm_fault_range callback storing ``data`` into each piece of page, marking the
+    page dirty (pmap's modify bit)."""
+
+    def each(page, start, n, done):
+        mem.write(page, data[done:done + n], start)
+        if not page.dirty:
+            page.dirty = True
+
+    return each
+
+
 def make_handlers(k) -> Demux:
     vm = k.vm
 
@@ -87,29 +110,20 @@ def make_handlers(k) -> Demux:
         if size > M.MAX_OOL_BYTES:
             fail(K.KERN_INVALID_ARGUMENT)
         out = bytearray(size)
-        mem = vm.mem
-
-        def each(page, start, n, done):
-            i = page.frame * PAGE_SIZE + start
-            out[done:done + n] = mem.memory[i:i + n]
 
         def run():
-            yield from vm_fault_range(k, task, address, size, MD.VM_PROT_READ, each)
+            yield from vm_fault_range(k, task, address, size, MD.VM_PROT_READ,
+                                      _copy_from_pages(vm.mem, out))
             return bytes(out)
 
         return k.run_or_defer(run(), MD.vm_read)
 
     def vm_write(task, address, data):
         data = bytes(data)
-        mem = vm.mem
-
-        def each(page, start, n, done):
-            mem.write(page, data[done:done + n], start)
-            if not page.dirty:
-                page.dirty = True
 
         def run():
-            yield from vm_fault_range(k, task, address, len(data), MD.VM_PROT_WRITE, each)
+            yield from vm_fault_range(k, task, address, len(data), MD.VM_PROT_WRITE,
+                                      _copy_to_pages(vm.mem, data))
 
         return k.run_or_defer(run(), MD.vm_write)
 
@@ -117,19 +131,12 @@ def make_handlers(k) -> Demux:
         if size > M.MAX_OOL_BYTES:
             fail(K.KERN_INVALID_ARGUMENT)
         buf = bytearray(size)
-        mem = vm.mem
-
-        def get(page, start, n, done):
-            i = page.frame * PAGE_SIZE + start
-            buf[done:done + n] = mem.memory[i:i + n]
-
-        def put(page, start, n, done):
-            mem.write(page, buf[done:done + n], start)
-            page.dirty = True
 
         def run():
-            yield from vm_fault_range(k, task, source_address, size, MD.VM_PROT_READ, get)
-            yield from vm_fault_range(k, task, dest_address, size, MD.VM_PROT_WRITE, put)
+            yield from vm_fault_range(k, task, source_address, size, MD.VM_PROT_READ,
+                                      _copy_from_pages(vm.mem, buf))
+            yield from vm_fault_range(k, task, dest_address, size, MD.VM_PROT_WRITE,
+                                      _copy_to_pages(vm.mem, buf))
 
         return k.run_or_defer(run(), MD.vm_copy)
 
