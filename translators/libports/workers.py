@@ -270,7 +270,11 @@ class WorkersServer:
                 if self.busy > self.peak_busy:
                     self.peak_busy = self.busy
             try:
-                reply = self.demuxer.serve(msg)
+                try:
+                    reply = self.demuxer.serve(msg)
+                finally:
+                    with self._lock:  # counted before the reply goes: a client that has
+                        self.messages += 1  # its answer sees its message counted
                 if reply is not None:
                     try:
                         code, _ = rt.mach_msg(M.MACH_SEND_MSG, reply,
@@ -282,5 +286,4 @@ class WorkersServer:
             finally:
                 with self._lock:
                     self.busy -= 1
-                    self.messages += 1
                 self.queue.done(i, key)
