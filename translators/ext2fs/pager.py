@@ -4,15 +4,10 @@ the image."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from protocol.defs import fs as F
 from protocol.kern_return import MachError
 from protocol.vm_param import PAGE_SIZE
 from translators.fsserver import FilePagerOps
-
-if TYPE_CHECKING:
-    from translators.ext2fs.translator import Ext2Fs, Ext2Node
 
 MAX_WRITE_BLOCKS = 128  # blocks per disk write (the Hurd's pager_write_pages limit)
 
@@ -26,7 +21,8 @@ class Ext2PagerOps(FilePagerOps):
     """The libpager callbacks of one file (ext2fs/pager.c file_pager_*): pages come from
     and go to the file's blocks in the image."""
 
-    def __init__(self, fs: "Ext2Fs", node: "Ext2Node"):
+    def __init__(self, fs, node):
+        """``fs``: the Ext2Fs serving the image; ``node``: the file's Ext2Node."""
         super().__init__(node)
         self.fs = fs
 
