@@ -393,9 +393,7 @@ class Kernel:
         if task is not None:
             task.last_seen = time.monotonic()
         if op == M.OP_MSG and task is not None:
-            # _has_thread, inline: this is the per-message path
-            if len(h) <= H_SEQ or not (_is_int(h[H_THREAD], 1, M.THREAD_MAX)
-                                       and _is_int(h[H_SEQ], 0, 2**63)):
+            if not _has_thread(h):
                 self.disconnect(ident, task, MachMsgReturn.MACH_SEND_INVALID_HEADER,
                                 "no thread in trap")
                 return
