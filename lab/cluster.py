@@ -145,9 +145,7 @@ class Cluster:
         self.stop_signal: int | None = None
         self.failures: list[str] = []
         self.prepared = self.stopped = False
-        self._sig_r, self._sig_w = socket.socketpair()
-        self._sig_r.setblocking(False)
-        self._sig_w.setblocking(False)
+        self._sig_r = self._sig_w = None  # the wakeup fd pair, while signals are ours
         self._old_handlers: dict = {}
         self._old_wakeup = -1
 
@@ -175,16 +173,23 @@ class Cluster:
     def install_signals(self):
         """Turn SIGINT, SIGTERM and SIGHUP into a stop request (``stop_signal``) that
         wakes ``wait_event``.  Main thread only."""
+        self._sig_r, self._sig_w = socket.socketpair()
+        self._sig_r.setblocking(False)
+        self._sig_w.setblocking(False)
         self._old_wakeup = signal.set_wakeup_fd(self._sig_w.fileno(), warn_on_full_buffer=False)
         for sig in STOP_SIGNALS:
             self._old_handlers[sig] = signal.signal(sig, self._on_signal)
 
     def restore_signals(self):
-        """Put back the handlers install_signals replaced."""
+        """Put back the handlers install_signals replaced, and close its wakeup fds."""
         for sig, h in self._old_handlers.items():
             signal.signal(sig, h)
         self._old_handlers.clear()
-        signal.set_wakeup_fd(self._old_wakeup)
+        if self._sig_r is not None:
+            signal.set_wakeup_fd(self._old_wakeup)
+            self._sig_r.close()
+            self._sig_w.close()
+            self._sig_r = self._sig_w = None
 
     def _on_signal(self, signum, frame):
         if self.stop_signal is None:
@@ -193,7 +198,8 @@ class Cluster:
     def wait_event(self, timeout: float | None, extra: list[Child] = ()):
         """Sleep until a child (of the cluster, or in ``extra``) exits, a stop signal
         arrives, or ``timeout`` passes."""
-        if wait_exit([*self.children, *extra], timeout, [self._sig_r.fileno()]):
+        fds = [self._sig_r.fileno()] if self._sig_r is not None else []
+        if wait_exit([*self.children, *extra], timeout, fds):
             try:
                 self._sig_r.recv(4096)
             except BlockingIOError:

@@ -149,3 +149,20 @@ def test_a_second_cluster_is_refused_and_signals_stop_supervision(run_dir):
         finally:
             cl.restore_signals()
     assert signal.getsignal(signal.SIGTERM) is not cl._on_signal
+
+
+def test_signal_handling_leaves_no_fds_behind(run_dir):
+    """A Cluster owns no fd until it takes the signals, and gives back what it took."""
+    before = len(os.listdir("/proc/self/fd"))
+    cl = Cluster(run_dir, servers=[])
+    assert len(os.listdir("/proc/self/fd")) == before
+    old = signal.getsignal(signal.SIGTERM)
+    cl.install_signals()
+    assert len(os.listdir("/proc/self/fd")) == before + 2
+    os.kill(os.getpid(), signal.SIGTERM)  # wakes wait_event through the wakeup fd
+    cl.wait_event(30)
+    assert cl.stop_signal == signal.SIGTERM
+    cl.restore_signals()
+    assert signal.getsignal(signal.SIGTERM) is old
+    assert len(os.listdir("/proc/self/fd")) == before
+    cl.wait_event(0)  # without signals it still waits (on nothing here)
