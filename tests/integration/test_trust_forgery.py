@@ -24,6 +24,7 @@ NETNAME_NOT_YOUR_ENTRY = 2801
 RW_CREAT = F.O_READ | F.O_WRITE | F.O_CREAT
 COPY_SEND = M.MACH_MSG_TYPE_COPY_SEND
 SERVERS = {"ext2fs": "translators.ext2fs", "memfs": "translators.memfs"}
+FIRST_NAME = 0x101  # the kernel's first port name
 
 
 def start(procs, run_dir, name):
@@ -104,36 +105,63 @@ def test_null_signature_entry_is_nobodys(kernel, tasks):
 
 # ---------------------------------------------------------------- forged notifications
 
+def forge(kind, rt, root) -> int:
+    """Send forged notifications of ``kind`` to ``root``; returns how many."""
+    if kind == "no_senders":  # would destroy the root port
+        for mscount in (0, 1, 2, 1000):
+            N.mach_notify_no_senders(root, mscount, dest_disp=COPY_SEND, timeout=T, rt=rt)
+        return 4
+    if kind == "port_destroyed":  # hands over a receive right, as if ours came back
+        N.mach_notify_port_destroyed(root, new_port(rt, send=False), dest_disp=COPY_SEND,
+                                     timeout=T, rt=rt)
+        return 1
+    # dead-name naming the server's own rights: names are handed out in order, so the
+    # server's are all below the attacker's first one
+    victims = range(FIRST_NAME, rt.task_self)
+    for victim in victims:
+        N.mach_notify_dead_name(root, victim, dest_disp=COPY_SEND, timeout=T, rt=rt)
+    return len(victims)
+
+
+@pytest.mark.parametrize("kind", ["no_senders", "port_destroyed", "dead_name"])
 @pytest.mark.parametrize("name", ["ext2fs", "memfs"])
 def test_forged_notifications_to_a_root_port_are_refused(kernel, tasks, procs, run_dir,
-                                                        name):
+                                                        name, kind):
     p = start(procs, run_dir, name)
+    early = tasks.new("early", priv=False)  # holds the root port from before
+    eroot = NS.netname_look_up(early.name_server, "", name, timeout=T, rt=early)
     attacker = tasks.new("attacker", priv=False)
     root = NS.netname_look_up(attacker.name_server, "", name, timeout=T, rt=attacker)
-    sent = 0
-    for mscount in (0, 1, 2, 1000):  # no-senders: would destroy the root port
-        N.mach_notify_no_senders(root, mscount, dest_disp=COPY_SEND, timeout=T,
-                                 rt=attacker)
-        sent += 1
-    # port-destroyed: hands over a receive right, as if a port of ours came back
-    N.mach_notify_port_destroyed(root, new_port(attacker, send=False), dest_disp=COPY_SEND,
-                                 timeout=T, rt=attacker)
-    sent += 1
-    for victim in range(1, 65):  # dead-name naming the server's own rights
-        N.mach_notify_dead_name(root, victim, dest_disp=COPY_SEND, timeout=T, rt=attacker)
-        sent += 1
-    wait_refused(run_dir, name, sent)
+    wait_refused(run_dir, name, forge(kind, attacker, root))
     bystander_is_served(tasks.new("bystander", priv=False), name)
-    # and the attacker too, through the root port it already held
-    f = open_file(attacker, root, "attacker")
-    assert F.io_read(f, 0, 10, timeout=T, rt=attacker) == b""
+    f = open_file(early, eroot, "early")
+    assert F.io_read(f, 0, 10, timeout=T, rt=early) == b""
     assert p.alive()
-    # The kernel's own notifications are still believed: the attacker going away lets
-    # the server free the protids it held (no-senders, sender 0).
-    attacker.close()
+    # The kernel's own notifications are still believed: a protid whose last send right
+    # goes away is freed (no-senders, sender 0).
+    P.mach_port_deallocate(early.task_self, f, rt=early)
     wait_for(lambda: (last := [r for r in log_records(run_dir / f"{name}.log")
                                if r.get("event") == "stats"])
              and last[-1].get("protids_freed", 0) >= 1, 60, what="protids freed")
+
+
+def test_runtime_message_sender_is_the_kernels_trailer(kernel, tasks):
+    a = tasks.new("a", priv=False)
+    b = tasks.new("b", priv=False)
+    pb = new_port(b)
+    NS.netname_check_in(b.name_server, "b", b.task_self, pb, timeout=T, rt=b)
+    to_b = NS.netname_look_up(a.name_server, "", "b", timeout=T, rt=a)
+    a.send(M.Message(4242, to_b, COPY_SEND), timeout=T)
+    m = b.receive(pb, timeout=T)
+    assert m.msgh_id == 4242 and m.sender == a.task_id != M.KERNEL_SENDER
+    # a no-senders notification is the kernel's: sender 0
+    P.mach_port_request_notification(b.task_self, pb, N.MACH_NOTIFY_NO_SENDERS, 0, pb,
+                                     timeout=T, rt=b)
+    NS.netname_check_out(b.name_server, "b", b.task_self, timeout=T, rt=b)
+    P.mach_port_deallocate(a.task_self, to_b, rt=a)
+    P.mach_port_mod_refs(b.task_self, pb, M.MACH_PORT_RIGHT_SEND, -1, rt=b)
+    m = b.receive(pb, timeout=T)
+    assert m.msgh_id == N.MACH_NOTIFY_NO_SENDERS and m.sender == M.KERNEL_SENDER
 
 
 # ---------------------------------------------------------------- forged pager messages
