@@ -201,6 +201,9 @@ class Message:
     when received.  ``local_port`` is msgh_local_port: the reply port when sending, the
     port it was received on when received.  ``descs`` holds (name, disposition) pairs on
     send, (name, type) pairs on receive.  ``body`` is msgpack bytes; ``ool`` raw frames.
+    ``sender`` is the kernel's sender trailer of a received message (A_SENDER): who sent
+    it, KERNEL_SENDER for the kernel; a server believes kernel-only messages
+    (notifications, memory_object_*) only when it is KERNEL_SENDER.
     """
 
     msgh_id: int
