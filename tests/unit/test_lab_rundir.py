@@ -61,6 +61,7 @@ def test_prepare_fresh_removes_only_logs_and_state(run_dir):
                                                                       "host_priv.secret"])
     assert (run_dir / "sub" / "a.log").exists()
     assert RunDir(run_dir).host_secret() is not None
+    assert (run_dir / "host_priv.secret").stat().st_mode & 0o777 == 0o600
 
 
 def test_prepare_not_fresh_keeps_logs(run_dir):
