@@ -1,5 +1,12 @@
-"""The host port: what the kernel tells about itself (machemu_kernel_info) and the
-launcher's clean stop (machemu_shutdown)."""
+"""The host ports (GNU Mach kern/host.c, kern/ipc_host.c): the plain host port every task
+gets, and the privileged one (host_priv) the kernel gives only to the cluster owner's
+tasks (DESIGN §8a).
+
+On the host port: machemu_kernel_info about the kernel and the caller's own task.  On
+host_priv, as well: every task's and port's kernel info, the launcher's clean stop
+(machemu_shutdown) and vm_set_default_memory_manager.  A host_priv routine sent to the
+plain host port gets KERN_INVALID_HOST, as GNU Mach's convert_port_to_host_priv makes
+it.  A host_priv port serves every host routine (convert_port_to_host takes both)."""
 
 from __future__ import annotations
 
@@ -15,14 +22,18 @@ from kernel.vm_page import PAGEOUT_EVENT
 from kernel.vm_user import vm_statistics
 from protocol.defs import mach as MD
 from protocol.defs import machemu as X
+from protocol.kern_return import KernReturn, MachError
 from protocol.mig import Demux
 
 
-def kernel_info(k) -> dict:
+def kernel_info(k, only_task: int | None = None) -> dict:
     """Tasks, ports with receive rights held by tasks (queue depth, waiting receivers,
-    blocked senders), counters and the kernel's own RSS."""
+    blocked senders), counters and the kernel's own RSS.  ``only_task``: list only the
+    task of that id and its ports (what the plain host port tells)."""
     tasks, ports = [], []
     for t in k.tasks.values():
+        if only_task is not None and t.id != only_task:
+            continue
         receive = 0
         for name, e in t.space.table.items():
             if e.type & T_RECEIVE:
@@ -51,16 +62,31 @@ def kernel_info(k) -> dict:
                        "netnames": sorted(k.netname.names)}}
 
 
-def make_handlers(k) -> Demux:
+def make_handlers(k, priv: bool) -> Demux:
+    """The host server of the plain host port (``priv`` False) or of host_priv."""
+
+    def need_priv(routine: str):
+        if not priv:
+            k.stats["host_priv_denied"] += 1
+            raise MachError(KernReturn.KERN_INVALID_HOST, routine)
+
     def info(_host):
-        return kernel_info(k)
+        """machemu_kernel_info: on host_priv everything; on the host port only the
+        calling task (the kmsg's sender trailer) among tasks and ports."""
+        if priv:
+            return kernel_info(k)
+        kmsg = k.current_kmsg
+        return kernel_info(k, only_task=kmsg.sender if kmsg is not None else 0)
 
     def shutdown(_host):
+        """machemu_shutdown (host_priv): the kernel stops after this message."""
+        need_priv("machemu_shutdown")
         k.stop()
 
     def vm_set_default_memory_manager(_host, default_manager):
-        """The caller's port becomes the default pager; the old one's right comes back.
-        A null port only asks."""
+        """vm_set_default_memory_manager (host_priv): the caller's port becomes the
+        default pager; the old one's right comes back.  A null port only asks."""
+        need_priv("vm_set_default_memory_manager")
         port, typ = default_manager
         old = k.vm.default_pager
         if port is None:

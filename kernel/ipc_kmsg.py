@@ -23,10 +23,12 @@ from protocol.kern_return import MachMsgReturn as R
 class IPCKmsg:
     """ikm_header and body: destination right, reply right, port descriptors (each a
     (port, type) pair), the msgpack body and OOL frames.  ``undo`` records how to give
-    a failed send's rights back to the sender."""
+    a failed send's rights back to the sender.  ``sender`` is the sender trailer: the
+    sending task's id, 0 (protocol.message.KERNEL_SENDER) for a message the kernel makes
+    itself; only mach_msg_trap sets it, from the trapping task."""
 
     __slots__ = ("msgh_id", "dest", "dest_type", "reply", "reply_type", "descs", "body",
-                 "ool", "undo", "size", "ool_objects")
+                 "ool", "undo", "size", "ool_objects", "sender")
 
     def __init__(self, msgh_id, dest, dest_type, reply=None, reply_type=0, descs=(),
                  body=b"\x90", ool=(), undo=None):
@@ -40,6 +42,7 @@ class IPCKmsg:
         # VM objects holding the pages of out-of-line data (one per OOL frame, or None):
         # mapped into the receiver's address space at delivery (vm_map_copyout)
         self.ool_objects = None
+        self.sender = M.KERNEL_SENDER
 
 
 def ipc_kmsg_copyin(k, space, msgh_id, remote, rdisp, local, ldisp, descs, body, ool):

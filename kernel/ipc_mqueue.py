@@ -153,7 +153,7 @@ def deliver(k, task, w, port, kmsg):
     local = space.reverse.get(port.id, 0)
     addrs = k.vm_map_copyout(task, kmsg) if kmsg.ool and task.map is not None else ()
     hdr = [M.K_MSG, w.tid, w.seq, 0, kmsg.msgh_id, reply_name, kmsg.reply_type, local,  # A_*
-           kmsg.dest_type, flat, port.seqno, addrs]
+           kmsg.dest_type, flat, port.seqno, addrs, kmsg.sender]
     k.stats["msgs_delivered"] += 1
     k.emit(task, [M.packb(hdr), kmsg.body, *kmsg.ool])
 

@@ -42,6 +42,7 @@ def mach_msg_trap(k, task, h, frames):
         if code:
             k.reply_result(task, tid, seq, code)
             return
+        kmsg.sender = task.id  # the trailer: who sent it, whatever the message says
         k.stats["msgs_sent"] += 1
         if ipc_mqueue_send(k, kmsg) == FULL:
             ipc_mqueue_send_block(k, task, tid, seq, kmsg,

@@ -44,6 +44,12 @@ from kernel.vm_object import vm_object_deallocate, vm_object_pager_died
 from kernel.vm_pageout import POLICIES
 from protocol import logs
 from protocol import message as M
+from protocol.host_secret import (
+    MAX_SECRET_BYTES,
+    HostSecretError,
+    make_host_secret,
+    secret_matches,
+)
 from protocol.kern_return import KernReturn, MachError, MachMsgReturn, MigReturn
 from protocol.message import (
     H_DEALLOC,
@@ -59,6 +65,7 @@ from protocol.message import (
     H_REMOTE,
     H_REMOTE_DISP,
     H_ROLE,
+    H_SECRET,
     H_SEND_TIMEOUT,
     H_SEQ,
     H_TASK_NAME,
@@ -116,8 +123,12 @@ def check_msg_header(h) -> bool:
 
 
 class Kernel:
-    def __init__(self, endpoint: str, config: KernelConfig | None = None):
+    def __init__(self, endpoint: str, config: KernelConfig | None = None,
+                 host_secret: bytes | None = None):
+        """``host_secret``: the cluster owner's secret (protocol.host_secret) a hello must
+        carry to be given host_priv; None: nobody gets it."""
         self.endpoint = endpoint
+        self.host_secret = host_secret
         self.config = config or KernelConfig()
         self.ctx = zmq.Context()
         s = self.ctx.socket(zmq.ROUTER)
@@ -141,6 +152,8 @@ class Kernel:
         self.notify = IPCNotify(self)
         self.netname = netname.NameServer(self)
         self.host_port = IPCPort(receiver=KERNEL, kobject=self, kotype="host", label="host")
+        self.host_priv_port = IPCPort(receiver=KERNEL, kobject=self, kotype="host_priv",
+                                      label="host_priv")
         self.netname_port = IPCPort(receiver=KERNEL, kobject=self.netname, kotype="netname",
                                     label="netname")
         self.sched = Scheduler()
@@ -152,7 +165,8 @@ class Kernel:
             task_server.add(rt, fn)
         self.servers = {"task": task_server,
                         "memory_object_control": memory_object.make_handlers(self),
-                        "host": host.make_handlers(self),
+                        "host": host.make_handlers(self, priv=False),
+                        "host_priv": host.make_handlers(self, priv=True),
                         "netname": self.netname.demux()}
         self.poller = zmq.Poller()
         self.poller.register(s, zmq.POLLIN)
@@ -421,9 +435,12 @@ class Kernel:
             name = task.space.insert(port, T_RECEIVE)
             self.reply_result(task, h[H_THREAD], h[H_SEQ], 0, name)
         elif op == M.OP_HELLO:
-            if not (len(h) == H_ROLE + 1 and _has_thread(h) and _is_int(h[H_PID], 0, 2**31)
+            if not (H_ROLE + 1 <= len(h) <= H_SECRET + 1 and _has_thread(h)
+                    and _is_int(h[H_PID], 0, 2**31)
                     and type(h[H_TASK_NAME]) is str and len(h[H_TASK_NAME]) <= 128
-                    and type(h[H_ROLE]) is str and len(h[H_ROLE]) <= 64):
+                    and type(h[H_ROLE]) is str and len(h[H_ROLE]) <= 64
+                    and (len(h) == H_ROLE + 1 or (type(h[H_SECRET]) is bytes
+                                                  and len(h[H_SECRET]) <= MAX_SECRET_BYTES))):
                 self.disconnect(ident, task, MachMsgReturn.MACH_SEND_INVALID_HEADER, "bad hello")
                 return
             if task is None and len(self.tasks) >= self.config.max_tasks:
@@ -435,7 +452,18 @@ class Kernel:
             for port in (t.port, self.host_port, self.netname_port):
                 ipc_port_make_send(port)
                 names.append(sp.insert(port, T_SEND, 1))
-            self.emit(t, [M.packb([M.K_HELLO, h[H_THREAD], h[H_SEQ], 0, *names, t.id])])
+            priv = M.MACH_PORT_NULL
+            if len(h) > H_SECRET:
+                if secret_matches(h[H_SECRET], self.host_secret):
+                    ipc_port_make_send(self.host_priv_port)
+                    priv = sp.insert(self.host_priv_port, T_SEND, 1)
+                    self.stats["host_priv_granted"] += 1
+                else:
+                    self.stats["host_priv_refused"] += 1
+                    log.warning("wrong host secret: no host_priv", task=t.name,
+                                task_id=t.id, pid=t.pid)
+            self.emit(t, [M.packb([M.K_HELLO, h[H_THREAD], h[H_SEQ], 0, *names, t.id,
+                                   priv])])
         elif op == M.OP_BYE and task is not None and len(h) == 1:
             self.task_destroy(task, "goodbye")
         else:
@@ -535,7 +563,13 @@ def main(argv=None):
     run_dir.mkdir(parents=True, exist_ok=True)
     endpoint = args.endpoint or f"ipc://{run_dir}/kernel.sock"
     logs.setup("kernel", run_dir / "kernel.log", args.log_level)
-    k = Kernel(endpoint, KernelConfig.load(args.config))
+    try:
+        # The launcher made it with the run directory; a kernel started alone makes it.
+        secret = make_host_secret(run_dir)
+    except HostSecretError as e:
+        log.error("host secret not trusted", error=str(e))
+        sys.exit(f"machemu-kernel: {e}")
+    k = Kernel(endpoint, KernelConfig.load(args.config), host_secret=secret)
 
     def on_signal(signum, frame):
         k.stop()

@@ -17,6 +17,7 @@ from lab.rundir import CLUSTER_JSON, RunDir
 from protocol import runtime
 from protocol.defs.machemu import machemu_kernel_info
 from protocol.defs.netname import netname_look_up
+from protocol.host_secret import HostSecretError
 from protocol.kern_return import MachError, code_name
 
 # netname's own return codes (CMU Mach 3 netname_defs.h), which code_name does not know.
@@ -33,15 +34,17 @@ class ClusterError(Exception):
     """The cluster (kernel, or the server a tool needs) could not be reached."""
 
 
-def connect_task(endpoint: str, name: str, timeout: float,
-                 role: str = "client") -> runtime.TaskRuntime:
-    """Make this process a task named ``name`` of the kernel at ``endpoint``; returns its
-    TaskRuntime, or raises ClusterError when there is no kernel or it does not answer
-    within ``timeout`` seconds."""
+def connect_task(endpoint: str, name: str, timeout: float, role: str = "client",
+                 secret: bytes | None = None) -> runtime.TaskRuntime:
+    """Make this process a task named ``name`` of the kernel at ``endpoint`` (with the
+    owner's ``secret``: one holding host_priv); returns its TaskRuntime, or raises
+    ClusterError when there is no kernel or it does not answer within ``timeout``
+    seconds."""
     if endpoint.startswith("ipc://") and not os.path.exists(endpoint[len("ipc://"):]):
         raise ClusterError(f"no kernel at {endpoint} (socket missing)")
     try:
-        return runtime.TaskRuntime(endpoint, name, role=role, connect_timeout=timeout)
+        return runtime.TaskRuntime(endpoint, name, role=role, connect_timeout=timeout,
+                                   secret=secret)
     except MachError as e:
         raise ClusterError(f"kernel at {endpoint} not answering: {err_name(e.code)}") from None
 
@@ -85,9 +88,14 @@ class ClusterClient:
 
     def connect(self, name: str | None = None) -> runtime.TaskRuntime:
         """Become a task of the cluster's kernel (named ``name``, default the client's
-        name); returns its TaskRuntime, or raises ClusterError."""
+        name), privileged (host_priv) with the run directory's secret if it has one;
+        returns its TaskRuntime, or raises ClusterError."""
+        try:
+            secret = self.run_dir.host_secret()
+        except HostSecretError as e:
+            raise ClusterError(str(e)) from None
         self.rt = connect_task(self.endpoint, name or self.name, self.connect_timeout,
-                               self.role)
+                               self.role, secret)
         return self.rt
 
     def close(self):
@@ -97,10 +105,11 @@ class ClusterClient:
             self.rt = None
 
     def kernel_info(self, timeout: float = 10.0) -> dict | None:
-        """machemu_kernel_info (the kernel's pid, RSS, tasks, statistics), or None when
-        the kernel does not answer."""
+        """machemu_kernel_info (the kernel's pid, RSS, tasks, statistics: every task's
+        with host_priv, only our own without), or None when the kernel does not answer."""
         try:
-            return machemu_kernel_info(self.rt.host, timeout=timeout, rt=self.rt)
+            return machemu_kernel_info(self.rt.host_priv or self.rt.host, timeout=timeout,
+                                       rt=self.rt)
         except MachError:
             return None
 

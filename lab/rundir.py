@@ -9,6 +9,8 @@ Layout (DESIGN §2, README "Logs")::
     NAME.log         a process's structlog JSON lines; NAME.out its stdout and stderr
     cluster.json     written by the launcher once all are ready: endpoint, processes
     launch.pid       the supervising launcher
+    host_priv.secret the owner's secret (mode 0600): a task showing it to the kernel gets
+                     host_priv (protocol.host_secret); made by ``prepare``
 
 The kernel and the translators write their own ready files (they do not import ``lab``);
 everything else here goes through this module.
@@ -21,7 +23,7 @@ import os
 import socket
 from pathlib import Path
 
-from protocol import runtime
+from protocol import host_secret, runtime
 
 SUN_PATH_LIMIT = 100  # sockaddr_un.sun_path is 108 bytes; keep a margin
 CLUSTER_JSON = "cluster.json"
@@ -29,7 +31,7 @@ LAUNCH_PID = "launch.pid"
 KERNEL_TOML = "kernel.toml"
 KERNEL_SOCK = "kernel.sock"
 # What a fresh run removes: last run's state, logs and outputs, nothing else.
-FRESH_FILES = {CLUSTER_JSON, LAUNCH_PID, KERNEL_TOML, KERNEL_SOCK}
+FRESH_FILES = {CLUSTER_JSON, LAUNCH_PID, KERNEL_TOML, KERNEL_SOCK, host_secret.SECRET_FILE}
 FRESH_SUFFIXES = (".log", ".out", ".ready")
 
 
@@ -130,6 +132,15 @@ class RunDir:
             ep = ""
         return ep or runtime.kernel_endpoint(self.path)
 
+    def host_secret(self) -> bytes | None:
+        """The owner's secret for host_priv, None if the directory has none;
+        HostSecretError if its file must not be trusted (readable by others)."""
+        return host_secret.read_host_secret(self.path)
+
+    def make_host_secret(self) -> bytes:
+        """The owner's secret, made (mode 0600) if the directory has none yet."""
+        return host_secret.make_host_secret(self.path)
+
     def kernel_listening(self) -> bool:
         return unix_listening(self.socket)
 
@@ -173,9 +184,9 @@ class RunDir:
 
     def prepare(self, names: list[str], fresh: bool = False):
         """Make the directory ready for processes ``names``: created if missing; with
-        ``fresh`` last run's logs and state removed; stale ready files of ``names`` and
-        cluster files removed (a stale ready file would make a process look ready before
-        it started)."""
+        ``fresh`` last run's logs and state removed (the host secret too: a new one for a
+        new run); stale ready files of ``names`` and cluster files removed (a stale ready
+        file would make a process look ready before it started); the host secret made."""
         self.path.mkdir(parents=True, exist_ok=True)
         if fresh:
             for f in self.path.iterdir():
@@ -184,6 +195,7 @@ class RunDir:
         for name in names:
             self.ready_file(name).unlink(missing_ok=True)
         self.remove_cluster_files()
+        self.make_host_secret()
 
     def write_kernel_toml(self, table: dict) -> Path:
         """Write the [kernel] table to kernel.toml and check it with the kernel's own

@@ -12,25 +12,31 @@ from pathlib import Path
 import psutil
 
 from lab.rundir import RunDir, unix_listening
+from protocol.host_secret import HostSecretError
 
 
 class StatusError(Exception):
     """No kernel to ask, or it did not answer; the message says which."""
 
 
-def kernel_info(endpoint: str) -> dict:
+def kernel_info(endpoint: str, secret: bytes | None = None) -> dict:
     """``machemu_kernel_info`` of the kernel at ``endpoint``, asked by a short-lived task
-    "launch-status"; StatusError if it cannot be reached or the call fails."""
+    "launch-status" (on host_priv, all tasks, given the owner's ``secret``; else only its
+    own); StatusError if it cannot be reached or the call fails."""
     from protocol.defs.machemu import machemu_kernel_info
     from protocol.kern_return import MachError
     from protocol.runtime import TaskRuntime
 
     try:
-        rt = TaskRuntime(endpoint, name="launch-status", role="status", connect_timeout=10)
+        rt = TaskRuntime(endpoint, name="launch-status", role="status", connect_timeout=10,
+                         secret=secret)
     except MachError as e:
         raise StatusError(f"kernel at {endpoint} does not answer: {e}") from None
     try:
-        return machemu_kernel_info(rt.host, timeout=15, rt=rt)
+        if secret is not None and not rt.host_priv:
+            raise StatusError("the kernel refused host_priv: the run directory's secret is"
+                              " not this kernel's")
+        return machemu_kernel_info(rt.host_priv or rt.host, timeout=15, rt=rt)
     except MachError as e:
         raise StatusError(f"machemu_kernel_info failed: {e}") from None
     finally:
@@ -89,7 +95,11 @@ def collect(rd: RunDir, all_ports: bool = False) -> dict:
     if endpoint.startswith("ipc://") and not unix_listening(Path(endpoint[6:])):
         raise StatusError(f"no kernel listening on {endpoint}"
                           f" (is a cluster running in {rd}?)")
-    info = kernel_info(endpoint)
+    try:
+        secret = rd.host_secret()
+    except HostSecretError as e:
+        raise StatusError(str(e)) from None
+    info = kernel_info(endpoint, secret)
     ports = info.get("ports", [])
     if not all_ports:
         ports = [p for p in ports

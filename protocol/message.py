@@ -10,15 +10,24 @@ Task -> kernel header (a msgpack array), a trap; its fields are read by the H_* 
     ``dealloc`` (optional): [address, size, ...] of out-of-line regions the task is done
     with; the kernel vm_deallocates them before the trap (the runtime's way of doing
     what a C program does with vm_deallocate after using received data).
-    [OP_HELLO, thread, seq, pid, task_name, role]
+    [OP_HELLO, thread, seq, pid, task_name, role(, secret)]
+    ``secret`` (optional, bin, at most 64 bytes): the cluster owner's secret
+    (protocol.host_secret); the right one earns the task a send right to the privileged
+    host port, a wrong one is counted (``host_priv_refused``) and gets none.
     [OP_REPLY_PORT, thread, seq]                                      (mach_reply_port)
     [OP_HEARTBEAT]
     [OP_BYE]
 Kernel -> task header, an answer; its fields are read by the A_* indices:
     [K_RESULT, thread, seq, code(, value)]    (send done / error; value: a trap's result)
     [K_MSG, thread, seq, 0, msgh_id, remote_name, remote_type,
-     local_name, local_type, descs, msgh_seqno, ool_addrs]            (a received message)
-    [K_HELLO, thread, seq, code, task_self, host, name_server, task_id]
+     local_name, local_type, descs, msgh_seqno, ool_addrs, sender]    (a received message)
+    ``sender``: the sender trailer, filled by the kernel (as xnu's audit trailer): the id
+    of the task that sent the message, 0 for a message the kernel sent itself
+    (notifications, memory_object_* to pagers, replies of kernel routines).  Task ids
+    are never 0, and no task can choose what the kernel writes there.
+    [K_HELLO, thread, seq, code, task_self, host, name_server, task_id, host_priv]
+    ``host_priv``: the name of the privileged host port's send right, MACH_PORT_NULL
+    unless the hello carried the owner's secret.
     [K_DISCONNECT, 0, 0, code]                          (the kernel dropped this task)
     [K_BATCH, n1, n2, ...]  then n1 frames of the first answer, n2 of the second...
 Thread 0 is the task's I/O thread: heartbeat answers and K_DISCONNECT go to it.
@@ -122,6 +131,7 @@ H_DEALLOC = 13  # optional
 H_PID = 3
 H_TASK_NAME = 4
 H_ROLE = 5
+H_SECRET = 6  # optional
 
 A_KIND = 0  # every answer: K_*
 A_THREAD = 1
@@ -138,11 +148,16 @@ A_LOCAL_TYPE = 8
 A_DESCS = 9
 A_SEQNO = 10
 A_OOL_ADDRS = 11
+A_SENDER = 12  # the sender trailer: the sending task's id, 0 for the kernel
 # K_HELLO
 A_TASK_SELF = 4
 A_HOST = 5
 A_NAME_SERVER = 6
 A_TASK_ID = 7
+A_HOST_PRIV = 8
+
+# The sender trailer's value for a message the kernel sent (task ids start at 1).
+KERNEL_SENDER = 0
 
 # Bounds every peer is held to.
 MAX_FRAMES = 2 + 8  # header, body, at most 8 out-of-line frames
@@ -186,6 +201,9 @@ class Message:
     when received.  ``local_port`` is msgh_local_port: the reply port when sending, the
     port it was received on when received.  ``descs`` holds (name, disposition) pairs on
     send, (name, type) pairs on receive.  ``body`` is msgpack bytes; ``ool`` raw frames.
+    ``sender`` is the kernel's sender trailer of a received message (A_SENDER): who sent
+    it, KERNEL_SENDER for the kernel; a server believes kernel-only messages
+    (notifications, memory_object_*) only when it is KERNEL_SENDER.
     """
 
     msgh_id: int
@@ -200,3 +218,6 @@ class Message:
     # Where the kernel mapped page-backed OOL data in this task (0: not mapped); the
     # receiver vm_deallocates each region when done with it.
     ool_addrs: list = field(default_factory=list)
+    # The sender trailer of a received message: the sending task's id, KERNEL_SENDER (0)
+    # when the kernel sent it; None for a message not received from the kernel.
+    sender: int | None = None

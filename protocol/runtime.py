@@ -67,10 +67,13 @@ class TaskRuntime:
 
     ``task_self``, ``host`` and ``name_server`` are the names of the send rights the kernel
     gives a new task (mach_task_self, mach_host_self, the netname server port).
+    ``host_priv`` names the privileged host port's send right: given only to a task whose
+    hello carried the cluster owner's ``secret`` (protocol.host_secret), else
+    MACH_PORT_NULL.
     """
 
     def __init__(self, endpoint: str, name: str = "task", role: str = "task",
-                 connect_timeout: float = 15.0):
+                 connect_timeout: float = 15.0, secret: bytes | None = None):
         self.endpoint, self.name, self.role = endpoint, name, role
         self._ctx = zmq.Context()
         s = self._ctx.socket(zmq.DEALER)
@@ -104,8 +107,10 @@ class TaskRuntime:
         self._io = threading.Thread(target=self._io_loop, name="mach-io", daemon=True)
         self._io.start()
         try:
-            hdr, _ = self._trap([M.OP_HELLO, None, None, os.getpid(), name, role], b"", (),
-                                wait=connect_timeout)
+            hello = [M.OP_HELLO, None, None, os.getpid(), name, role]
+            if secret is not None:
+                hello.append(bytes(secret))
+            hdr, _ = self._trap(hello, b"", (), wait=connect_timeout)
             if hdr[M.A_CODE] != 0:
                 raise MachError(hdr[M.A_CODE], "task hello")
         except BaseException:
@@ -113,6 +118,9 @@ class TaskRuntime:
             raise
         self.task_self, self.host, self.name_server, self.task_id = (
             hdr[M.A_TASK_SELF], hdr[M.A_HOST], hdr[M.A_NAME_SERVER], hdr[M.A_TASK_ID])
+        self.host_priv = hdr[M.A_HOST_PRIV] if len(hdr) > M.A_HOST_PRIV else M.MACH_PORT_NULL
+        if secret is not None and not self.host_priv:
+            log.warning("the kernel refused host_priv: wrong secret", task=name)
 
     # ------------------------------------------------------------ threads
 
@@ -325,6 +333,7 @@ class TaskRuntime:
             return rhdr[M.A_CODE], None
         d = rhdr[M.A_DESCS]
         addrs = rhdr[M.A_OOL_ADDRS] if len(rhdr) > M.A_OOL_ADDRS else ()
+        sender = rhdr[M.A_SENDER] if len(rhdr) > M.A_SENDER else None
         if addrs:
             # The data is in the frames; the region the kernel mapped for it goes back
             # with this task's next trap, as a C program would vm_deallocate it.
@@ -337,7 +346,8 @@ class TaskRuntime:
             remote_disp=rhdr[M.A_REMOTE_TYPE], local_port=rhdr[M.A_LOCAL],
             local_disp=rhdr[M.A_LOCAL_TYPE],
             descs=[(d[i], d[i + 1]) for i in range(0, len(d), 2)],
-            body=frames[1], ool=frames[2:], seqno=rhdr[M.A_SEQNO], ool_addrs=list(addrs))
+            body=frames[1], ool=frames[2:], seqno=rhdr[M.A_SEQNO], ool_addrs=list(addrs),
+            sender=sender)
 
     def send(self, msg: M.Message, timeout: float | None = None):
         code, _ = self.mach_msg(M.MACH_SEND_MSG, msg, send_timeout=timeout)
@@ -484,13 +494,15 @@ def kernel_endpoint(run_dir: str | os.PathLike | None = None) -> str:
     return f"ipc://{rd.resolve()}/kernel.sock"
 
 
-def connect(endpoint: str | None = None, name: str = "task", role: str = "task") -> TaskRuntime:
-    """Make this process a task of the kernel at ``endpoint`` and return its runtime."""
+def connect(endpoint: str | None = None, name: str = "task", role: str = "task",
+            secret: bytes | None = None) -> TaskRuntime:
+    """Make this process a task of the kernel at ``endpoint`` and return its runtime;
+    with the owner's ``secret`` it also gets host_priv."""
     global _current
     with _current_lock:
         if _current is not None and not _current._closed:
             return _current
-        _current = TaskRuntime(endpoint or kernel_endpoint(), name, role)
+        _current = TaskRuntime(endpoint or kernel_endpoint(), name, role, secret=secret)
         return _current
 
 

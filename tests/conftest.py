@@ -57,8 +57,10 @@ def start_server(procs, run_dir, module, name, *extra, timeout=60):
 
 def start_kernel(run_dir, procs, timeout=30, **settings) -> str:
     """A real kernel, with SETTINGS as its [kernel] config table (DIR/kernel.toml, checked
-    by the kernel's KernelConfig first) if any; returns its endpoint."""
+    by the kernel's KernelConfig first) if any; returns its endpoint.  The run directory
+    gets the owner's host secret first, as the launcher's does (RunDir.prepare)."""
     rd = RunDir(run_dir)
+    rd.make_host_secret()
     config = rd.write_kernel_toml(settings) if settings else None
     p = procs.start(kernel_argv(run_dir, config), name="kernel")
     ready_or_fail(p, timeout)
@@ -164,16 +166,19 @@ class KernelHandle(str):
 
 @pytest.fixture
 def tasks(kernel):
-    """Make tasks of the test process itself: ``tasks.new(name)`` returns a TaskRuntime."""
+    """Make tasks of the test process itself: ``tasks.new(name)`` returns a TaskRuntime.
+    The test is the cluster's owner, as lab's tools are: its tasks show the run
+    directory's secret and hold host_priv, unless ``priv=False`` (a plain task)."""
     from protocol.runtime import TaskRuntime
 
     made = []
+    secret = RunDir(kernel.run_dir).host_secret()
 
     class Tasks:
         endpoint = kernel
 
-        def new(self, name="t"):
-            rt = TaskRuntime(kernel, name)
+        def new(self, name="t", priv=True):
+            rt = TaskRuntime(kernel, name, secret=secret if priv else None)
             made.append(rt)
             return rt
 

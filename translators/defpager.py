@@ -5,7 +5,7 @@ store, a swap file.
         [--swap-size MiB] [--threads multithread|workers] [--workers N]
         [--thread-timeout S] [--stats-interval S] [--log-level L]
 
-It registers its port with vm_set_default_memory_manager on the host port.  When the
+It registers its port with vm_set_default_memory_manager on host_priv.  When the
 kernel first pages out an anonymous object it sends memory_object_create with the new
 object's receive right: that port joins the bucket as a libpager pager whose ops keep
 the object's pages in swap slots (one slot per page offset, reused for the same offset;
@@ -38,8 +38,7 @@ import structlog
 from protocol.defs import mach as V
 from protocol.defs import mach_port as P
 from protocol.defs import memory_object as MO
-from protocol.defs import netname as NS
-from protocol.kern_return import MachError
+from protocol.kern_return import KernReturn, MachError
 from protocol.vm_param import PAGE_SIZE
 from translators import libpager as PG
 from translators import libports as LP
@@ -294,10 +293,13 @@ def main(argv=None) -> int:
                                                  max_threads=args.max_threads, name=args.name))
             t.stopping_stats = lambda: {**dp.snapshot(), **_server_stats(server, None)}
             server.start()
-            prev = V.vm_set_default_memory_manager(rt.host, right, rt=rt)
+            if not rt.host_priv:
+                raise MachError(KernReturn.KERN_INVALID_HOST,
+                                "no host_priv (the run directory holds no secret?)")
+            prev = V.vm_set_default_memory_manager(rt.host_priv, right, rt=rt)
             if prev:
                 P.mach_port_deallocate(rt.task_self, prev, rt=rt)
-            NS.netname_check_in(rt.name_server, args.name, send, send, rt=rt)
+            t.check_in(send)
             t.ready("default pager ready", model=args.threads, swap=str(swap.path),
                     swap_slots=swap.nslots, port=send, previous_default_pager=prev or 0)
             t.serve_until_stopped(lambda: {**dp.snapshot(), **_server_stats(server, bucket)})

@@ -20,7 +20,6 @@ import threading
 import structlog
 
 from protocol.defs import demo as D
-from protocol.defs import netname as NS
 from translators import libports as LP
 
 log = structlog.get_logger("demo")
@@ -98,7 +97,7 @@ def main(argv=None) -> int:
                                              name=args.name, vm_stacks=args.vm_stacks))
         t.stopping_stats = server.stats
         server.start()
-        NS.netname_check_in(rt.name_server, args.name, send, send, rt=rt)
+        t.check_in(send)
         t.ready("demo server ready", model=args.threads,
                 workers=args.workers if args.threads == "workers" else None,
                 thread_timeout=args.thread_timeout, vm_stacks=args.vm_stacks, port=send,

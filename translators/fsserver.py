@@ -39,7 +39,6 @@ from protocol import message as M
 from protocol.defs import fs as F
 from protocol.defs import mach as VM
 from protocol.defs import mach_port as P
-from protocol.defs import netname as NS
 from protocol.kern_return import MachError
 from protocol.vm_param import PAGE_SIZE, round_page, trunc_page
 from translators import libpager as PG
@@ -733,7 +732,8 @@ def diskfs_startup(t: LP.Translator, srv: FsServer, pager_bucket: LP.PortBucket)
     the server loops (the --threads model), the pager bucket's on threads of their own
     (an io_write blocked in vm_write waits for a data_request that only a pager thread
     can answer), then ``srv``'s; check a protid on the root in with the name server
-    under ``t.name``.  Returns that send right."""
+    under ``t.name``, signed with a private port (Translator.check_in).  Returns that
+    send right."""
     args = t.args
     kw = dict(thread_timeout=args.thread_timeout or None, workers=args.workers)
     t.add_server(LP.make_server(args.threads, pager_bucket, PG.PagerDemuxer(pager_bucket),
@@ -741,7 +741,7 @@ def diskfs_startup(t: LP.Translator, srv: FsServer, pager_bucket: LP.PortBucket)
     t.add_server(LP.make_server(args.threads, srv.bucket, srv.demuxer(), name=t.name,
                                 **kw).start())
     root = srv.root_send_right()
-    NS.netname_check_in(t.rt.name_server, t.name, root, root, rt=t.rt)
+    t.check_in(root)
     return root
 
 

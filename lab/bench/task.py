@@ -12,10 +12,12 @@ from protocol.kern_return import MachError
 
 
 def connect(run_dir: str, name: str, role: str) -> runtime.TaskRuntime:
-    """A task named ``name`` of the kernel serving ``run_dir``, logging to DIR/NAME.log."""
+    """A task named ``name`` of the kernel serving ``run_dir`` (shown the owner's secret,
+    as every tool of the owner), logging to DIR/NAME.log."""
     rd = RunDir(run_dir)
     logs.setup(name, rd.log_file(name))
-    return runtime.connect(rd.kernel_endpoint(), name=name, role=role)
+    return runtime.connect(rd.kernel_endpoint(), name=name, role=role,
+                           secret=rd.host_secret())
 
 
 def look_up(rt: runtime.TaskRuntime, name: str, deadline: float = 30.0) -> int:

@@ -138,9 +138,10 @@ class VMWorkload(Workload):
                 "swap_before": pager_swap(args.run_dir, args.pager_name)}
 
     def default_pager_present(self, cluster) -> bool:
-        """vm_set_default_memory_manager with a null port only asks who it is."""
+        """vm_set_default_memory_manager (on host_priv) with a null port only asks who
+        it is."""
         try:
-            port = V.vm_set_default_memory_manager(cluster.rt.host, 0, timeout=10,
+            port = V.vm_set_default_memory_manager(cluster.rt.host_priv, 0, timeout=10,
                                                    rt=cluster.rt)
         except MachError:
             return False

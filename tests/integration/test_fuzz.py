@@ -28,6 +28,7 @@ from protocol import mig
 from protocol.defs import mach_port as P
 from protocol.defs import machemu as X
 from protocol.defs import netname as NS
+from protocol.host_secret import MAX_SECRET_BYTES
 from protocol.kern_return import MachMsgReturn as R
 from protocol.kern_return import MigReturn
 from protocol.runtime import TaskRuntime
@@ -220,7 +221,7 @@ def test_out_of_range_and_oversized(fuzz):
     @given(st.sampled_from(["option", "send_timeout", "rcv_timeout", "rcv", "msgh_id",
                             "remote", "rdisp", "local", "ldisp", "desc_name", "desc_disp",
                             "big_header", "big_body", "tid", "seq", "hello_name",
-                            "hello_pid", "odd_descs", "no_body"]),
+                            "hello_pid", "hello_secret", "odd_descs", "no_body"]),
            st.integers(0, 2**20))
     def run(what, k):
         seq = fz.next_seq()
@@ -264,6 +265,9 @@ def test_out_of_range_and_oversized(fuzz):
             h = [M.OP_HELLO, 1, seq, os.getpid(), "n" * (129 + k % 1000), "task"]
         elif what == "hello_pid":
             h = [M.OP_HELLO, 1, seq, 2**31 + 1 + k, "fuzz", "task"]
+        elif what == "hello_secret":  # not bytes, or longer than any secret
+            bad = (k, str(k), b"s" * (MAX_SECRET_BYTES + 1 + k % 100), None)[k % 4]
+            h = [M.OP_HELLO, 1, seq, os.getpid(), "fuzz", "task", bad]
         elif what == "no_body":
             fz.case([M.packb(h)], seq)
             return

@@ -350,7 +350,7 @@ threading.Event().wait(120)
     t2.start()
 
     def queued():
-        info = X.machemu_kernel_info(a.host, rt=a)
+        info = X.machemu_kernel_info(a.host_priv, rt=a)
         return any(p["task"] == "srv" and p["depth"] == 1 for p in info["ports"])
 
     wait_for(queued, 30, what="second request queued at the server")

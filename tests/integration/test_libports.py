@@ -155,7 +155,7 @@ def server_threads(pid):
 
 
 def demo_port_info(rt):
-    info = X.machemu_kernel_info(rt.host, timeout=10, rt=rt)
+    info = X.machemu_kernel_info(rt.host_priv, timeout=10, rt=rt)
     return [p for p in info["ports"] if p["task"] == "demo" and p["in_set"]]
 
 

@@ -34,7 +34,7 @@ VM_MAX_ADDRESS = 0xC0000000  # i386 GNU Mach user address space
 
 
 def demo_task(rt, name="demo") -> dict:
-    info = X.machemu_kernel_info(rt.host, timeout=10, rt=rt)
+    info = X.machemu_kernel_info(rt.host_priv, timeout=10, rt=rt)
     [t] = [t for t in info["tasks"] if t["name"] == name]
     return t
 

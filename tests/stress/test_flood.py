@@ -114,7 +114,7 @@ def test_flood_blocked_senders_bounded_kernel_memory(kernel, tasks, procs):
         assert a["msgcount"] == M.MACH_PORT_QLIMIT_DEFAULT
         assert a["blocked_senders"] == total_threads
     blocked = max(samples)
-    info = X.machemu_kernel_info(sink.host, rt=sink)
+    info = X.machemu_kernel_info(sink.host_priv, rt=sink)
     blocked_bytes = sum(t["blocked_bytes"] for t in info["tasks"])
     assert blocked_bytes <= total_threads * (PAGE + 64)
 

@@ -51,7 +51,7 @@ class Rig:
     def send(self, routine, *args, port):
         body, descs, ool = routine.encode_request(list(args))
         self.demux.serve(M.Message(msgh_id=routine.msgh_id, local_port=port, descs=descs,
-                                   body=body, ool=ool))
+                                   body=body, ool=ool, sender=M.KERNEL_SENDER))
 
     def create(self, obj=OBJ, size=16 * P, control=CONTROL, name=NAME):
         self.send(MO.memory_object_create, obj, size, control, name, P, port=ROOT)
@@ -227,7 +227,7 @@ def test_defpager_process_registers_and_stops_cleanly(kernel, procs, run_dir, ta
     port = NS.netname_look_up(rt.name_server, "", "defpager", rt=rt)
     assert port
     # The kernel knows it as the default pager (a null port only asks).
-    current = V.vm_set_default_memory_manager(rt.host, 0, rt=rt)
+    current = V.vm_set_default_memory_manager(rt.host_priv, 0, rt=rt)
     assert current
     p.kill(signal.SIGTERM)
     assert p.p.wait(20) == 0, p.output()

@@ -50,14 +50,18 @@ def test_paths(run_dir):
 def test_prepare_fresh_removes_only_logs_and_state(run_dir):
     keep = ["ext2fs.img", "swap", "notes.txt", "c.toml"]
     gone = ["kernel.log", "demo.out", "demo.ready", "cluster.json", "launch.pid",
-            "kernel.toml", "kernel.sock"]
+            "kernel.toml", "kernel.sock", "host_priv.secret"]
     for f in keep + gone:
         (run_dir / f).write_text("x")
     (run_dir / "sub").mkdir()
     (run_dir / "sub" / "a.log").write_text("x")
     RunDir(run_dir).prepare(["kernel", "demo"], fresh=True)
-    assert sorted(p.name for p in run_dir.iterdir()) == sorted(keep + ["sub"])
+    # a fresh run gets a new host secret in place of the old one
+    assert sorted(p.name for p in run_dir.iterdir()) == sorted(keep + ["sub",
+                                                                      "host_priv.secret"])
     assert (run_dir / "sub" / "a.log").exists()
+    assert RunDir(run_dir).host_secret() is not None
+    assert (run_dir / "host_priv.secret").stat().st_mode & 0o777 == 0o600
 
 
 def test_prepare_not_fresh_keeps_logs(run_dir):
@@ -66,7 +70,7 @@ def test_prepare_not_fresh_keeps_logs(run_dir):
         (run_dir / f).write_text("x")
     RunDir(run_dir).prepare(["kernel", "demo"])
     assert sorted(p.name for p in run_dir.iterdir()) == [
-        "demo.out", "kernel.log", "kernel.toml", "other.ready"]
+        "demo.out", "host_priv.secret", "kernel.log", "kernel.toml", "other.ready"]
 
 
 def test_prepare_makes_the_directory(run_dir):

@@ -175,7 +175,7 @@ class Rig:
         body, descs, ool = routine.encode_request(list(args))
         msg = M.Message(msgh_id=routine.msgh_id, local_port=port,
                         local_disp=routine.dest_disp, descs=descs, body=body, ool=ool,
-                        seqno=seqno)
+                        seqno=seqno, sender=M.KERNEL_SENDER)
         return self.demux.serve(msg)
 
     def in_thread(self, routine, *args, **kw):

@@ -212,7 +212,8 @@ def test_no_senders_notification_drops_the_send_rights_reference():
     ports_port_ref(pi)  # the send rights' reference
     ports_port_deref(pi)  # the creator's
     body, descs, ool = N.mach_notify_no_senders.encode_request([1])
-    note = M.Message(msgh_id=N.MACH_NOTIFY_NO_SENDERS, local_port=300, body=body)
+    note = M.Message(msgh_id=N.MACH_NOTIFY_NO_SENDERS, local_port=300, body=body,
+                     sender=M.KERNEL_SENDER)
     assert dm.serve(note) is None
     assert cleaned == [pi] and len(dm.bucket) == 0
     assert dm.bucket.stats["no_senders"] == 1
@@ -222,7 +223,8 @@ def test_server_handlers_take_precedence_and_mig_reply_shapes():
     got = []
     dm, pi, _ = demo_demuxer({N.mach_notify_no_senders: lambda p, ms: got.append(ms)})
     body, _, _ = N.mach_notify_no_senders.encode_request([4])
-    dm.serve(M.Message(msgh_id=N.MACH_NOTIFY_NO_SENDERS, local_port=300, body=body))
+    dm.serve(M.Message(msgh_id=N.MACH_NOTIFY_NO_SENDERS, local_port=300, body=body,
+                       sender=M.KERNEL_SENDER))
     assert got == [4] and pi.refcnt == 1
     r = mig_reply(M.Message(msgh_id=D.demo_null.msgh_id, remote_port=5,
                             remote_disp=M.MACH_MSG_TYPE_MOVE_SEND), D.demo_null, 0)

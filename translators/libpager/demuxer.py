@@ -7,6 +7,10 @@ the message's rights); the handler takes its turn by the message's sequence numb
 extra user reference the message gave to the control port is deallocated (except the
 one init keeps); a handler's exception is logged, never propagated (the kernel does not
 wait for answers to one-way messages).
+
+memory_object_* messages are kernel-to-pager only: one whose sender trailer is not the
+kernel's (a task forging a data_request or terminate to a pager port it got) is dropped
+and counted (libports' ``not_from_kernel``) before any handler sees it.
 """
 
 from __future__ import annotations
@@ -117,6 +121,11 @@ def pager_handlers() -> dict:
     }
 
 
+# Every kernel-to-pager message id (memory_object and memory_object_default subsystems).
+KERNEL_TO_PAGER = frozenset(MO.memory_object.routines) | frozenset(
+    MO.memory_object_default.routines)
+
+
 def pager_demux() -> Demux:
     """The memory_object server routines as a protocol.mig.Demux (handlers take the
     PortInfo as their object)."""
@@ -134,7 +143,7 @@ class PagerDemuxer(LP.PortsDemuxer):
     def __init__(self, bucket, handlers: dict | None = None, notify: bool = True):
         table = pager_handlers()
         table.update(handlers or {})
-        super().__init__(bucket, table, notify)
+        super().__init__(bucket, table, notify, kernel_only=KERNEL_TO_PAGER)
 
     def serve(self, msg):
         _tls.seqno = msg.seqno

@@ -5,6 +5,12 @@ libports' own ``ports_notify_server`` for kernel notifications).
 ``PortsDemuxer.serve(msg)`` is what every thread model calls for each message it takes;
 it returns the reply Message to send, or None when nothing is to be sent (no reply port,
 a one-way routine, a handler that replies itself with MIG_NO_REPLY).
+
+Notifications (mach_notify_*, ids 0o100..) are believed only when the kernel sent them:
+the message's sender trailer (``Message.sender``, filled by the kernel) must be 0.  Any
+other is a forgery by a task (a no-senders that would destroy a root port, a dead-name
+that would make us deallocate one of our own rights): dropped, its rights destroyed, and
+counted as ``not_from_kernel``.  They are simpleroutines, so no reply goes back.
 """
 
 from __future__ import annotations
@@ -53,8 +59,12 @@ class PortsDemuxer:
     *args)}) and, for routines the server does not define, libports' notification
     handlers.  ``handlers`` receive the PortInfo of the port the message came to."""
 
-    def __init__(self, bucket: PortBucket, handlers: dict, notify: bool = True):
+    def __init__(self, bucket: PortBucket, handlers: dict, notify: bool = True,
+                 kernel_only=()):
+        """``kernel_only``: further message ids served only when the kernel sent them
+        (libpager's memory_object_* routines); notification ids always are."""
         self.bucket = bucket
+        self.kernel_only = frozenset(N.notify.routines) | frozenset(kernel_only)
         table = {}
         if notify:
             table.update({
@@ -69,7 +79,8 @@ class PortsDemuxer:
         self.demux = Demux(table)
         self._lock = threading.Lock()
         self.stats = {"served": 0, "replies": 0, "bad_id": 0, "bad_args": 0,
-                      "no_object": 0, "errors": 0, "handler_exceptions": 0}
+                      "no_object": 0, "errors": 0, "handler_exceptions": 0,
+                      "not_from_kernel": 0}
 
     def _count(self, key):
         with self._lock:
@@ -122,6 +133,12 @@ class PortsDemuxer:
         """Look up the object for ``msg.local_port``, dispatch, return the reply (or
         None).  Never raises for anything a client sent."""
         self._count("served")
+        if msg.msgh_id in self.kernel_only and msg.sender != M.KERNEL_SENDER:
+            self._count("not_from_kernel")
+            log.warning("message only the kernel sends, from a task: dropped",
+                        msgh_id=msg.msgh_id, sender=msg.sender, port=msg.local_port)
+            self._destroy_request_rights(msg)
+            return None
         pi = self.bucket.lookup(msg.local_port)
         ports = [d[0] for d in msg.descs]
         if pi is None:

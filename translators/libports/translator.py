@@ -11,6 +11,7 @@ DIR/NAME.ready, the periodic statistics line and a clean shutdown.
         return 1
     with t:                            # failures are logged as "demo server failed"
         t.add_server(make_server(...).start())
+        t.check_in(root_send_right)   # netname_check_in, signed with a private port
         ...
         t.ready("demo server ready", model=args.threads)
         t.serve_until_stopped(stats)
@@ -30,6 +31,10 @@ from pathlib import Path
 import structlog
 
 from protocol import logs, runtime
+from protocol import message as M
+from protocol.defs import mach_port as P
+from protocol.defs import netname as NS
+from protocol.host_secret import HostSecretError, read_host_secret
 from protocol.kern_return import MachError
 from translators.libports.workers import DEFAULT_WORKERS
 
@@ -87,6 +92,7 @@ class Translator:
         self.endpoint = (args.endpoint or os.environ.get("MACHEMU_KERNEL")
                          or runtime.kernel_endpoint(self.run_dir))
         self.rt = None
+        self.signature = 0  # the private port signing our name server entries
         self.servers: list = []
         self.code = 0
         # The "WHAT stopping" line's extra fields; the main sets it once its state exists.
@@ -98,15 +104,36 @@ class Translator:
         self.stop.set()
 
     def connect(self):
-        """The process's task (runtime.connect, role "server"); None, logged, when the
-        kernel cannot be reached."""
+        """The process's task (runtime.connect, role "server"), shown the cluster owner's
+        secret from the run directory (protocol.host_secret) if there is one there: the
+        launcher gives its translators host_priv that way.  None, logged, when the kernel
+        cannot be reached or the secret file must not be trusted."""
         try:
-            self.rt = runtime.connect(self.endpoint, name=self.name, role="server")
+            secret = read_host_secret(self.run_dir)
+        except HostSecretError as e:
+            self.log.error("host secret not trusted", error=str(e))
+            return None
+        try:
+            self.rt = runtime.connect(self.endpoint, name=self.name, role="server",
+                                      secret=secret)
         except MachError as e:
             self.log.error("cannot connect to the kernel", endpoint=self.endpoint,
                            error=str(e))
             return None
         return self.rt
+
+    def check_in(self, port: int, name: str | None = None):
+        """netname_check_in ``port`` (a send right's name) under ``name`` (default this
+        translator's), signed with a port only this task holds: a receive right made
+        for the purpose, of which the name server alone gets a send right.  A client
+        that looked the root port up thus cannot check the name in again or out."""
+        rt = self.rt
+        if not self.signature:
+            sig = P.mach_port_allocate(rt.task_self, M.MACH_PORT_RIGHT_RECEIVE, rt=rt)
+            P.mach_port_insert_right(rt.task_self, sig, (sig, M.MACH_MSG_TYPE_MAKE_SEND),
+                                     rt=rt)
+            self.signature = sig
+        NS.netname_check_in(rt.name_server, name or self.name, self.signature, port, rt=rt)
 
     def add_server(self, server):
         """Watch ``server`` (a started libports server) and stop it at the end."""
@@ -136,9 +163,19 @@ class Translator:
                 break
             self.stop.wait(0.25)
             if interval and time.monotonic() >= next_stats:
-                self.log.info("stats", **stats_fn())
+                self.log.info("stats", **{**stats_fn(), **self.refused_stats()})
                 next_stats = time.monotonic() + interval
         return self.code
+
+    def refused_stats(self) -> dict:
+        """``not_from_kernel``: messages only the kernel may send (notifications,
+        memory_object_*) that a task forged, refused by this translator's servers."""
+        n = 0
+        for s in self.servers:
+            demuxer = getattr(s, "demuxer", None)
+            if demuxer is not None:
+                n += demuxer.stats.get("not_from_kernel", 0)
+        return {"not_from_kernel": n}
 
     def close(self):
         """Stop the servers, log "WHAT stopping", remove the ready file, close the task."""
@@ -147,7 +184,8 @@ class Translator:
             clean = True
             for s in reversed(self.servers):
                 clean = s.stop(timeout=10) and clean
-            self.log.info(f"{self.what} stopping", clean=clean, **self.stopping_stats())
+            self.log.info(f"{self.what} stopping", clean=clean,
+                          **{**self.stopping_stats(), **self.refused_stats()})
         try:
             self.ready_path.unlink()
         except FileNotFoundError:
