@@ -83,7 +83,7 @@ class Ext2Fs(FileSystem):
         """diskfs_cached_lookup (lock held by the caller or at init): not referenced."""
         node = self.nodes.get(ino)
         if node is None:
-            inode = self._call(self.ext2.read_inode, ino)
+            inode = self._call(self.ext2.read_live_inode, ino)
             node = Ext2Node(ino, inode.i_mode, inode.size)
             self.nodes[ino] = node
         return node
