@@ -352,17 +352,20 @@ class MemFs(FileSystem):
         if size < 0:
             raise fs_error(F.EINVAL)
         with node.io_lock:
-            old = node.size
-            if size >= old:
-                self.grow(node, size)
-            else:
-                with self.lock:
-                    self.used -= round_page(old) - round_page(size)
-                    node.size = size
-                self.count(truncations=1)
-                self._flush_past(node, size, old)
-                node.store.truncate(size)
-            node.mtime = node.ctime = time.time()
+            self.set_size_locked(node, size)
+
+    def set_size_locked(self, node: MemNode, size: int):
+        old = node.size
+        if size >= old:
+            self.grow(node, size)
+        else:
+            with self.lock:
+                self.used -= round_page(old) - round_page(size)
+                node.size = size
+            self.count(truncations=1)
+            self._flush_past(node, size, old)
+            node.store.truncate(size)
+        node.mtime = node.ctime = time.time()
 
     def stat(self, node: MemNode) -> dict:
         with self.lock:

@@ -195,10 +195,13 @@ class Ext2Fs(FileSystem):
         if size < 0:
             raise fs_error(F.EINVAL)
         with node.io_lock:
-            if size < node.size:
-                self._flush_past(node, size, node.size)
-            self._call(self.ext2.truncate, node.ino, size)
-            node.size = size
+            self.set_size_locked(node, size)
+
+    def set_size_locked(self, node: Ext2Node, size: int):
+        if size < node.size:
+            self._flush_past(node, size, node.size)
+        self._call(self.ext2.truncate, node.ino, size)
+        node.size = size
 
     def stat(self, node: Ext2Node) -> dict:
         st = self._call(self.ext2.stat, node.ino)
