@@ -71,6 +71,8 @@ class Dir:
 
     def _dir_inode(self, ino) -> Inode:
         inode = self._as_inode(ino)
+        if inode.i_mode & D.S_IFMT not in self._FILE_TYPES:
+            raise Ext2Error(errno.EIO, f"corrupt inode {inode.ino}: mode {inode.i_mode:#o}")
         if not inode.is_dir():
             raise Ext2Error(errno.ENOTDIR, f"inode {inode.ino} is not a directory")
         self._check_dir_size(inode)

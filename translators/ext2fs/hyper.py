@@ -60,8 +60,8 @@ class Hyper:
         if sb.s_rev_level > D.EXT2_DYNAMIC_REV:
             raise Ext2Error(errno.EINVAL, f"unsupported revision {sb.s_rev_level}")
         if sb.s_log_block_size > 2:
-            raise Ext2Error(errno.EINVAL, f"unsupported block size {sb.block_size} "
-                            "(1024, 2048 or 4096 only)")
+            raise Ext2Error(errno.EINVAL, f"unsupported s_log_block_size "
+                            f"{sb.s_log_block_size} (1024, 2048 or 4096-byte blocks only)")
         if sb.s_rev_level == D.EXT2_DYNAMIC_REV:
             self._check_features(sb)
         self.block_size = bs = sb.block_size
@@ -103,6 +103,10 @@ class Hyper:
 
         if sb.s_first_data_block != (1 if bs == 1024 else 0):
             bad(f"s_first_data_block {sb.s_first_data_block} with {bs}-byte blocks")
+        st = os.fstat(self.fd)
+        if stat.S_ISREG(st.st_mode) and st.st_size < sb.s_blocks_count * bs:
+            bad(f"s_blocks_count {sb.s_blocks_count} exceeds the image "
+                f"({st.st_size // bs} blocks)")
         if sb.s_blocks_per_group > 8 * bs or sb.s_inodes_per_group > 8 * bs:
             bad(f"{sb.s_blocks_per_group} blocks / {sb.s_inodes_per_group} inodes per "
                 f"group (a bitmap block maps {8 * bs})")
@@ -120,10 +124,6 @@ class Hyper:
         if sb.s_free_blocks_count > sb.s_blocks_count or \
                 sb.s_free_inodes_count > sb.s_inodes_count:
             bad("free counts larger than the totals")
-        st = os.fstat(self.fd)
-        if stat.S_ISREG(st.st_mode) and st.st_size < sb.s_blocks_count * bs:
-            bad(f"s_blocks_count {sb.s_blocks_count} exceeds the image "
-                f"({st.st_size // bs} blocks)")
         self.itb_per_group = itb
 
     def _check_descriptors(self) -> None:
