@@ -51,17 +51,23 @@ def check_ops(c: Client, tree: dict) -> tuple[int, int]:
     or wrong bytes fails the test."""
     ok = eio = 0
 
-    def attempt(what, fn, want):
+    def attempt(what, want, fn, *args):
         nonlocal ok, eio
         try:
-            got = fn()
+            got = fn(*args)
         except MachError as e:
             assert e.code == F.EIO, f"{what}: {e} (code {e.code:#x}), not EIO"
             eio += 1
-            return None
+            return
         assert got == want, f"{what}: wrong answer {got!r:.200} != {want!r:.200}"
         ok += 1
-        return got
+
+    def listing(port):
+        data, _n = c.call(F.dir_readdir, port, 0, -1, 0)
+        return sorted(n for n, _t, _i in M.unpackb(data) if n not in (".", ".."))
+
+    def size(port):
+        return c.call(F.io_stat, port)["st_size"]
 
     for path, want in sorted(tree.items()):
         try:
@@ -74,13 +80,10 @@ def check_ops(c: Client, tree: dict) -> tuple[int, int]:
         if want is None:
             names = sorted(p.rpartition("/")[2] for p in tree
                            if p.rpartition("/")[0] == path)
-            attempt(f"readdir {path}", lambda: sorted(
-                n for n, _t, _i in M.unpackb(c.call(F.dir_readdir, port, 0, -1, 0)[0])
-                if n not in (".", "..")), names)
+            attempt(f"readdir {path}", names, listing, port)
         else:
-            attempt(f"read {path}", lambda: c.call(F.io_read, port, 0, len(want) + 100),
-                    want)
-            attempt(f"stat {path}", lambda: c.call(F.io_stat, port)["st_size"], len(want))
+            attempt(f"read {path}", want, c.call, F.io_read, port, 0, len(want) + 100)
+            attempt(f"stat {path}", len(want), size, port)
         c.close(port)
     data = pattern(5000, 7)
     try:
@@ -88,8 +91,8 @@ def check_ops(c: Client, tree: dict) -> tuple[int, int]:
     except MachError as e:
         assert e.code == F.EIO, f"create: {e} (code {e.code:#x}), not EIO"
         return ok, eio + 1
-    attempt("write new-file", lambda: c.call(F.io_write, port, data, 0), len(data))
-    attempt("read new-file", lambda: c.call(F.io_read, port, 0, 6000), data)
+    attempt("write new-file", len(data), c.call, F.io_write, port, data, 0)
+    attempt("read new-file", data, c.call, F.io_read, port, 0, 6000)
     c.close(port)
     return ok, eio
 
