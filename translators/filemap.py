@@ -21,33 +21,23 @@ from protocol.defs import mach_port as P
 from protocol.kern_return import KernReturn as K
 from protocol.kern_return import MachError
 from protocol.vm_param import PAGE_SIZE
-from translators import libpager as PG
 
 log = structlog.get_logger("fsserver")
 
 MiB = 1 << 20
 
 
-def io_errno(code: int, pager=None, offset: int = 0, n: int = 0) -> int:
+def io_errno(code: int, pager_error: int = 0) -> int:
     """The errno (error_t) an io_read / io_write answers for a failed vm_map / vm_read /
-    vm_write of [offset, offset+n): Hurd errnos pass through; the pager's own error
-    for a page it refused (pager_get_error: ENOSPC from unlock_page, EIO from
-    read_page), since the kernel's fault reports only KERN_MEMORY_ERROR; no room in
-    the address space is ENOMEM; anything else EIO."""
+    vm_write: Hurd errnos pass through; a page the pager refused is the pager's own
+    error (``pager_error``: ENOSPC from unlock_page, EIO from read_page — what Mach
+    passes to the faulting thread; machemu's fault reports only KERN_MEMORY_ERROR), else
+    EIO; no room in the address space is ENOMEM; anything else EIO."""
     if code & 0x40000000:
         return code
-    if pager is not None and n > 0:
-        first = offset // PAGE_SIZE
-        for page in range(first, min(first + 4096, (offset + n - 1) // PAGE_SIZE + 1)):
-            try:
-                err = PG.pager_get_error(pager, page * PAGE_SIZE)
-            except (IndexError, KeyError):
-                break
-            if err:
-                return err
     if code in (K.KERN_NO_SPACE, K.KERN_RESOURCE_SHORTAGE):
         return F.ENOMEM
-    return F.EIO
+    return pager_error or F.EIO
 
 
 class MappingBudget:

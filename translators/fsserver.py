@@ -105,6 +105,7 @@ class Node:
         self.io_lock = threading.Lock()
         self.pager = None
         self.mapping: FileMapping | None = None
+        self.pager_error = 0  # the last error a pager op of this file gave (errno)
 
     @property
     def is_dir(self) -> bool:
@@ -121,6 +122,12 @@ class FilePagerOps(PG.PagerOps):
 
     def __init__(self, node: Node):
         self.node = node
+
+    def failed(self, e: MachError) -> MachError:
+        """Note the error a pager op is about to give (for the mapped I/O that caused
+        the fault, see FileSystem._mapped_io); returns it to raise."""
+        self.node.pager_error = e.code
+        return e
 
     def report_extent(self, pager) -> int:
         """pager_report_extent: the file's size, whole pages."""
@@ -279,11 +286,11 @@ class FileSystem:
                                        node.io_lock)
         m = node.mapping
         before = m.remaps
+        node.pager_error = 0
         try:
             return m.write(offset, arg) if write else m.read(offset, arg)
         except MachError as e:
-            n = len(arg) if write else arg
-            raise fs_error(io_errno(e.code, node.pager, offset, n), str(e)) from e
+            raise fs_error(io_errno(e.code, node.pager_error), str(e)) from e
         finally:
             if m.remaps != before:
                 self.count(remaps=m.remaps - before)

@@ -21,6 +21,8 @@ import time
 import structlog
 
 from protocol.defs import fs as F
+from protocol.kern_return import MachError
+from protocol.vm_param import PAGE_SIZE, round_page
 from translators.ext2fs import ondisk as D
 from translators.ext2fs.filesystem import Ext2
 from translators.ext2fs.pager import Ext2PagerOps, ext2_error
@@ -166,12 +168,28 @@ class Ext2Fs(FileSystem):
         return Ext2PagerOps(self, node)
 
     def grow(self, node: Ext2Node, size: int):
-        """diskfs_grow: set i_size (the blocks come later, from unlock_page)."""
+        """diskfs_grow (ext2fs/pager.c): set i_size; the blocks come later, from
+        unlock_page, except those of the old last page past the old end: the kernel may
+        hold that page writable already, so they are allocated now (ENOSPC here, with
+        the size unchanged, rather than a lost page at pageout)."""
         if size > self.ext2.max_file_size():
             raise fs_error(F.EFBIG)
         ext2 = self.ext2
+        bs = ext2.block_size
         with ext2.lock:
             inode = self._call(ext2.read_inode, node.ino)
+            old = inode.size
+            if old % PAGE_SIZE and node.pager is not None:
+                last = min(round_page(old), size)
+                try:
+                    for lb in range((old + bs - 1) // bs, (last + bs - 1) // bs):
+                        if not self._call(ext2.bmap, inode, lb):
+                            self._call(ext2.bmap, inode, lb, create=True)
+                            self.count(blocks_allocated=1)
+                except MachError:
+                    ext2._free_blocks_from(inode, (old + bs - 1) // bs)  # none past EOF
+                    self._call(ext2.write_inode, inode)
+                    raise
             inode.size = size
             if size > 2**31 - 1:
                 ext2._set_large_file()
