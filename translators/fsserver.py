@@ -163,6 +163,11 @@ class FileSystem:
         self.root_node: Node | None = None
         self.map_budget = MappingBudget()  # address space the files' windows may hold
 
+    def map_stats(self) -> dict:
+        """The file windows' address space now and the idle windows evicted for it."""
+        return {"map_bytes": self.map_budget.mapped,
+                "map_evictions": self.map_budget.evictions}
+
     def count(self, **kw):
         """Add to ``stats``."""
         with self._stats_lock:

@@ -411,7 +411,7 @@ def main(argv=None) -> int:
 
         def all_stats():
             return {**srv.stats, **memfs.stats, "nodes": memfs.nodes, "used": memfs.used,
-                    **pager_bucket_stats(pager_bucket)}
+                    **memfs.map_stats(), **pager_bucket_stats(pager_bucket)}
 
         t.stopping_stats = all_stats
         root = diskfs_startup(t, srv, pager_bucket)

@@ -86,7 +86,7 @@ def main(argv=None) -> int:
         srv = FsServer(fs, fs_bucket, name=name)
 
         def all_stats():
-            return {**srv.stats, **fs.stats, "nodes": len(fs.nodes),
+            return {**srv.stats, **fs.stats, "nodes": len(fs.nodes), **fs.map_stats(),
                     **{f"ext2_{k}": v for k, v in ext2.stats.items()},
                     **pager_bucket_stats(pager_bucket)}
 
