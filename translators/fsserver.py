@@ -300,7 +300,6 @@ class FileSystem:
             if m.remaps != before:
                 self.count(remaps=m.remaps - before)
 
-
     def map(self, node: Node) -> int:
         """A send right (one user reference, ours to give away) to the node's memory
         object (diskfs_get_filemap / pager_get_port)."""
@@ -332,8 +331,9 @@ class FileSystem:
         """--direct-io: ``n`` bytes (all before EOF) from the file's storage."""
         raise NotImplementedError
 
-    def write_direct(self, node: Node, offset: int, data: bytes):
-        """--direct-io: store ``data`` at ``offset``, growing the file."""
+    def write_direct(self, node: Node, offset: int, data: bytes) -> int:
+        """--direct-io: store ``data`` at ``offset``, growing the file; returns the
+        amount stored (short when the storage ran out part way)."""
         raise NotImplementedError
 
     def read(self, node: Node, offset: int, amount: int) -> bytes:
@@ -359,8 +359,7 @@ class FileSystem:
             old = node.size
             try:
                 if self.direct_io:
-                    self.write_direct(node, offset, data)
-                    return n
+                    return self.write_direct(node, offset, data)
                 if offset + n > node.size:
                     self.grow(node, offset + n)
                 if n:

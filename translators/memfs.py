@@ -328,10 +328,11 @@ class MemFs(FileSystem):
     def read_direct(self, node: MemNode, offset: int, n: int) -> bytes:
         return node.store.read(offset, n)
 
-    def write_direct(self, node: MemNode, offset: int, data: bytes):
+    def write_direct(self, node: MemNode, offset: int, data: bytes) -> int:
         if offset + len(data) > node.size:
             self.grow(node, offset + len(data))
         node.store.write(offset, data)
+        return len(data)
 
     def read(self, node: MemNode, offset: int, amount: int) -> bytes:
         data = super().read(node, offset, amount)

@@ -186,3 +186,24 @@ def test_failed_write_leaves_the_size_and_answers_enospc(kernel, tasks, procs, r
     c.close(g)
     stop_ext2fs(p, run_dir)
     e2fsck(img)  # nothing left allocated past the restored end
+
+
+@needs_e2fsprogs
+@pytest.mark.timeout(120)
+def test_direct_io_short_write_reports_what_was_stored(kernel, tasks, procs, run_dir,
+                                                       tmp_path):
+    """--direct-io out of space part way: io_write answers the amount stored (it used
+    to answer the whole length), the size ends there and those bytes read back."""
+    img = mke2fs(tmp_path / "d.img", 1024, 3)
+    p = start_ext2fs(procs, run_dir, "--image", str(img), "--sync-interval", "0",
+                     "--direct-io")
+    c = Client(tasks.new("c"))
+    f = c.open("f", F.O_CREAT | RW)
+    data = pattern(3584 << 10, 8)
+    n = c.call(F.io_write, f, data, 0)
+    assert 0 < n < len(data)
+    assert c.call(F.io_stat, f)["st_size"] == n
+    assert c.read_all(f, n) == data[:n]
+    c.close(f)
+    stop_ext2fs(p, run_dir)
+    e2fsck(img)

@@ -200,10 +200,12 @@ class Ext2Fs(FileSystem):
     def read_direct(self, node: Ext2Node, offset: int, n: int) -> bytes:
         return self._call(self.ext2.read, node.ino, offset, n)
 
-    def write_direct(self, node: Ext2Node, offset: int, data: bytes):
-        if data:
-            self._call(self.ext2.write, node.ino, offset, data)
-            node.size = max(node.size, offset + len(data))
+    def write_direct(self, node: Ext2Node, offset: int, data: bytes) -> int:
+        if not data:
+            return 0
+        n = self._call(self.ext2.write, node.ino, offset, data)
+        node.size = max(node.size, offset + n)
+        return n
 
     def set_size(self, node: Ext2Node, size: int):
         """file_set_size: extend (sparse) or truncate: the kernel's pages past the new
