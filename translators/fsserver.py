@@ -43,7 +43,7 @@ from protocol.kern_return import MachError
 from protocol.vm_param import PAGE_SIZE, round_page, trunc_page
 from translators import libpager as PG
 from translators import libports as LP
-from translators.filemap import FileMapping
+from translators.filemap import FileMapping, MappingBudget, io_errno
 
 log = structlog.get_logger("fsserver")
 
@@ -104,6 +104,7 @@ class Node:
         self.io_lock = threading.Lock()
         self.pager = None
         self.mapping: FileMapping | None = None
+        self.pager_error = 0  # the last error a pager op of this file gave (errno)
 
     @property
     def is_dir(self) -> bool:
@@ -120,6 +121,12 @@ class FilePagerOps(PG.PagerOps):
 
     def __init__(self, node: Node):
         self.node = node
+
+    def failed(self, e: MachError) -> MachError:
+        """Note the error a pager op is about to give (for the mapped I/O that caused
+        the fault, see FileSystem._mapped_io); returns it to raise."""
+        self.node.pager_error = e.code
+        return e
 
     def report_extent(self, pager) -> int:
         """pager_report_extent: the file's size, whole pages."""
@@ -153,6 +160,12 @@ class FileSystem:
         self._stats_lock = threading.Lock()
         self.stats: dict[str, int] = {}
         self.root_node: Node | None = None
+        self.map_budget = MappingBudget()  # address space the files' windows may hold
+
+    def map_stats(self) -> dict:
+        """The file windows' address space now and the idle windows evicted for it."""
+        return {"map_bytes": self.map_budget.mapped,
+                "map_evictions": self.map_budget.evictions}
 
     def count(self, **kw):
         """Add to ``stats``."""
@@ -268,16 +281,23 @@ class FileSystem:
     def _port(self, node: Node) -> int:
         return PG.pager_get_port(self._pager(node))
 
-    def _mapping(self, node: Node, size: int) -> FileMapping:
-        """The file system's own mapping of the file, covering ``size`` (caller holds
-        io_lock)."""
+    def _mapped_io(self, node: Node, write: bool, offset: int, arg):
+        """pager_memcpy: read ``arg`` bytes at ``offset`` or write the bytes ``arg``
+        there, through the file system's own window on the file (caller holds
+        io_lock).  A failure is an errno (filemap.io_errno)."""
         if node.mapping is None:
-            node.mapping = FileMapping(self.rt, lambda: self._port(node))
-        before = node.mapping.remaps
-        node.mapping.ensure(max(size, 1))
-        if node.mapping.remaps != before:
-            self.count(remaps=1)
-        return node.mapping
+            node.mapping = FileMapping(self.rt, lambda: self._port(node), self.map_budget,
+                                       node.io_lock)
+        m = node.mapping
+        before = m.remaps
+        node.pager_error = 0
+        try:
+            return m.write(offset, arg) if write else m.read(offset, arg)
+        except MachError as e:
+            raise fs_error(io_errno(e.code, node.pager_error), str(e)) from e
+        finally:
+            if m.remaps != before:
+                self.count(remaps=m.remaps - before)
 
     def map(self, node: Node) -> int:
         """A send right (one user reference, ours to give away) to the node's memory
@@ -295,7 +315,7 @@ class FileSystem:
             return
         if size % PAGE_SIZE:
             PG.pager_return_some(pager, trunc_page(size), PAGE_SIZE, True)
-        end = max(round_page(old), node.mapping.size if node.mapping else 0)
+        end = max(round_page(old), node.mapping.end if node.mapping else 0)
         if end > round_page(size):
             PG.pager_flush_some(pager, round_page(size), end - round_page(size), True)
 
@@ -310,8 +330,9 @@ class FileSystem:
         """--direct-io: ``n`` bytes (all before EOF) from the file's storage."""
         raise NotImplementedError
 
-    def write_direct(self, node: Node, offset: int, data: bytes):
-        """--direct-io: store ``data`` at ``offset``, growing the file."""
+    def write_direct(self, node: Node, offset: int, data: bytes) -> int:
+        """--direct-io: store ``data`` at ``offset``, growing the file; returns the
+        amount stored (short when the storage ran out part way)."""
         raise NotImplementedError
 
     def read(self, node: Node, offset: int, amount: int) -> bytes:
@@ -325,7 +346,7 @@ class FileSystem:
                 return b""
             if self.direct_io:
                 return self.read_direct(node, offset, n)
-            return self._mapping(node, offset + n).read(offset, n)
+            return self._mapped_io(node, False, offset, n)
 
     def write(self, node: Node, offset: int, data: bytes) -> int:
         """_diskfs_rdwr_internal writing: store ``data`` at ``offset`` (the file grows
@@ -334,14 +355,33 @@ class FileSystem:
         self._file(node)
         n = len(data)
         with node.io_lock:
-            if self.direct_io:
-                self.write_direct(node, offset, data)
-                return n
-            if offset + n > node.size:
-                self.grow(node, offset + n)
-            if n:
-                self._mapping(node, offset + n).write(offset, data)
+            old = node.size
+            try:
+                if self.direct_io:
+                    return self.write_direct(node, offset, data)
+                if offset + n > node.size:
+                    self.grow(node, offset + n)
+                if n:
+                    self._mapped_io(node, True, offset, data)
+            except MachError:
+                if node.size != old:
+                    self._undo_grow(node, old)
+                raise
         return n
+
+    def _undo_grow(self, node: Node, size: int):
+        """A write that grew the file failed: back to ``size`` (its pages past it
+        flushed, its storage there freed), so a failed io_write leaves the size as it
+        was.  Caller holds io_lock."""
+        try:
+            self.set_size_locked(node, size)
+        except MachError as e:
+            log.error("restoring the size after a failed write failed", ino=node.ino,
+                      size=size, code=e.code)
+
+    def set_size_locked(self, node: Node, size: int):
+        """file_set_size's work with io_lock held (see ``set_size``)."""
+        raise NotImplementedError
 
     def set_size(self, node, size: int):
         raise NotImplementedError

@@ -328,10 +328,11 @@ class MemFs(FileSystem):
     def read_direct(self, node: MemNode, offset: int, n: int) -> bytes:
         return node.store.read(offset, n)
 
-    def write_direct(self, node: MemNode, offset: int, data: bytes):
+    def write_direct(self, node: MemNode, offset: int, data: bytes) -> int:
         if offset + len(data) > node.size:
             self.grow(node, offset + len(data))
         node.store.write(offset, data)
+        return len(data)
 
     def read(self, node: MemNode, offset: int, amount: int) -> bytes:
         data = super().read(node, offset, amount)
@@ -352,17 +353,20 @@ class MemFs(FileSystem):
         if size < 0:
             raise fs_error(F.EINVAL)
         with node.io_lock:
-            old = node.size
-            if size >= old:
-                self.grow(node, size)
-            else:
-                with self.lock:
-                    self.used -= round_page(old) - round_page(size)
-                    node.size = size
-                self.count(truncations=1)
-                self._flush_past(node, size, old)
-                node.store.truncate(size)
-            node.mtime = node.ctime = time.time()
+            self.set_size_locked(node, size)
+
+    def set_size_locked(self, node: MemNode, size: int):
+        old = node.size
+        if size >= old:
+            self.grow(node, size)
+        else:
+            with self.lock:
+                self.used -= round_page(old) - round_page(size)
+                node.size = size
+            self.count(truncations=1)
+            self._flush_past(node, size, old)
+            node.store.truncate(size)
+        node.mtime = node.ctime = time.time()
 
     def stat(self, node: MemNode) -> dict:
         with self.lock:
@@ -408,7 +412,7 @@ def main(argv=None) -> int:
 
         def all_stats():
             return {**srv.stats, **memfs.stats, "nodes": memfs.nodes, "used": memfs.used,
-                    **pager_bucket_stats(pager_bucket)}
+                    **memfs.map_stats(), **pager_bucket_stats(pager_bucket)}
 
         t.stopping_stats = all_stats
         root = diskfs_startup(t, srv, pager_bucket)

@@ -8,7 +8,9 @@ Without --image a fresh image DIR/NAME.img is made (translators.ext2fs.mkfs, --s
 and --block-size).  One pager per file (translators.ext2fs.translator); io_read/io_write
 through ext2fs's own mapping of each file unless --direct-io (the image directly, no
 io_map).  Every --sync-interval seconds (default 30, 0 = never) every file's pages and
-the metadata are written back; SIGTERM syncs, then closes the image (clean).  The root
+the metadata are written back; SIGTERM syncs, then closes the image (clean).  An image
+that cannot be mounted (corrupt superblock or group descriptors, unsupported features)
+is refused: "cannot mount the image" with the reason is logged and the exit status is 2.  The root
 directory is checked in with the name server under NAME; DIR/NAME.ready holds the pid.
 """
 
@@ -64,13 +66,19 @@ def main(argv=None) -> int:
     else:
         image = t.run_dir / f"{name}.img"
         mkfs(image, args.size_mib << 20, args.block_size)
+    try:
+        ext2 = Ext2(image)
+    except OSError as e:
+        # A corrupt or unsupported image is refused with what is wrong, not a traceback.
+        log.error("cannot mount the image", image=str(image), errno=e.errno,
+                  error=e.strerror or str(e))
+        return 2
     rt = t.connect()
     if rt is None:
+        ext2.close()
         return 1
-    ext2 = None
     sync_stop = threading.Event()
     with t:
-        ext2 = Ext2(image)
         fs_bucket = LP.ports_create_bucket(rt)
         pager_bucket = LP.ports_create_bucket(rt)
         fs = Ext2Fs(ext2, rt=rt, pager_bucket=pager_bucket, direct_io=args.direct_io,
@@ -78,7 +86,7 @@ def main(argv=None) -> int:
         srv = FsServer(fs, fs_bucket, name=name)
 
         def all_stats():
-            return {**srv.stats, **fs.stats, "nodes": len(fs.nodes),
+            return {**srv.stats, **fs.stats, "nodes": len(fs.nodes), **fs.map_stats(),
                     **{f"ext2_{k}": v for k, v in ext2.stats.items()},
                     **pager_bucket_stats(pager_bucket)}
 
@@ -96,12 +104,11 @@ def main(argv=None) -> int:
         fs.syncfs(True, timeout=60)  # bounded: the kernel may be going away too
         log.info("ext2fs synced", **all_stats())
     sync_stop.set()
-    if ext2 is not None:
-        try:
-            ext2.close()
-        except OSError as e:
-            log.error("closing the image failed", error=str(e))
-            return 1
+    try:
+        ext2.close()
+    except OSError as e:
+        log.error("closing the image failed", error=str(e))
+        return 1
     return t.code
 
 

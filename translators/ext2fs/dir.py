@@ -36,12 +36,24 @@ class Dir:
     """Mixin of ``Ext2``: directory blocks and entries."""
 
     def _dir_blocks(self, inode: Inode):
-        """(logical block, disk block, cached buffer) of each mapped directory block."""
-        bs = self.block_size
-        for lb in range(inode.i_size // bs):
-            pb = self._bmap(inode, lb)[0]
+        """(logical block, disk block, cached buffer) of each mapped directory block
+        (holes skipped a whole indirect subtree at a time)."""
+        nblocks = inode.i_size // self.block_size
+        lb = 0
+        while lb < nblocks:
+            pb, n = self._bmap_span(inode, lb)
             if pb:
                 yield lb, pb, self._meta(pb)
+            lb += n
+
+    def _check_dir_size(self, inode: Inode) -> None:
+        """A directory's i_size must be whole blocks, and no more blocks than i_blocks
+        accounts for (ext2fs's diskfs_user_read_node / Linux's ext2_check_page: a
+        corrupt size would send every scan through millions of holes)."""
+        bs = self.block_size
+        if inode.i_size % bs or inode.i_size // bs > inode.i_blocks // (bs >> 9):
+            raise Ext2Error(errno.EIO, f"corrupt directory inode {inode.ino}: i_size "
+                            f"{inode.i_size} with {inode.i_blocks} sectors allocated")
 
     def _entries(self, inode: Inode, pb: int, buf):
         """dirscanblock's walk: the entries of one directory block (EIO if corrupt)."""
@@ -50,7 +62,8 @@ class Dir:
         while off < bs:
             e = DirEntry.parse(buf, off, self.filetype)
             if (e.rec_len < 8 or e.rec_len % 4 or off + e.rec_len > bs
-                    or e.name_len + 8 > e.rec_len):
+                    or e.name_len + 8 > e.rec_len or e.inode > self.sb.s_inodes_count
+                    or (e.inode and not e.name_len)):
                 raise Ext2Error(errno.EIO, f"corrupt directory inode {inode.ino} "
                                 f"block {pb} offset {off}")
             yield e
@@ -58,8 +71,11 @@ class Dir:
 
     def _dir_inode(self, ino) -> Inode:
         inode = self._as_inode(ino)
+        if inode.i_mode & D.S_IFMT not in self._FILE_TYPES:
+            raise Ext2Error(errno.EIO, f"corrupt inode {inode.ino}: mode {inode.i_mode:#o}")
         if not inode.is_dir():
             raise Ext2Error(errno.ENOTDIR, f"inode {inode.ino} is not a directory")
+        self._check_dir_size(inode)
         return inode
 
     @locked

@@ -31,12 +31,13 @@ class DiskCache:
         buf = self._cache.get(n)
         if buf is not None:
             return bytes(buf)
-        self.stats["data_reads"] += 1
-        return os.pread(self.fd, self.block_size, n * self.block_size)
+        return self._read_run(n, 1)
 
     def _read_run(self, start: int, n: int) -> bytes:
         """Blocks ``start``..``start+n-1`` in one pread, unless the cache holds one."""
         bs = self.block_size
+        if start < 0 or start + n > self.sb.s_blocks_count:
+            raise Ext2Error(errno.EIO, f"read of blocks {start}+{n} outside the file system")
         if any(b in self._cache for b in range(start, start + n)):
             return b"".join(self.read_block(b) for b in range(start, start + n))
         self.stats["data_reads"] += 1
@@ -72,6 +73,8 @@ class DiskCache:
         if not 0 <= n < self.sb.s_blocks_count:
             raise Ext2Error(errno.EIO, f"metadata block {n} out of range")
         buf = bytearray(os.pread(self.fd, self.block_size, n * self.block_size))
+        if len(buf) < self.block_size:
+            raise Ext2Error(errno.EIO, f"metadata block {n} is past the end of the image")
         self.stats["meta_reads"] += 1
         self._cache_put(n, buf)
         return buf

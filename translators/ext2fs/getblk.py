@@ -34,13 +34,22 @@ class GetBlk:
             return D.EXT2_TIND_BLOCK, [lb // (p * p), (lb // p) % p, lb % p]
         raise Ext2Error(errno.EFBIG, f"block {lblock} beyond the triple indirect block")
 
+    def _check_ptr(self, inode: Inode, b: int, lblock: int) -> int:
+        """A block pointer read from ``inode``'s i_block or an indirect block: EIO
+        unless it is 0 (a hole) or a block of the file system (ext2fs's
+        ext2_check_blocks_bitmap / Linux's ext2_data_block_valid)."""
+        if b and not self.sb.s_first_data_block <= b < self.sb.s_blocks_count:
+            raise Ext2Error(errno.EIO, f"inode {inode.ino}: block {lblock} points to "
+                            f"block {b}, outside the file system")
+        return b
+
     def _bmap(self, inode: Inode, lblock: int, create: bool = False, goal: int = 0,
               meta_leaf: bool = False) -> tuple[int, bool]:
         """inode_getblk + block_getblk down the path: (physical block, newly allocated?).
         New indirect blocks are zeroed (in the cache); a new leaf is zeroed in the cache
         only when ``meta_leaf``.  The caller writes ``inode`` back."""
         slot, idx = self._path(lblock)
-        b = inode.i_block[slot]
+        b = self._check_ptr(inode, inode.i_block[slot], lblock)
         per = self.block_size >> 9
         if not goal:
             goal = self._group_start(self._ino_group(inode.ino))
@@ -58,7 +67,7 @@ class GetBlk:
         new = False
         for depth, i in enumerate(idx):
             buf = self._meta(b)
-            nb = U32.unpack_from(buf, i * 4)[0]
+            nb = self._check_ptr(inode, U32.unpack_from(buf, i * 4)[0], lblock)
             if not nb:
                 if not create:
                     return 0, False
@@ -76,7 +85,7 @@ class GetBlk:
         """(physical block, 1) for a mapped block; (0, n) for a hole where the n blocks
         from ``lblock`` on are certainly holes (a whole missing indirect subtree)."""
         slot, idx = self._path(lblock)
-        b = inode.i_block[slot]
+        b = self._check_ptr(inode, inode.i_block[slot], lblock)
         p = self.ptrs
         for depth in range(len(idx) + 1):
             if not b:
@@ -87,7 +96,8 @@ class GetBlk:
                 return 0, p ** len(rest) - off
             if depth == len(idx):
                 return b, 1
-            b = U32.unpack_from(self._meta(b), idx[depth] * 4)[0]
+            b = self._check_ptr(inode, U32.unpack_from(self._meta(b), idx[depth] * 4)[0],
+                                lblock)
         return b, 1
 
     def _goal_after(self, inode: Inode, lblock: int) -> int:

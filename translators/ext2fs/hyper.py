@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import threading
 import time
 
@@ -59,8 +60,8 @@ class Hyper:
         if sb.s_rev_level > D.EXT2_DYNAMIC_REV:
             raise Ext2Error(errno.EINVAL, f"unsupported revision {sb.s_rev_level}")
         if sb.s_log_block_size > 2:
-            raise Ext2Error(errno.EINVAL, f"unsupported block size {sb.block_size} "
-                            "(1024, 2048 or 4096 only)")
+            raise Ext2Error(errno.EINVAL, f"unsupported s_log_block_size "
+                            f"{sb.s_log_block_size} (1024, 2048 or 4096-byte blocks only)")
         if sb.s_rev_level == D.EXT2_DYNAMIC_REV:
             self._check_features(sb)
         self.block_size = bs = sb.block_size
@@ -76,8 +77,12 @@ class Hyper:
         self.ngroups = sb.group_count
         self.gdt_block = sb.s_first_data_block + 1
         self.gdt_blocks = (self.ngroups * D.GROUP_DESC_SIZE + bs - 1) // bs
+        self._check_geometry(sb)
         raw = os.pread(self.fd, self.gdt_blocks * bs, self.gdt_block * bs)
+        if len(raw) < self.gdt_blocks * bs:
+            raise Ext2Error(errno.EINVAL, "group descriptors past the end of the image")
         self.gd = [GroupDesc.parse(raw, i * D.GROUP_DESC_SIZE) for i in range(self.ngroups)]
+        self._check_descriptors()
         self._gd_dirty = False
         self._init_cache(cache_blocks)
         self._mount_state = sb.s_state
@@ -87,6 +92,59 @@ class Hyper:
             sb.s_mnt_count = (sb.s_mnt_count + 1) & 0xFFFF
             sb.s_mtime = int(self.clock())
             self._write_super()
+
+    def _check_geometry(self, sb: Superblock) -> None:
+        """The superblock's counts against each other and the image (what Linux's
+        ext2_fill_super checks): EINVAL naming the first field that is wrong."""
+        bs = self.block_size
+
+        def bad(what):
+            raise Ext2Error(errno.EINVAL, f"{self.path}: corrupt superblock: {what}")
+
+        if sb.s_first_data_block != (1 if bs == 1024 else 0):
+            bad(f"s_first_data_block {sb.s_first_data_block} with {bs}-byte blocks")
+        st = os.fstat(self.fd)
+        if stat.S_ISREG(st.st_mode) and st.st_size < sb.s_blocks_count * bs:
+            bad(f"s_blocks_count {sb.s_blocks_count} exceeds the image "
+                f"({st.st_size // bs} blocks)")
+        if sb.s_blocks_per_group > 8 * bs or sb.s_inodes_per_group > 8 * bs:
+            bad(f"{sb.s_blocks_per_group} blocks / {sb.s_inodes_per_group} inodes per "
+                f"group (a bitmap block maps {8 * bs})")
+        if sb.s_blocks_count <= sb.s_first_data_block + self.gdt_blocks:
+            bad(f"s_blocks_count {sb.s_blocks_count}")
+        if sb.s_inodes_count != sb.s_inodes_per_group * self.ngroups:
+            bad(f"s_inodes_count {sb.s_inodes_count} != {sb.s_inodes_per_group} "
+                f"inodes per group * {self.ngroups} groups")
+        itb = (sb.s_inodes_per_group * self.inode_size + bs - 1) // bs
+        if itb >= sb.s_blocks_per_group:
+            bad(f"{itb} inode table blocks per group of {sb.s_blocks_per_group} blocks")
+        if sb.s_rev_level and not D.EXT2_GOOD_OLD_FIRST_INO <= sb.s_first_ino \
+                < sb.s_inodes_count:
+            bad(f"s_first_ino {sb.s_first_ino}")
+        if sb.s_free_blocks_count > sb.s_blocks_count or \
+                sb.s_free_inodes_count > sb.s_inodes_count:
+            bad("free counts larger than the totals")
+        self.itb_per_group = itb
+
+    def _check_descriptors(self) -> None:
+        """ext2_check_descriptors: each group's bitmaps and inode table lie in the file
+        system (in the group itself unless flex_bg) and its free counts fit."""
+        sb = self.sb
+        flex = sb.s_feature_incompat & D.EXT4_FEATURE_INCOMPAT_FLEX_BG
+        for g, gd in enumerate(self.gd):
+            lo, hi = self._group_start(g), self._group_start(g) + self._group_blocks(g)
+            if flex:
+                lo, hi = sb.s_first_data_block, sb.s_blocks_count
+            for what, b, n in (("block bitmap", gd.bg_block_bitmap, 1),
+                               ("inode bitmap", gd.bg_inode_bitmap, 1),
+                               ("inode table", gd.bg_inode_table, self.itb_per_group)):
+                if not lo <= b or b + n > hi:
+                    raise Ext2Error(errno.EINVAL, f"{self.path}: corrupt group descriptor "
+                                    f"{g}: {what} at block {b} not in [{lo}, {hi})")
+            if gd.bg_free_blocks_count > self._group_blocks(g) or \
+                    gd.bg_free_inodes_count > sb.s_inodes_per_group:
+                raise Ext2Error(errno.EINVAL, f"{self.path}: corrupt group descriptor "
+                                f"{g}: free counts larger than the group")
 
     def _check_features(self, sb: Superblock) -> None:
         """Refuse unknown incompat features; mount read-only for those we only read."""

@@ -45,6 +45,21 @@ class Inodes:
         buf[off:off + len(raw)] = raw
         self._mark_dirty(blk, buf)
 
+    _FILE_TYPES = (D.S_IFREG, D.S_IFDIR, D.S_IFLNK, D.S_IFCHR, D.S_IFBLK, D.S_IFIFO,
+                   D.S_IFSOCK)
+
+    @locked
+    def read_live_inode(self, ino: int) -> Inode:
+        """diskfs_cached_lookup's read of an inode a directory entry names: EIO if it
+        is not a live inode of a known type (free, an unknown i_mode type, a size past
+        what its block tree can map) — a corrupt inode table or entry."""
+        inode = self.read_inode(ino)
+        if (not inode.i_links_count or inode.i_mode & D.S_IFMT not in self._FILE_TYPES
+                or (inode.is_reg() and inode.size > self.max_file_size())):
+            raise Ext2Error(errno.EIO, f"corrupt inode {ino}: mode {inode.i_mode:#o}, "
+                            f"{inode.i_links_count} links, size {inode.size}")
+        return inode
+
     def _as_inode(self, ino_or_inode) -> Inode:
         return ino_or_inode if isinstance(ino_or_inode, Inode) else self.read_inode(
             ino_or_inode)

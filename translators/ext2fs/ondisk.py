@@ -365,6 +365,7 @@ class DirEntry:
         name = bytes(buf[offset + 8:offset + 8 + name_len])
         e = cls(inode, name, ft, rec_len, offset)
         e.name_len = name_len
+        e.rec_len = rec_len  # as on disk, 0 included (the constructor would default it)
         return e
 
     def pack(self, filetype: bool = True) -> bytes:

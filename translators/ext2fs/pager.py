@@ -35,20 +35,24 @@ class Ext2PagerOps(FilePagerOps):
     def read_page(self, pager, offset: int, length: int):
         """pager_read_page: the page's blocks (1-4 per page).  A page with a hole
         before EOF is supplied zero-filled where there is no block and write-locked:
-        its first write comes back as unlock_page, which allocates the blocks."""
+        its first write comes back as unlock_page, which allocates the blocks.  A block
+        pointer outside the file system (a corrupt inode or indirect block) is EIO."""
         fs, ext2, bs = self.fs, self.fs.ext2, self.fs.ext2.block_size
         fs.count(read_page=1)
         buf = bytearray(length)
         hole = False
-        with ext2.lock:
-            inode = ext2.read_inode(self.node.ino)
-            for lb in self._blocks(offset, length):
-                pb = ext2.bmap(inode, lb)
-                if not pb:
-                    hole = True
-                    continue
-                o = lb * bs - offset
-                buf[o:o + bs] = ext2.read_block(pb)
+        try:
+            with ext2.lock:
+                inode = ext2.read_inode(self.node.ino)
+                for lb in self._blocks(offset, length):
+                    pb = ext2.bmap(inode, lb)
+                    if not pb:
+                        hole = True
+                        continue
+                    o = lb * bs - offset
+                    buf[o:o + bs] = ext2.read_block(pb)
+        except OSError as e:
+            raise self.failed(ext2_error(e)) from e
         if hole:
             fs.count(hole_pages=1)
         return bytes(buf), hole
@@ -58,7 +62,7 @@ class Ext2PagerOps(FilePagerOps):
         fs, ext2 = self.fs, self.fs.ext2
         fs.count(unlock_page=1)
         if self.node.dead:
-            raise MachError(F.EIO, "file removed")
+            raise self.failed(MachError(F.EIO, "file removed"))
         try:
             with ext2.lock:
                 inode = ext2.read_inode(self.node.ino)
@@ -67,7 +71,7 @@ class Ext2PagerOps(FilePagerOps):
                         ext2.bmap(inode, lb, create=True)
                         fs.count(blocks_allocated=1)
         except OSError as e:
-            raise ext2_error(e) from e
+            raise self.failed(ext2_error(e)) from e
 
     def write_page(self, pager, offset: int, data):
         self.write_pages(pager, offset, data)
@@ -104,4 +108,4 @@ class Ext2PagerOps(FilePagerOps):
                 fs.count(disk_writes=1, blocks_written=len(blks))
                 fs.disk_delay()
         except OSError as e:
-            raise ext2_error(e) from e
+            raise self.failed(ext2_error(e)) from e

@@ -21,6 +21,8 @@ import time
 import structlog
 
 from protocol.defs import fs as F
+from protocol.kern_return import MachError
+from protocol.vm_param import PAGE_SIZE, round_page
 from translators.ext2fs import ondisk as D
 from translators.ext2fs.filesystem import Ext2
 from translators.ext2fs.pager import Ext2PagerOps, ext2_error
@@ -83,7 +85,7 @@ class Ext2Fs(FileSystem):
         """diskfs_cached_lookup (lock held by the caller or at init): not referenced."""
         node = self.nodes.get(ino)
         if node is None:
-            inode = self._call(self.ext2.read_inode, ino)
+            inode = self._call(self.ext2.read_live_inode, ino)
             node = Ext2Node(ino, inode.i_mode, inode.size)
             self.nodes[ino] = node
         return node
@@ -166,12 +168,28 @@ class Ext2Fs(FileSystem):
         return Ext2PagerOps(self, node)
 
     def grow(self, node: Ext2Node, size: int):
-        """diskfs_grow: set i_size (the blocks come later, from unlock_page)."""
+        """diskfs_grow (ext2fs/pager.c): set i_size; the blocks come later, from
+        unlock_page, except those of the old last page past the old end: the kernel may
+        hold that page writable already, so they are allocated now (ENOSPC here, with
+        the size unchanged, rather than a lost page at pageout)."""
         if size > self.ext2.max_file_size():
             raise fs_error(F.EFBIG)
         ext2 = self.ext2
+        bs = ext2.block_size
         with ext2.lock:
             inode = self._call(ext2.read_inode, node.ino)
+            old = inode.size
+            if old % PAGE_SIZE and node.pager is not None:
+                last = min(round_page(old), size)
+                try:
+                    for lb in range((old + bs - 1) // bs, (last + bs - 1) // bs):
+                        if not self._call(ext2.bmap, inode, lb):
+                            self._call(ext2.bmap, inode, lb, create=True)
+                            self.count(blocks_allocated=1)
+                except MachError:
+                    ext2._free_blocks_from(inode, (old + bs - 1) // bs)  # none past EOF
+                    self._call(ext2.write_inode, inode)
+                    raise
             inode.size = size
             if size > 2**31 - 1:
                 ext2._set_large_file()
@@ -182,10 +200,12 @@ class Ext2Fs(FileSystem):
     def read_direct(self, node: Ext2Node, offset: int, n: int) -> bytes:
         return self._call(self.ext2.read, node.ino, offset, n)
 
-    def write_direct(self, node: Ext2Node, offset: int, data: bytes):
-        if data:
-            self._call(self.ext2.write, node.ino, offset, data)
-            node.size = max(node.size, offset + len(data))
+    def write_direct(self, node: Ext2Node, offset: int, data: bytes) -> int:
+        if not data:
+            return 0
+        n = self._call(self.ext2.write, node.ino, offset, data)
+        node.size = max(node.size, offset + n)
+        return n
 
     def set_size(self, node: Ext2Node, size: int):
         """file_set_size: extend (sparse) or truncate: the kernel's pages past the new
@@ -195,10 +215,13 @@ class Ext2Fs(FileSystem):
         if size < 0:
             raise fs_error(F.EINVAL)
         with node.io_lock:
-            if size < node.size:
-                self._flush_past(node, size, node.size)
-            self._call(self.ext2.truncate, node.ino, size)
-            node.size = size
+            self.set_size_locked(node, size)
+
+    def set_size_locked(self, node: Ext2Node, size: int):
+        if size < node.size:
+            self._flush_past(node, size, node.size)
+        self._call(self.ext2.truncate, node.ino, size)
+        node.size = size
 
     def stat(self, node: Ext2Node) -> dict:
         st = self._call(self.ext2.stat, node.ino)
