@@ -40,6 +40,9 @@ SO, SEND, MAKE_SEND, RECV = (M.MACH_MSG_TYPE_MAKE_SEND_ONCE, M.MACH_MSG_TYPE_COP
 # the kernel or make the fuzzer the default pager (privilege findings, tested elsewhere).
 NEVER_VALID = {"machemu_shutdown", "vm_set_default_memory_manager"}
 
+# Requests after which a port may be gone (in Mach only when the kernel sends them).
+ENDS_PORT = {"memory_object_terminate", "mach_notify_no_senders", "mach_notify_port_destroyed"}
+
 WRONG_TYPES = (None, "s", b"b", 1.5, [0], {"k": 0})
 INT_EDGES = (0, -1, 2**31, 2**31 - 1, 2**32, 2**63, 2**63 - 1, 2**64 - 1, -(2**63))
 WIRE_INTS = range(-(2**63), 2**64)  # what msgpack can carry at all
@@ -57,8 +60,7 @@ def code_label(code) -> str:
     if e is not None:
         import errno
 
-        return "E" + errno.errorcode.get(e, str(e)).lstrip("E") if e in errno.errorcode \
-            else f"errno {e}"
+        return errno.errorcode.get(e, f"errno {e}")  # Hurd and Linux agree up to 34
     from lab.client import err_name
 
     return err_name(code)
@@ -309,7 +311,7 @@ class Hostile:
             r = mig.REGISTRY[msgh_id]
             self.current = f"{label}: {r.name} junk body"
             ans = self.send_case(label, dest, msgh_id, M.packb("junk"), [], [],
-                                 expect_reply=False)
+                                 expect_reply=not r.simple)
             if ans != "MIG_BAD_ID":
                 served.append(r)
         return served
@@ -321,7 +323,9 @@ class Hostile:
         deadline = time.monotonic() + limit
         served = self.discover(label, dest)
         self.served[label] = [r.name for r in served]
-        for r in served:
+        # Last what may (rightly or not) end the port: forged notifications, terminate.
+        for r in sorted(served, key=lambda r: (r.name in ENDS_PORT,
+                                               r.subsystem.name == "notify", r.msgh_id)):
             for what, body, descs, ool in self.cases(r, dest):
                 if not self._sendable(r, body, descs, ool, never_valid):
                     continue
