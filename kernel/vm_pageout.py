@@ -73,6 +73,13 @@ def vm_pageout_pages(vm, obj, offset, size, flush: bool, only_dirty: bool,
     number of pages sent."""
     if size is None:
         size = max([o for o in obj.resident] + [0]) + PAGE_SIZE
+    return vm_pageout_page_list(vm, obj, list(pages_of(obj, offset, size)), flush,
+                                only_dirty, cluster)
+
+
+def vm_pageout_page_list(vm, obj, pages, flush: bool, only_dirty: bool,
+                         cluster: int = DATA_WRITE_MAX) -> int:
+    """vm_pageout_pages for a list of ``obj``'s resident pages in offset order."""
     mem = vm.mem
     run_off, run = None, []
     sent = 0
@@ -93,7 +100,7 @@ def vm_pageout_pages(vm, obj, offset, size, flush: bool, only_dirty: bool,
                     mem.vm_page_deactivate(p)
         run_off, run = None, []
 
-    for p in list(pages_of(obj, offset, size)):
+    for p in pages:
         if p.busy or p.absent or p.error:
             continue
         if not (p.dirty or (p.precious and not only_dirty)):
