@@ -40,3 +40,20 @@ def test_change_attributes_wait_ends_at_reply_deadline(rigs):  # noqa: F811
     t.join(WAIT)
     assert not t.is_alive() and done == [False]
     assert r.pager.attribute_requests == []
+
+
+def test_flush_of_a_terabyte_object_costs_what_is_in_core(rigs):  # noqa: F811
+    """pager_flush over a 1.5 TiB extent clears the in-core pages it knows of without
+    stepping through 400 million page indices."""
+    from protocol.defs import memory_object as MO
+    from protocol.vm_param import PAGE_SIZE
+    from tests.unit.test_libpager import CONTROL
+
+    huge = 3 << 39
+    r = rigs(Ops(size=huge))
+    r.send(MO.memory_object_data_request, CONTROL, 2 * PAGE_SIZE, PAGE_SIZE, 1)
+    assert r.pager.pagemap[2] & PG.PM_INCORE
+    r.kernel.on_lock_request = lambda offset, size: r.in_thread(
+        MO.memory_object_lock_completed, CONTROL, offset, size)
+    assert PG.pager_flush(r.pager, wait=True, timeout=WAIT) is True
+    assert not r.pager.pagemap[2] & PG.PM_INCORE
