@@ -14,7 +14,9 @@ except ModuleNotFoundError:  # Python 3.10
 class KernelConfig:
     # IPC
     qlimit_default: int = 5  # MACH_PORT_QLIMIT_DEFAULT
-    heartbeat_timeout: float = 10.0  # seconds without a word before a task is destroyed
+    # seconds without a word before a task whose process the kernel cannot see (no
+    # pidfd: another host) is destroyed; a local process is watched through its pidfd
+    heartbeat_timeout: float = 10.0
     max_waiters_per_task: int = 8192  # suspended traps (threads) one task may have
     max_blocked_bytes_per_task: int = 64 << 20  # message bytes held for blocked sends
     max_blocked_bytes_total: int = 256 << 20  # the same, over all tasks
