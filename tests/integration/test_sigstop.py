@@ -92,3 +92,29 @@ def test_silent_peer_the_kernel_cannot_see_is_destroyed(run_dir, procs):
     finally:
         sock.close(linger=0)
         ctx.term()
+
+
+@pytest.mark.timeout(120)
+def test_sigterm_stops_ext2fs_in_bound_while_the_kernel_is_stopped(run_dir, procs):
+    """A sync in flight that the kernel will not answer (the kernel is stopped) does not
+    hold a SIGTERM'd ext2fs: its waits end once the runtime gives the kernel up (after
+    KERNEL_DEAD_AFTER), well before libpager's 60 s deadline."""
+    endpoint = start_kernel(run_dir, procs)
+    kernel = procs[-1]
+    p = start_server(procs, run_dir, "translators.ext2fs", "ext2fs", "--sync-interval", "0.5")
+    rt = runtime.TaskRuntime(endpoint, "client")
+    try:
+        root = NS.netname_look_up(rt.name_server, "", "ext2fs", timeout=T, rt=rt)
+        for i in range(4):
+            _, _, f = F.dir_lookup(root, f"f{i}", F.O_CREAT | RW, 0o644, timeout=T, rt=rt)
+            assert F.io_write(f, DATA, 0, timeout=T, rt=rt) == len(DATA)
+        kernel.kill(signal.SIGSTOP)
+        try:
+            t0 = time.monotonic()
+            p.kill(signal.SIGTERM)
+            p.p.wait(45)
+            assert time.monotonic() - t0 < 45
+        finally:
+            kernel.kill(signal.SIGCONT)
+    finally:
+        rt.close()
