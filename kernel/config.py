@@ -14,7 +14,9 @@ except ModuleNotFoundError:  # Python 3.10
 class KernelConfig:
     # IPC
     qlimit_default: int = 5  # MACH_PORT_QLIMIT_DEFAULT
-    heartbeat_timeout: float = 10.0  # seconds without a word before a task is destroyed
+    # seconds without a word before a task whose process the kernel cannot see (no
+    # pidfd: another host) is destroyed; a local process is watched through its pidfd
+    heartbeat_timeout: float = 10.0
     max_waiters_per_task: int = 8192  # suspended traps (threads) one task may have
     max_blocked_bytes_per_task: int = 64 << 20  # message bytes held for blocked sends
     max_blocked_bytes_total: int = 256 << 20  # the same, over all tasks
@@ -29,6 +31,9 @@ class KernelConfig:
     data_return_cluster: int = 1  # pages per data_return (classic: 1; clustering: up to 32)
     object_cache_max: int = 4000  # classic vm_object_cached_max
     absent_max: int = 50  # vm_object_absent_max
+    # seconds a thread waits for a free page while nothing can be paged out (no default
+    # pager for dirty anonymous pages) before its fault fails with KERN_RESOURCE_SHORTAGE
+    page_wait_timeout: float = 10.0
 
     @classmethod
     def load(cls, path=None, **overrides) -> "KernelConfig":
@@ -54,6 +59,8 @@ class KernelConfig:
             raise ValueError("data_return_cluster must be within 1..32 (DATA_WRITE_MAX)")
         if not 64 <= cfg.physical_pages <= 1 << 22:
             raise ValueError("physical_pages must be within 64..4194304")
+        if not 0 < cfg.page_wait_timeout <= 3600:
+            raise ValueError("page_wait_timeout must be within (0, 3600] seconds")
         if not 0 <= cfg.qlimit_default <= 16:
             raise ValueError("qlimit_default must be within 0..16 (MACH_PORT_QLIMIT_MAX)")
         return cfg

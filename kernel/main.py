@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import structlog
 import zmq
 
@@ -481,10 +482,27 @@ class Kernel:
                 waiter_timeout(self, w)
 
     def check_heartbeats(self):
-        limit = time.monotonic() - self.config.heartbeat_timeout
+        """Destroy the tasks silent for heartbeat_timeout whose process the kernel cannot
+        see.  A local task (a pidfd: its exit is seen at once) is kept while its process
+        lives: one stopped (SIGSTOP) or starved is not dead, and its clients wait or time
+        out until it runs again.  Its silence is logged once."""
+        now = time.monotonic()
+        limit = now - self.config.heartbeat_timeout
         for t in list(self.tasks.values()):
-            if t.last_seen < limit:
+            if t.last_seen >= limit:
+                continue
+            if t.pidfd is None:
                 self.task_destroy(t, "no heartbeat")
+                continue
+            try:
+                status = psutil.Process(t.pid).status()
+            except psutil.Error:
+                status = psutil.STATUS_DEAD
+            if status in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
+                self.task_destroy(t, "process exited")
+            elif t.last_seen >= limit - 1.0:  # the first check after the limit passed
+                log.warning("task silent, process alive", task=t.name, task_id=t.id,
+                            pid=t.pid, status=status, seconds=round(now - t.last_seen, 1))
 
     def reap(self):
         while self.doomed:

@@ -5,16 +5,21 @@ kernel.memory_object_user.
 
 from __future__ import annotations
 
+import structlog
+
 from kernel import memory_object_user as MOU
 from kernel.ipc_right import PORT_SEND_ONCE, release_right
-from kernel.vm_object import pages_of, vm_object_destroy
+from kernel.sched_prim import Sleep
+from kernel.vm_object import vm_object_destroy
 from kernel.vm_page import vm_page_free, vm_page_grab, vm_page_insert, vm_page_wakeup
-from kernel.vm_pageout import vm_pageout_pages
+from kernel.vm_pageout import vm_pageout_page_list
 from protocol.defs import mach as MD
 from protocol.kern_return import KernReturn as K
 from protocol.kern_return import MachError
 from protocol.mig import Demux
 from protocol.vm_param import PAGE_SIZE
+
+log = structlog.get_logger("kernel")
 
 
 def _reply_port(reply_to):
@@ -94,43 +99,73 @@ def memory_object_data_error(vm, obj, offset, size):
 
 # ---------------------------------------------------------------- lock_request
 
+LOCK_REQUEST_BATCH = 256  # resident pages one step of a lock_request looks at
+OFFSET_LIMIT = 1 << 64  # vm_offset_t: no memory object reaches past this
+
+
+def _lock_page(vm, p, lock_value):
+    """memory_object_lock_page's lock part: set page_lock; an access the pager allows
+    again wakes the faults waiting for its unlock."""
+    old = p.page_lock
+    p.page_lock = lock_value & 7
+    if old & ~p.page_lock:
+        p.unlock_request &= p.page_lock
+        if vm.pageout is not None:
+            vm.pageout.page_unlocked(p)
+        vm_page_wakeup(vm, p)
+
+
 def memory_object_lock_request(vm, obj, offset, size, should_return, should_flush,
                                lock_value, reply_port):
-    """memory_object_lock_request, page by page, as a kernel thread: absent pages are
-    skipped, busy ones waited for; the lock is set; pages to return go in data_returns
-    (kernel_copy when not flushing); flushed pages are freed, returned ones deactivated;
-    then one lock_completed to the reply port."""
+    """memory_object_lock_request as a kernel thread.  GNU Mach steps through every
+    offset of the range; here only the object's resident pages are walked (their
+    offsets taken once, in order), at most LOCK_REQUEST_BATCH of them a step, so a
+    range of any size an object can have costs what is resident, and the kernel's loop
+    runs between steps.  Per batch: busy pages are waited for, absent and error pages
+    skipped; the lock is set; pages to return go in data_returns (kernel_copy when not
+    flushing); flushed pages are freed.  Then one lock_completed to the reply port
+    (always, when one was given) with the offset and size asked."""
+    asked_offset, asked_size = offset, size
     if offset % PAGE_SIZE:
         size += offset % PAGE_SIZE
         offset -= offset % PAGE_SIZE
-    end = offset + size
-    while True:
-        busy = [p for p in pages_of(obj, offset, end - offset) if p.busy and not p.absent]
-        if not busy:
-            break
-        busy[0].wanted = True
-        yield busy[0]
-    for p in list(pages_of(obj, offset, end - offset)):
-        if p.absent or p.error:
-            continue
+    end = min(offset + size, OFFSET_LIMIT)
+    offsets = sorted(o for o in obj.resident if offset <= o < end)
+    only_dirty = should_return == MD.MEMORY_OBJECT_RETURN_DIRTY
+    for i in range(0, len(offsets), LOCK_REQUEST_BATCH):
+        if i:
+            yield Sleep(0)  # let the kernel's loop run between batches
+        batch = offsets[i:i + LOCK_REQUEST_BATCH]
+        while True:
+            busy = [p for p in _resident(obj, batch) if p.busy and not p.absent]
+            if not busy:
+                break
+            busy[0].wanted = True
+            yield busy[0]
+        pages = [p for p in _resident(obj, batch) if not (p.absent or p.error)]
         if lock_value != MD.VM_PROT_NO_CHANGE:
-            old = p.page_lock
-            p.page_lock = lock_value & 7
-            if old & ~p.page_lock:
-                p.unlock_request &= p.page_lock
-                if vm.pageout is not None:
-                    vm.pageout.page_unlocked(p)
-                vm_page_wakeup(vm, p)
-    if should_return != MD.MEMORY_OBJECT_RETURN_NONE and obj.pager is not None:
-        vm_pageout_pages(vm, obj, offset, end - offset, flush=should_flush,
-                         only_dirty=should_return == MD.MEMORY_OBJECT_RETURN_DIRTY)
-    if should_flush:
-        for p in list(pages_of(obj, offset, end - offset)):
-            if not p.absent and not p.busy:
-                vm_page_free(vm, p)
+            for p in pages:
+                _lock_page(vm, p, lock_value)
+        if should_return != MD.MEMORY_OBJECT_RETURN_NONE and obj.pager is not None:
+            vm_pageout_page_list(vm, obj, pages, flush=should_flush, only_dirty=only_dirty)
+        if should_flush:
+            for p in list(_resident(obj, batch)):
+                if not p.absent and not p.busy:
+                    vm_page_free(vm, p)
     vm.stats["lock_requests"] += 1
     if reply_port is not None:
-        MOU.memory_object_lock_completed(vm.k, obj, reply_port, offset, size)
+        MOU.memory_object_lock_completed(vm.k, obj, reply_port, asked_offset,
+                                         min(asked_size, OFFSET_LIMIT - 1))
+
+
+def _resident(obj, offsets):
+    """The pages still resident at ``offsets`` (the object may have changed while the
+    request waited)."""
+    res = obj.resident
+    for off in offsets:
+        p = res.get(off)
+        if p is not None:
+            yield p
 
 
 # ---------------------------------------------------------------- control port calls
@@ -175,8 +210,15 @@ def make_handlers(k) -> Demux:
         memory_object_data_error(vm, obj, offset, size)
 
     def lock_request(obj, offset, size, should_return, should_flush, lock_value, reply_to):
-        if should_return not in (0, 1, 2) or size > (1 << 40):
+        # Any range is accepted (the work is bounded by what is resident).  A request
+        # refused here loses its reply right: the pager hears mach_notify_send_once.
+        if should_return not in (0, 1, 2) or offset >= OFFSET_LIMIT:
+            log.warning("lock_request refused", object=obj.id, should_return=should_return,
+                        offset=offset)
             raise MachError(K.KERN_INVALID_ARGUMENT)
+        if k.sched.threads >= k.config.max_kernel_threads:
+            k.stats["kernel_threads_refused"] += 1
+            raise MachError(K.KERN_RESOURCE_SHORTAGE)
         k.sched.spawn(memory_object_lock_request(vm, obj, offset, size, should_return,
                                                  should_flush, lock_value,
                                                  _reply_port(reply_to)),

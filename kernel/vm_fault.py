@@ -9,6 +9,8 @@ memory when short, and sends memory_object_data_unlock for a write to a page who
 
 from __future__ import annotations
 
+import time
+
 from kernel import memory_object_user as MOU
 from kernel.vm_object import vm_object_allocate
 from kernel.vm_page import Q_INACTIVE, vm_page_free, vm_page_grab, vm_page_insert, vm_page_wait
@@ -21,11 +23,13 @@ from protocol.vm_param import PAGE_SIZE, trunc_page
 def vm_fault(k, task, vaddr: int, fault_type: int):
     """Generator: returns (object, page) with the page resident, not busy, and allowing
     ``fault_type``; raises MachError (KERN_INVALID_ADDRESS, KERN_PROTECTION_FAILURE,
-    KERN_MEMORY_ERROR)."""
+    KERN_MEMORY_ERROR, KERN_RESOURCE_SHORTAGE when no free page comes, see
+    vm_page_wait)."""
     vm = k.vm
     mem = vm.mem
     mem.stats["faults"] += 1
     vaddr = trunc_page(vaddr)
+    short_since = None  # when this fault first found no free page
     while True:
         vmap = task.map
         if vmap is None:
@@ -65,7 +69,8 @@ def vm_fault(k, task, vaddr: int, fault_type: int):
         if obj.pager is None:
             page = vm_page_grab(vm, privileged=obj.privileged)
             if page is None:
-                yield from vm_page_wait(vm)
+                short_since = short_since or time.monotonic()
+                yield from vm_page_wait(vm, short_since)
                 continue
             vm_page_insert(page, obj, offset)
             mem.zero(page)
@@ -80,7 +85,8 @@ def vm_fault(k, task, vaddr: int, fault_type: int):
             continue
         page = vm_page_grab(vm, privileged=obj.privileged)
         if page is None:
-            yield from vm_page_wait(vm)
+            short_since = short_since or time.monotonic()
+            yield from vm_page_wait(vm, short_since)
             continue
         vm_page_insert(page, obj, offset)
         page.busy = page.absent = True

@@ -15,8 +15,11 @@ first, for the pageout policy's reserve and hooks and the kernel's scheduler.
 from __future__ import annotations
 
 import mmap
+import time
 from collections import deque
 
+from kernel.sched_prim import Sleep
+from protocol.kern_return import KernReturn, MachError
 from protocol.vm_param import PAGE_SIZE
 
 Q_NONE, Q_FREE, Q_ACTIVE, Q_INACTIVE = 0, 1, 2, 3
@@ -256,8 +259,12 @@ def vm_page_free(vm, page: VMPage):
     obj = page.object
     if obj is not None and obj.resident.get(page.offset) is page:
         del obj.resident[page.offset]
-    if page.laundry and vm.pageout is not None:
-        vm.pageout.laundry -= 1
+    pageout = vm.pageout
+    if pageout is not None:
+        if page.laundry:
+            pageout.laundry -= 1
+        if pageout.stalled:
+            pageout.something_changed()
     sched = vm.k.sched
     if page.wanted:
         sched.thread_wakeup(page)
@@ -283,12 +290,26 @@ def vm_page_grab(vm, privileged: bool = False) -> VMPage | None:
     return page
 
 
-def vm_page_wait(vm):
+def vm_page_wait(vm, since: float | None = None):
     """vm_page_wait (a kernel-thread generator): sleep until pages are freed, kicking
-    the pageout daemon."""
+    the pageout daemon.  While the daemon is stalled (dirty anonymous pages and no
+    default pager: nothing will be freed unless something changes) the wait is
+    bounded: raises MachError(KERN_RESOURCE_SHORTAGE) once config.page_wait_timeout
+    seconds have passed since ``since`` (when the caller first found no page; None:
+    now).  GNU Mach would wait forever."""
     vm.stats["page_waits"] += 1
-    vm.k.sched.thread_wakeup(PAGEOUT_EVENT)
-    yield FREE_EVENT
+    sched = vm.k.sched
+    sched.thread_wakeup(PAGEOUT_EVENT)
+    pageout = vm.pageout
+    if pageout is None or not pageout.stalled:
+        yield FREE_EVENT
+        return
+    now = time.monotonic()
+    left = (now if since is None else since) + vm.config.page_wait_timeout - now
+    if left <= 0:
+        vm.stats["page_wait_failures"] += 1
+        raise MachError(KernReturn.KERN_RESOURCE_SHORTAGE)
+    yield Sleep(left, FREE_EVENT)
 
 
 def vm_page_wakeup(vm, page: VMPage):

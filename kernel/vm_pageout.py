@@ -10,14 +10,26 @@ file holds the ``classic`` policy (GNU Mach as of 2011):
   free, else a one-page data_return to its pager (an anonymous object gets the default
   pager first, with memory_object_create); nothing bounds what is outstanding at external
   pagers.
+
+When a scan reclaims nothing because dirty anonymous pages have no default pager to go
+to, the daemon stalls (as vm_pageout's waits do): it sleeps until something changes — a
+default pager registers, a page is freed, a clean page becomes reclaimable — rescanning
+at most every STALL_RECHECK seconds; threads waiting for a free page meanwhile get
+KERN_RESOURCE_SHORTAGE after page_wait_timeout (vm_page_wait).
 """
 
 from __future__ import annotations
 
+import time
+
+import structlog
+
 from kernel import memory_object_user as MOU
+from kernel.ipc_right import PORT_SEND, release_right
 from kernel.sched_prim import Sleep
 from kernel.vm_object import VMObject, pages_of, vm_object_pager_create
 from kernel.vm_page import (
+    FREE_EVENT,
     PAGEOUT_EVENT,
     vm_page_free,
     vm_page_grab,
@@ -25,12 +37,15 @@ from kernel.vm_page import (
 )
 from protocol.vm_param import PAGE_SIZE
 
+log = structlog.get_logger("kernel")
+
 DATA_WRITE_MAX = 32  # pages in one data_return (memory_object.c)
 VM_PAGE_FREE_RESERVED = 50
 BURST_MAX = 10
 BURST_MIN = 5
 BURST_WAIT = 0.010  # per page of a burst
 EMPTY_WAIT = 0.075
+STALL_RECHECK = 5.0  # seconds: a stalled daemon rescans at least this often anyway
 
 
 def vm_pageout_setup(vm, run, move: bool):
@@ -73,6 +88,13 @@ def vm_pageout_pages(vm, obj, offset, size, flush: bool, only_dirty: bool,
     number of pages sent."""
     if size is None:
         size = max([o for o in obj.resident] + [0]) + PAGE_SIZE
+    return vm_pageout_page_list(vm, obj, list(pages_of(obj, offset, size)), flush,
+                                only_dirty, cluster)
+
+
+def vm_pageout_page_list(vm, obj, pages, flush: bool, only_dirty: bool,
+                         cluster: int = DATA_WRITE_MAX) -> int:
+    """vm_pageout_pages for a list of ``obj``'s resident pages in offset order."""
     mem = vm.mem
     run_off, run = None, []
     sent = 0
@@ -91,9 +113,11 @@ def vm_pageout_pages(vm, obj, offset, size, flush: bool, only_dirty: bool,
                     p.dirty = False
                     p.potentially_dirty = False
                     mem.vm_page_deactivate(p)
+                if vm.pageout is not None:
+                    vm.pageout.something_changed()  # clean pages to reclaim
         run_off, run = None, []
 
-    for p in list(pages_of(obj, offset, size)):
+    for p in pages:
         if p.busy or p.absent or p.error:
             continue
         if not (p.dirty or (p.precious and not only_dirty)):
@@ -122,7 +146,11 @@ class ClassicPageout:
         self.laundry = 0
         self.potentially_dirty = 0
         self.stats = {"scans": 0, "bursts": 0, "freed_clean": 0, "reactivated": 0,
-                      "returned": 0, "no_default_pager": 0}
+                      "returned": 0, "no_default_pager": 0, "stalls": 0}
+        # No default pager for dirty anonymous pages, nothing reclaimed: see stall().
+        self.stalled = False
+        self.changed = False
+        self._blocked = False  # this scan met a page only a default pager could take
 
     # hooks the VM system calls
     def after_grab(self):
@@ -133,7 +161,29 @@ class ClassicPageout:
             self.vm.k.sched.thread_wakeup(PAGEOUT_EVENT)
 
     def page_supplied(self, page, asked):
-        pass
+        self.something_changed()
+
+    def something_changed(self):
+        """A page was freed or became reclaimable: a stalled daemon looks again."""
+        if self.stalled:
+            self.changed = True
+            self.vm.k.sched.thread_wakeup(PAGEOUT_EVENT)
+
+    def default_pager_ready(self) -> bool:
+        """Is there a live default pager?  A dead one is forgotten (the kernel's send
+        right released), so that the next vm_set_default_memory_manager hands back no
+        right rather than a dead name."""
+        vm = self.vm
+        dp = vm.default_pager
+        if dp is None:
+            return False
+        if dp.active:
+            return True
+        vm.default_pager = None
+        release_right(vm.k, dp, PORT_SEND)
+        vm.stats["default_pager_died"] += 1
+        log.warning("default pager gone")
+        return False
 
     def page_unlocked(self, page):
         pass
@@ -153,7 +203,33 @@ class ClassicPageout:
                 yield Sleep(0.5, PAGEOUT_EVENT)
                 continue
             self.stats["scans"] += 1
-            yield from self.scan()
+            self._blocked = False
+            progress = yield from self.scan()
+            if (not progress and self._blocked and self.needed()
+                    and not self.default_pager_ready()):
+                yield from self.stall()
+
+    def stall(self):
+        """Nothing reclaimable and no default pager: sleep until a default pager
+        registers (vm_set_default_memory_manager wakes PAGEOUT_EVENT) or a page is
+        freed or becomes reclaimable (something_changed), at most STALL_RECHECK
+        seconds.  Threads already waiting for a free page are woken so that they wait
+        with a bound from now on (vm_page_wait)."""
+        self.stalled, self.changed = True, False
+        self.stats["stalls"] += 1
+        if self.stats["stalls"] == 1:
+            log.warning("pageout stalled: no default pager for dirty anonymous pages",
+                        free=self.vm.mem.free_count)
+        self.vm.k.sched.thread_wakeup(FREE_EVENT)
+        deadline = time.monotonic() + STALL_RECHECK
+        try:
+            while not (self.changed or self.default_pager_ready()):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                yield Sleep(left, PAGEOUT_EVENT)
+        finally:
+            self.stalled = False
 
     def balance(self):
         mem = self.vm.mem
@@ -166,7 +242,7 @@ class ClassicPageout:
         vm = self.vm
         mem = vm.mem
         self.balance()
-        burst = 0
+        burst = freed = 0
         # Every inactive page at most once per scan: pages that cannot be laundered (no
         # default pager yet) go back to the active queue and must not be looked at again.
         budget = len(mem.inactive) + BURST_MAX
@@ -174,12 +250,12 @@ class ClassicPageout:
             budget -= 1
             if budget < 0:
                 yield Sleep(EMPTY_WAIT)
-                return
+                return freed
             if not mem.inactive:
                 self.balance()
                 if not mem.inactive:
                     yield Sleep(EMPTY_WAIT)
-                    return
+                    return freed
             page = mem.inactive.first()
             if page.busy:
                 mem.vm_page_activate(page)
@@ -192,6 +268,7 @@ class ClassicPageout:
             if not (page.dirty or page.precious):
                 vm_page_free(vm, page)
                 self.stats["freed_clean"] += 1
+                freed += 1
                 continue
             if not self.launder(page):
                 mem.vm_page_activate(page)
@@ -200,6 +277,7 @@ class ClassicPageout:
         if burst:
             self.stats["bursts"] += 1
             yield Sleep(max(burst, BURST_MIN) * BURST_WAIT)
+        return freed + burst
 
     def launder(self, page) -> bool:
         """Send a dirty or precious page to its pager (one page, or a run of contiguous
@@ -207,8 +285,9 @@ class ClassicPageout:
         vm = self.vm
         obj = page.object
         if obj.pager is None:
-            if vm.default_pager is None or not vm.default_pager.active:
+            if not self.default_pager_ready():
                 self.stats["no_default_pager"] += 1
+                self._blocked = True
                 return False
             vm_object_pager_create(vm, obj, vm.default_pager)
         cluster = max(1, vm.config.data_return_cluster)

@@ -49,7 +49,8 @@ _EMPTY = object()
 _LEAD = object()  # mailbox token: the reader role is yours
 
 HEARTBEAT_INTERVAL = 0.5
-KERNEL_DEAD_AFTER = 6.0
+KERNEL_DEAD_AFTER = 6.0  # seconds of heartbeats unanswered while this process runs
+STALL_SLACK = 1.0  # a heartbeat tick later than this: the process was not running
 
 
 def _ms(timeout: float | None) -> int:
@@ -372,7 +373,14 @@ class TaskRuntime:
 
     def _io_loop(self):
         """Heartbeat, kernel-death watch, and reading when no thread leads."""
+        last_tick = time.monotonic()
         while not self._stop.wait(HEARTBEAT_INTERVAL):
+            now = time.monotonic()
+            if now - last_tick > HEARTBEAT_INTERVAL + STALL_SLACK:
+                # This process did not run (SIGSTOP, or starved): the kernel's silence
+                # while we were away says nothing; it gets a fresh window from now.
+                self._last_kernel = max(self._last_kernel, now)
+            last_tick = now
             try:
                 with self._lock:
                     self._sock.send(M.packb([M.OP_HEARTBEAT]), zmq.NOBLOCK)

@@ -242,7 +242,7 @@ class TaskPool:
                 except queue.Empty:
                     pass
                 if self.status[i] in self.ACTIVE:
-                    self.fatal[i] = f"task process exited with status {p.exitcode}"
+                    self.fatal[i] = _died(p.exitcode, self.counts.get(i), self.wl.unit)
                     self.status[i] = "failed"
 
     def wait_ready(self, timeout: float):
@@ -283,6 +283,20 @@ class TaskPool:
             if p.is_alive():
                 p.terminate()
                 p.join(timeout=5)
+
+
+def _died(exitcode, counts, unit: str) -> str:
+    """Why a task process ended without its result, and what went with it."""
+    if exitcode is not None and exitcode < 0:
+        try:
+            how = f"killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            how = f"killed by signal {-exitcode}"
+    else:
+        how = f"exited with status {exitcode}"
+    done, errors = counts if counts is not None else (0, 0)
+    return (f"task process {how}; lost: its result (latencies, verification) and "
+            f"{done} {unit} ({errors} errors) it had reported")
 
 
 class Progress:
@@ -446,13 +460,17 @@ def summarize(wl: Workload, args, endpoint: str, results: dict, fatal: dict,
 
 def exit_status(wl: Workload, s: dict, kernel_answered: bool) -> tuple[int, str | None]:
     """The run's exit status and, when it failed, why: the kernel gone, data mismatches,
-    every operation failed, or the workload's own check."""
+    a task that died (its results are not in the summary), every operation failed, or
+    the workload's own check."""
     own_failure = wl.check(s)
     unit = wl.unit
     if "KERNEL_GONE" in s["errors"] or (not kernel_answered and s[unit]):
         return EXIT_UNREACHABLE, "the kernel stopped answering"
     if s["mismatches"]:
         return EXIT_FAILED, f"{s['mismatches']} verification failures (data mismatch)"
+    if s.get("task_failures"):
+        return EXIT_FAILED, "; ".join(f"task {i} failed: {m}"
+                                      for i, m in s["task_failures"].items())
     if s["ok"] == 0:
         return EXIT_FAILED, f"every {unit[:-1] if unit.endswith('s') else unit} failed"
     if own_failure:

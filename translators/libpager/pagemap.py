@@ -97,9 +97,16 @@ class PageMap:
     def clear(self, page: int, bits: int):
         self[page] = self[page] & ~bits
 
+    def indices(self, first: int, npages: int, bits: int) -> list[int]:
+        """The pages of [first, first + npages) with any of ``bits``: the range or the
+        entries are walked, whichever is smaller (a range may span terabytes)."""
+        entries = self.entries
+        if npages <= len(entries):
+            return [i for i in range(first, first + npages) if entries.get(i, 0) & bits]
+        return sorted(i for i, v in entries.items() if first <= i < first + npages and v & bits)
+
     def any(self, first: int, npages: int, bits: int) -> bool:
-        get = self.entries.get
-        return any(get(i, 0) & bits for i in range(first, first + npages))
+        return bool(self.indices(first, npages, bits))
 
     def count(self, bits: int) -> int:
         return sum(1 for v in self.entries.values() if v & bits)

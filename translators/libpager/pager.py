@@ -35,13 +35,17 @@ NORMAL = "NORMAL"      # serving the kernel
 SHUTDOWN = "SHUTDOWN"  # pager_shutdown ran: nothing more is served
 
 SEQNO_PATIENCE = 30.0  # seconds a handler waits for its turn before logging a gap
+# Seconds a synchronous request (lock_request, change_attributes) waits for the kernel's
+# answer when its caller gives no timeout: the requests are simpleroutines, so a kernel
+# that refused or lost one never says so, and an unbounded wait would wedge the caller.
+KERNEL_REPLY_DEADLINE = 60.0
 
 STAT_KEYS = ("data_requests", "data_returns", "pages_returned", "clean_returns",
              "pages_written", "write_calls", "write_errors", "write_waits",
              "data_supplies", "pages_unavailable", "read_errors", "data_errors",
              "pagein_waits", "unlocks", "unlock_errors", "evictions", "lock_requests",
              "lock_completed", "supply_completed", "change_completed", "inits",
-             "terminates", "dropped", "handler_errors")
+             "terminates", "dropped", "handler_errors", "reply_timeouts")
 
 
 class PagerOps:
@@ -141,13 +145,20 @@ def _request_release(requests: list, r) -> None:
 
 
 def _request_wait(p: "Pager", requests: list, r, timeout: float | None) -> bool:
-    """Wait until request ``r`` is done (False if ``timeout`` seconds passed first),
-    then stop waiting for it; None (an asynchronous call) is done at once."""
+    """Wait until request ``r`` is done (False if ``timeout`` seconds passed first;
+    None: the pager's ``reply_deadline``), then stop waiting for it; None (an
+    asynchronous call) is done at once.  A wait that ran out is logged and counted
+    (``reply_timeouts``)."""
     if r is None:
         return True
+    limit = p.reply_deadline if timeout is None else timeout
     with p.lock:
-        completed = p.wakeup.wait_for(r.done, timeout)
+        completed = p.wakeup.wait_for(r.done, limit)
         _request_release(requests, r)
+    if not completed:
+        p.count("reply_timeouts")
+        log.error("no answer from the kernel", port=p.port_right, request=type(r).__name__,
+                  seconds=limit)
     return completed
 
 
@@ -161,6 +172,9 @@ class Pager:
     handlers use the pagemap), ``seqno`` (the last message sequence number served: the
     multithread model's handlers take their turns in arrival order, as the Hurd's
     seqnos libpager did).  ``stats`` counts what the pager did.
+
+    ``reply_deadline``: seconds a synchronous request waits for the kernel when its
+    caller gives no timeout (KERNEL_REPLY_DEADLINE).
 
     ``precious``: supply pages precious (the kernel must hand them back rather than
     drop them); defaults to notify_on_evict.  ``write_clean``: write clean precious
@@ -193,6 +207,7 @@ class Pager:
         self.noterm = 0
         self.termwaiting = False
         self.seqno = seqno
+        self.reply_deadline = KERNEL_REPLY_DEADLINE  # see _request_wait
         self.stats = dict.fromkeys(STAT_KEYS, 0)
         self._stats_lock = threading.Lock()
         wp = getattr(ops, "write_pages", None)

@@ -32,6 +32,5 @@ def _clear_incore(p: Pager, offset: int, size: int):
     """After a flush the kernel has no copy of the range."""
     with p.lock:
         first = offset // PAGE_SIZE
-        for i in range(first, first + (size + PAGE_SIZE - 1) // PAGE_SIZE):
-            if p.pagemap[i] & PM_INCORE:
-                p.pagemap.clear(i, PM_INCORE)
+        for i in p.pagemap.indices(first, (size + PAGE_SIZE - 1) // PAGE_SIZE, PM_INCORE):
+            p.pagemap.clear(i, PM_INCORE)
