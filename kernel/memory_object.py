@@ -10,7 +10,7 @@ import structlog
 from kernel import memory_object_user as MOU
 from kernel.ipc_right import PORT_SEND_ONCE, release_right
 from kernel.sched_prim import Sleep
-from kernel.vm_object import vm_object_destroy
+from kernel.vm_object import pages_of, vm_object_destroy
 from kernel.vm_page import vm_page_free, vm_page_grab, vm_page_insert, vm_page_wakeup
 from kernel.vm_pageout import vm_pageout_page_list
 from protocol.defs import mach as MD
@@ -64,23 +64,24 @@ def memory_object_supply_page(vm, obj, offset, data, lock_value, precious) -> in
     return K.KERN_SUCCESS
 
 
-def _absent_page(obj, offset):
-    page = obj.resident.get(offset)
-    if page is None or not page.absent:
-        return None
-    page.absent = False
-    obj.absent_count -= 1
-    obj.paging_in_progress -= 1
-    return page
+def _absent_pages(obj, offset, size):
+    """The absent pages of ``obj`` in [offset, offset + size), each taken out of the
+    absent state.  Only resident pages are walked: a pager may name any range (2**63
+    bytes included) without the kernel stepping through it page by page."""
+    start = offset - offset % PAGE_SIZE
+    for page in list(pages_of(obj, start, offset + size - start)):
+        if not page.absent:
+            continue
+        page.absent = False
+        obj.absent_count -= 1
+        obj.paging_in_progress -= 1
+        yield page
 
 
 def memory_object_data_unavailable(vm, obj, offset, size):
     """memory_object_data_unavailable: the pager has no data: zero-fill."""
     mem = vm.mem
-    for off in range(offset - offset % PAGE_SIZE, offset + size, PAGE_SIZE):
-        page = _absent_page(obj, off)
-        if page is None:
-            continue
+    for page in _absent_pages(obj, offset, size):
         mem.zero(page)
         mem.stats["zero_fill_count"] += 1
         page.dirty = obj.internal  # nothing backs it until it is written out
@@ -90,11 +91,9 @@ def memory_object_data_unavailable(vm, obj, offset, size):
 
 def memory_object_data_error(vm, obj, offset, size):
     """memory_object_data_error: the faults waiting for these pages fail."""
-    for off in range(offset - offset % PAGE_SIZE, offset + size, PAGE_SIZE):
-        page = _absent_page(obj, off)
-        if page is not None:
-            page.error = True
-            vm_page_wakeup(vm, page)
+    for page in _absent_pages(obj, offset, size):
+        page.error = True
+        vm_page_wakeup(vm, page)
 
 
 # ---------------------------------------------------------------- lock_request
