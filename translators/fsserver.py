@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import stat as _stat
 import threading
+import time
 from dataclasses import dataclass
 
 import structlog
@@ -393,23 +394,22 @@ class FileSystem:
 
     def sync(self, node: Node, wait: bool):
         """file_sync: the file's dirty pages back from the kernel (pager_sync)."""
-        pager = node.pager
-        if pager is not None:
-            PG.pager_sync(pager, wait)
+        if node.pager is not None and not PG.pager_sync(node.pager, wait):
+            raise fs_error(F.EIO, "pager_sync")  # the kernel never answered
 
-    def syncfs(self, wait: bool, timeout: float | None = None):
+    def syncfs(self, wait: bool, timeout: float | None = None) -> bool:
         """fsys_syncfs (diskfs_sync_everything): pager_sync on every file in use that
-        has a pager; a failure is logged and the others are still synced.
-        ``timeout`` bounds each pager's wait for the kernel (None: as long as it
-        takes)."""
-        for node in self.node_iterate():
-            pager = node.pager
-            if pager is None:
-                continue
+        has a pager, within ``timeout`` in all (None: as long as it takes); a failure is
+        logged and the others are still synced.  Whether every pager synced."""
+        ok, end = True, None if timeout is None else time.monotonic() + timeout
+        for pager in filter(None, (node.pager for node in self.node_iterate())):
+            left = None if end is None else max(0.0, end - time.monotonic())
             try:
-                PG.pager_sync(pager, wait, timeout)
+                ok = PG.pager_sync(pager, wait, left) and ok
             except MachError as e:
                 log.warning("pager_sync failed", code=e.code)
+                ok = False
+        return ok
 
 
 # ---------------------------------------------------------------- per-open state
@@ -764,7 +764,8 @@ class FsServer:
         """fsys_syncfs (served on any protid here: machemu has no separate control
         port)."""
         self._cred(pi)
-        self.fs.syncfs(bool(wait))
+        if not self.fs.syncfs(bool(wait)):
+            raise fs_error(F.EIO, "fsys_syncfs")
 
 
 def diskfs_startup(t: LP.Translator, srv: FsServer, pager_bucket: LP.PortBucket) -> int:

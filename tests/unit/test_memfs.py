@@ -325,3 +325,29 @@ def test_file_pager_ops_use_the_store(mfs):
     ops.write_pages(None, 0, b"r" * (3 * PAGE_SIZE))
     assert sorted(f.store.pages) == [0, PAGE_SIZE]
     assert mfs.read(f, 0, 3) == b"rrr" and ops.stats["pages_written"] == 3
+
+
+# ---------------------------------------------------------------- syncfs
+
+def test_syncfs_reports_a_pager_the_kernel_never_answered(srv, monkeypatch):
+    """diskfs_sync_everything: a pager_sync that timed out (False: no lock_completed
+    came) fails fsys_syncfs and file_sync with EIO; the other files are still synced."""
+    from translators import fsserver
+
+    a, b = (srv.walk(srv.fs.root_node, n, RW | F.O_CREAT, 0o644) for n in ("a", "b"))
+    a.pager, b.pager = "pager-a", "pager-b"
+    synced = []
+
+    def pager_sync(pager, wait, timeout=None):
+        synced.append((pager, timeout))
+        return pager != "pager-a"
+
+    monkeypatch.setattr(fsserver.PG, "pager_sync", pager_sync)
+    assert srv.fs.syncfs(True, timeout=5.0) is False
+    assert sorted(p for p, _ in synced) == ["pager-a", "pager-b"]
+    assert all(t is not None and 0 <= t <= 5.0 for _, t in synced)  # one budget in all
+    pi = port_on(srv, srv.fs.root_node, F.O_READ)
+    assert code_of(srv.fsys_syncfs, pi, 1, 0) == F.EIO
+    assert code_of(srv.file_sync, port_on(srv, a, RW), 1, 0) == F.EIO
+    srv.file_sync(port_on(srv, b, RW), 1, 0)
+    a.pager = b.pager = None

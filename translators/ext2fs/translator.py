@@ -241,9 +241,10 @@ class Ext2Fs(FileSystem):
         super().sync(node, wait)
         self._call(self.ext2.sync, wait)
 
-    def syncfs(self, wait: bool, timeout: float | None = None):
+    def syncfs(self, wait: bool, timeout: float | None = None) -> bool:
         """fsys_syncfs / the periodic sync (diskfs_sync_everything): pager_sync on
-        every file with a pager, then Ext2.sync."""
-        super().syncfs(wait, timeout)
+        every file with a pager, then Ext2.sync.  Whether every pager synced."""
+        ok = super().syncfs(wait, timeout)
         self._call(self.ext2.sync, wait)
         self.count(syncs=1)
+        return ok
