@@ -354,6 +354,10 @@ class Kernel:
         t.map = vm_map_create(self.vm)
         self.tasks[ident] = t
         try:
+            if not self.endpoint.startswith("ipc://"):
+                # A peer over the network names any pid it likes: only a local socket
+                # peer's pid is believed (and its liveness read from a pidfd).
+                raise OSError("not a local endpoint")
             t.pidfd = os.pidfd_open(pid)
             self.tasks_by_fd[t.pidfd] = t
             self.poller.register(t.pidfd, zmq.POLLIN)

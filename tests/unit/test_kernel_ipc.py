@@ -578,3 +578,20 @@ def test_reverse_map_forgets_a_port_whose_last_send_right_goes():
     e.type &= ~T_SEND  # as deallocate and MOVE_SEND copyin do before removing
     space.remove(name)
     assert port.id not in space.reverse and name not in space.table
+
+
+def test_only_a_local_peer_pid_is_believed(k):
+    """task_create: over ipc:// the hello's pid gets a pidfd (its liveness is then the
+    kernel's to see, and heartbeat silence alone does not destroy it); over the network
+    a peer could name any live pid, so it gets none and the heartbeat decides."""
+    local = k.task_create(b"local", os.getpid(), "local", "task")
+    assert local.pidfd is not None
+    remote_k = RecordingKernel("tcp://127.0.0.1:*")
+    try:
+        remote = remote_k.task_create(b"remote", os.getpid(), "remote", "task")
+        assert remote.pidfd is None
+        remote.last_seen -= remote_k.config.heartbeat_timeout + 1
+        remote_k.check_heartbeats()
+        assert not remote.alive
+    finally:
+        remote_k.close()
