@@ -345,6 +345,19 @@ def test_read_error_becomes_data_error(rigs):
     assert r.pager.stats["read_errors"] == 2
 
 
+def test_page_error_is_known_before_the_kernel_is_told(rigs):
+    """A faulting thread woken by data_error may ask pager_get_error at once: the
+    pagemap must already hold the error when data_error goes out."""
+    ops = Ops()
+    ops.read_error = OSError(errno.ENOSPC, "full")
+    r = rigs(ops)
+    seen = []
+    r.kernel.data_error = lambda control, offset, size, error: seen.append(
+        PG.pager_get_error(r.pager, offset))
+    r.send(MO.memory_object_data_request, CONTROL, P, P, V.VM_PROT_READ)
+    assert seen == [ENOSPC]
+
+
 def test_read_page_none_is_data_unavailable(rigs):
     class Holes(Ops):
         def read_page(self, pager, offset, length):

@@ -89,7 +89,17 @@ def _pager_S_memory_object_data_request(p: Pager, seqno: int, control: int, offs
         _send(p, p.kernel.data_error, control, offset, length, int(refuse))
         return False
 
-    errors = {}
+    first = offset // P
+
+    def note(i, code):
+        # The pagemap knows a page's error before the kernel does: a thread woken by
+        # the data_error that asks pager_get_error at once must find it.
+        with p.lock:
+            e = p.pagemap[first + i]
+            if code:
+                e &= ~PM_INCORE
+            p.pagemap[first + i] = SET_PM_ERROR(e, page_error(code))
+
     try:
         for i, (what, code) in enumerate(plan):
             off = offset + i * P
@@ -105,6 +115,7 @@ def _pager_S_memory_object_data_request(p: Pager, seqno: int, control: int, offs
                     log.warning("read_page failed", port=p.port_right, offset=off,
                                 code=code, error=str(exc))
                 else:
+                    note(i, 0)
                     if got is None:
                         p.count("pages_unavailable")
                         _send(p, p.kernel.data_unavailable, control, off, P)
@@ -115,19 +126,12 @@ def _pager_S_memory_object_data_request(p: Pager, seqno: int, control: int, offs
                         _send(p, p.kernel.data_supply, control, off, data,
                               V.VM_PROT_WRITE if write_lock else V.VM_PROT_NONE,
                               p.precious, 0)
-                    errors[i] = 0
                     continue
             p.count("data_errors")
-            errors[i] = code
+            note(i, code)
             _send(p, p.kernel.data_error, control, off, P, code)
     finally:
         with p.lock:
-            first = offset // P
-            for i, code in errors.items():
-                e = p.pagemap[first + i]
-                if code:
-                    e &= ~PM_INCORE
-                p.pagemap[first + i] = SET_PM_ERROR(e, page_error(code))
             _pager_allow_termination(p)
     return False
 
