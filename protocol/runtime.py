@@ -157,8 +157,10 @@ class TaskRuntime:
         if port and not self.dead and not self._closed:
             from protocol.defs.mach_port import mach_port_destroy
 
+            # Sent without a reply port: an RPC would make this thread a new reply port
+            # (and thread_exit would leave that one behind, one per exiting thread).
             try:
-                mach_port_destroy(self.task_self, port, timeout=5, rt=self)
+                self.send(mach_port_destroy.message(self.task_self, [port]), timeout=5)
             except MachError:
                 pass
 
