@@ -65,21 +65,22 @@ def pattern(run: int, page: int) -> bytes:
     return (b"%06d:%08d|" % (run, page)) * (PAGE_SIZE // 16)
 
 
-def anon_run(rt, run: int, npages: int):
+def anon_run(rt, run: int, npages: int, timeout: float = 60.0):
     """vm_allocate ``npages`` (more than physical memory), write every page, read every
-    page back byte-exact, vm_deallocate: the object is paged out, in, and terminated."""
-    addr = V.vm_allocate(rt.task_self, 0, npages * PAGE_SIZE, True, timeout=60, rt=rt)
+    page back byte-exact, vm_deallocate: the object is paged out, in, and terminated.
+    Every call must be answered within ``timeout`` seconds."""
+    addr = V.vm_allocate(rt.task_self, 0, npages * PAGE_SIZE, True, timeout=timeout, rt=rt)
     chunk = 16
     for first in range(0, npages, chunk):
         data = b"".join(pattern(run, pg) for pg in range(first, first + chunk))
-        V.vm_write(rt.task_self, addr + first * PAGE_SIZE, data, timeout=60, rt=rt)
+        V.vm_write(rt.task_self, addr + first * PAGE_SIZE, data, timeout=timeout, rt=rt)
     for first in range(0, npages, chunk):
         got = V.vm_read(rt.task_self, addr + first * PAGE_SIZE, chunk * PAGE_SIZE,
-                        timeout=60, rt=rt)
+                        timeout=timeout, rt=rt)
         for i in range(chunk):
             assert bytes(got[i * PAGE_SIZE:(i + 1) * PAGE_SIZE]) == pattern(run, first + i), \
                 (run, first + i)
-    V.vm_deallocate(rt.task_self, addr, npages * PAGE_SIZE, timeout=60, rt=rt)
+    V.vm_deallocate(rt.task_self, addr, npages * PAGE_SIZE, timeout=timeout, rt=rt)
 
 
 def last_stats(run_dir, name="defpager") -> dict:
