@@ -25,6 +25,7 @@ import time
 
 import pytest
 
+from lab.rundir import RunDir
 from protocol.defs import mach_port as P
 from protocol.runtime import TaskRuntime
 from tests.conftest import log_records, ready_or_fail, start_kernel, wait_for
@@ -107,7 +108,8 @@ def test_page_ins_racing_pageouts_are_all_answered_byte_exact(run_dir, procs):
     endpoint = start_kernel(run_dir, procs, physical_pages=PHYSICAL_PAGES)
     start_preemptive(procs, run_dir, "translators.defpager", "defpager", "--swap-size", "16",
                      "--stats-interval", "0.2", "--thread-timeout", "0.1")
-    rts = [TaskRuntime(endpoint, f"anon{i}") for i in range(TASKS)]
+    secret = RunDir(run_dir).host_secret()
+    rts = [TaskRuntime(endpoint, f"anon{i}", secret=secret) for i in range(TASKS)]
     runs = [0] * (TASKS * THREADS)
     stop_at = time.monotonic() + BUDGET
     try:

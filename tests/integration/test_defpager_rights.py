@@ -16,6 +16,7 @@ import threading
 
 import pytest
 
+from lab.rundir import RunDir
 from protocol.defs import mach as V
 from protocol.defs.machemu import machemu_kernel_info
 from protocol.runtime import TaskRuntime
@@ -26,7 +27,7 @@ PHYSICAL_PAGES = 256  # 1 MiB: a run of 2 MiB must page out
 
 
 def receive_rights(rt, task_name=None, task_id=None) -> int:
-    info = machemu_kernel_info(rt.host, timeout=30, rt=rt)
+    info = machemu_kernel_info(rt.host_priv, timeout=30, rt=rt)
     for t in info["tasks"]:
         if (task_id is not None and t["id"] == task_id) or (
                 task_name is not None and t["name"] == task_name):
@@ -93,7 +94,7 @@ def test_default_pager_rights_and_swap_back_to_baseline(run_dir, procs):
     endpoint = start_kernel(run_dir, procs, physical_pages=PHYSICAL_PAGES)
     start_server(procs, run_dir, "translators.defpager", "defpager", "--swap-size", "16",
                  "--stats-interval", "0.2", "--thread-timeout", "0.5")
-    rt = TaskRuntime(endpoint, "anon")
+    rt = TaskRuntime(endpoint, "anon", secret=RunDir(run_dir).host_secret())
     try:
         def rights():
             return receive_rights(rt, task_name="defpager")
