@@ -157,8 +157,10 @@ class TaskRuntime:
         if port and not self.dead and not self._closed:
             from protocol.defs.mach_port import mach_port_destroy
 
+            # Sent without a reply port: an RPC would make this thread a new reply port
+            # (and thread_exit would leave that one behind, one per exiting thread).
             try:
-                mach_port_destroy(self.task_self, port, timeout=5, rt=self)
+                self.send(mach_port_destroy.message(self.task_self, [port]), timeout=5)
             except MachError:
                 pass
 
@@ -220,7 +222,11 @@ class TaskRuntime:
                     self._followers[tid] = box
             if lead:
                 try:
-                    got = self._lead(tid, seq, deadline)
+                    # A reader may have put our answer in the box after we looked and
+                    # resigned before we took the lead: _lead reads only the socket.
+                    got = self._boxed(box, seq)
+                    if got is None:
+                        got = self._lead(tid, seq, deadline)
                 finally:
                     self._resign()
                 if got is not None:
@@ -242,6 +248,20 @@ class TaskRuntime:
                     continue
             if deadline is not None and time.monotonic() >= deadline:
                 raise MachError(MachMsgReturn.MACH_SEND_TIMED_OUT, "no answer from kernel")
+
+    def _boxed(self, box, seq):
+        """Our answer if it is in our mailbox already (other items are stale answers or
+        lead tokens, dropped); None otherwise.  Called as the reader: nobody else routes
+        answers meanwhile, so nothing can arrive in the box behind our back."""
+        while True:
+            try:
+                item = box.get_nowait()
+            except queue.Empty:
+                return None
+            if item is not _LEAD:
+                got = self._check(item, seq)
+                if got is not None:
+                    return got
 
     def _check(self, item, seq):
         if item is None:

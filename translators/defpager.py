@@ -31,6 +31,8 @@ import errno
 import os
 import sys
 import threading
+import time
+import traceback
 from pathlib import Path
 
 import structlog
@@ -49,6 +51,7 @@ log = structlog.get_logger("defpager")
 
 
 DEFAULT_SWAP_MIB = 256
+STALL_AFTER = 10.0  # seconds a message may be in a handler before it is reported
 
 
 class SwapFile:
@@ -248,6 +251,65 @@ class DefaultPager:
         return d
 
 
+class WatchedDemuxer(PG.PagerDemuxer):
+    """libpager's demuxer, remembering which message each server thread serves, so that
+    a handler stuck in it (a page-in the kernel waits for) is reported with its stack."""
+
+    def __init__(self, bucket, handlers: dict):
+        super().__init__(bucket, handlers)
+        self.inflight: dict[int, tuple] = {}  # thread ident -> (port, seqno, id, since)
+        self._reported: set[tuple] = set()
+
+    def serve(self, msg):
+        me = threading.get_ident()
+        self.inflight[me] = (msg.local_port, msg.seqno, msg.msgh_id, time.monotonic())
+        try:
+            return super().serve(msg)
+        finally:
+            self.inflight.pop(me, None)
+
+    def report_stalls(self, after: float = STALL_AFTER) -> int:
+        """Log each message in a handler for more than ``after`` seconds once (routine,
+        port, seqno, the pager's last seqno, the thread's stack); how many are."""
+        now = time.monotonic()
+        frames = sys._current_frames()
+        stalled = 0
+        live = set()
+        for ident, (port, seqno, msgh_id, since) in list(self.inflight.items()):
+            key = (ident, port, seqno, since)
+            live.add(key)
+            if now - since < after:
+                continue
+            stalled += 1
+            if key in self._reported:
+                continue
+            self._reported.add(key)
+            entry = self.demux.table.get(msgh_id)
+            pi = self.bucket.lookup(port)
+            last = None
+            if pi is not None:
+                last = getattr(pi.data, "seqno", None)
+                LP.ports_port_deref(pi)
+            frame = frames.get(ident)
+            log.warning("handler stalled", port=port, seqno=seqno, pager_seqno=last,
+                        routine=entry[0].name if entry else msgh_id,
+                        seconds=round(now - since, 1),
+                        stack="".join(traceback.format_stack(frame)[-6:]) if frame else "")
+        self._reported &= live
+        return stalled
+
+
+def watch_stalls(demuxer: WatchedDemuxer, stop: threading.Event, every: float = 2.0):
+    """A daemon thread reporting stalled handlers until ``stop`` is set."""
+    def loop():
+        while not stop.wait(every):
+            demuxer.report_stalls()
+
+    t = threading.Thread(target=loop, name="stall-watch", daemon=True)
+    t.start()
+    return t
+
+
 # ---------------------------------------------------------------- the process
 
 def parse_args(argv=None):
@@ -286,13 +348,14 @@ def main(argv=None) -> int:
             send = LP.ports_get_send_right(root)
             right = LP.ports_get_right(root)  # one more make-send: the kernel's
             LP.ports_port_deref(root)
-            demuxer = PG.PagerDemuxer(bucket, dp.handlers())
+            demuxer = WatchedDemuxer(bucket, dp.handlers())
             server = t.add_server(LP.make_server(args.threads, bucket, demuxer,
                                                  thread_timeout=args.thread_timeout or None,
                                                  workers=args.workers,
                                                  max_threads=args.max_threads, name=args.name))
             t.stopping_stats = lambda: {**dp.snapshot(), **_server_stats(server, None)}
             server.start()
+            watch_stalls(demuxer, t.stop)
             if not rt.host_priv:
                 raise MachError(KernReturn.KERN_INVALID_HOST,
                                 "no host_priv (the run directory holds no secret?)")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import signal
+import threading
 
 import pytest
 
@@ -213,6 +214,40 @@ def test_create_sent_to_an_object_port_is_refused(swap):
 # ---------------------------------------------------------------- the process
 
 @pytest.mark.timeout(60)
+def test_a_stalled_handler_is_reported_once_with_its_stack(swap):
+    from structlog.testing import capture_logs
+
+    r = Rig(swap)
+    r.demux = D.WatchedDemuxer(r.bucket, r.dp.handlers())
+    p = r.create()
+    r.ret(0, page(7))
+    gate, entered = threading.Event(), threading.Event()
+    read = swap.read
+
+    def slow_read(slot):
+        entered.set()
+        gate.wait(20)
+        return read(slot)
+
+    swap.read = slow_read
+    t = threading.Thread(target=r.request, args=(0,))
+    t.start()
+    try:
+        assert entered.wait(10)
+        assert r.demux.report_stalls(after=60) == 0  # not stalled yet
+        with capture_logs() as logs:
+            assert r.demux.report_stalls(after=0) == 1
+            assert r.demux.report_stalls(after=0) == 1  # still stalled, logged once
+        [rec] = [x for x in logs if x["event"] == "handler stalled"]
+        assert rec["routine"] == "memory_object_data_request" and rec["port"] == OBJ
+        assert rec["pager_seqno"] == p.seqno and "slow_read" in rec["stack"]
+    finally:
+        gate.set()
+        t.join(10)
+    assert r.demux.report_stalls(after=0) == 0 and not r.demux.inflight
+    assert ("data_supply", CONTROL, 0, page(7)) in [c[:4] for c in r.kernel.calls]
+
+
 def test_defpager_process_registers_and_stops_cleanly(kernel, procs, run_dir, tasks):
     from protocol.defs import netname as NS
 
