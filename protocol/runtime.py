@@ -278,6 +278,8 @@ class TaskRuntime:
         while True:
             mine = None
             with self._lock:
+                if self._closed:  # close() shut the socket (under this lock)
+                    raise KernelGone(MachMsgReturn.MACH_SEND_INVALID_DEST, "task closed")
                 while readable(sock):
                     item = self._dispatch(recv_frames(sock), tid)
                     if item is not None and item[0][M.A_SEQ] == seq:
@@ -297,12 +299,18 @@ class TaskRuntime:
                 if wait <= 0:
                     return None
                 wait = min(wait, 1000)
-            for fd, _ in poller.poll(wait):
-                if fd == self._wake_r:
-                    try:
-                        os.read(self._wake_r, 4096)
-                    except BlockingIOError:
-                        pass
+            try:
+                for fd, _ in poller.poll(wait):
+                    if fd == self._wake_r:
+                        try:
+                            os.read(self._wake_r, 4096)
+                        except BlockingIOError:
+                            pass
+            except (zmq.ZMQError, OSError):
+                if not self._closed:
+                    raise
+                # close() ran meanwhile: the socket or the wake pipe is gone; the loop's
+                # check under the lock says so.
 
     def _resign(self):
         with self._rlock:
