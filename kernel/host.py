@@ -88,6 +88,7 @@ def make_handlers(k, priv: bool) -> Demux:
         default pager; the old one's right comes back.  A null port only asks."""
         need_priv("vm_set_default_memory_manager")
         port, typ = default_manager
+        k.vm.pageout.default_pager_ready()  # forgets a dead one: no dead name handed back
         old = k.vm.default_pager
         if port is None:
             if old is None:

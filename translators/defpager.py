@@ -37,6 +37,7 @@ from pathlib import Path
 
 import structlog
 
+from protocol import message as M
 from protocol.defs import mach as V
 from protocol.defs import mach_port as P
 from protocol.defs import memory_object as MO
@@ -360,7 +361,7 @@ def main(argv=None) -> int:
                 raise MachError(KernReturn.KERN_INVALID_HOST,
                                 "no host_priv (the run directory holds no secret?)")
             prev = V.vm_set_default_memory_manager(rt.host_priv, right, rt=rt)
-            if prev:
+            if prev and prev != M.MACH_PORT_DEAD:  # a dead one's name is not ours to keep
                 P.mach_port_deallocate(rt.task_self, prev, rt=rt)
             t.check_in(send)
             t.ready("default pager ready", model=args.threads, swap=str(swap.path),

@@ -90,3 +90,26 @@ def test_defpager_death_stalls_pageout_fails_waiters_and_a_new_one_takes_over(ru
     finally:
         for rt in (a, b, c):
             rt.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_new_default_pager_replaces_a_dead_one_without_memory_pressure(run_dir, procs):
+    """vm_set_default_memory_manager when the registered default pager died and nothing
+    made the pageout daemon notice: the kernel forgets the dead one and hands back no
+    right (MACH_PORT_NULL, not a dead name the new pager would have to deallocate), so
+    the new one starts and takes over."""
+    endpoint = start_kernel(run_dir, procs, physical_pages=PAGES)
+    dp = defpager(procs, run_dir, "defpager")
+    dp.kill(signal.SIGKILL)
+    assert dp.p.wait(30) == -signal.SIGKILL
+    dp2 = defpager(procs, run_dir, "defpager2")  # start_server waits for it to be ready
+    rt = TaskRuntime(endpoint, "client")
+    try:
+        wait_for(lambda: dp2.alive(), 10, what="defpager2 serving")
+        a = fill(rt, PAGES * 2, "after")  # needs pageout: only defpager2 can take it
+        for i in (0, PAGES, 2 * PAGES - 1):
+            got = MD.vm_read(rt.task_self, a + i * PAGE_SIZE, PAGE_SIZE, timeout=T, rt=rt)
+            assert bytes(got) == page("after", i)
+        assert pageout_stats(rt).get("returned_internal", 0) > 0
+    finally:
+        rt.close()
