@@ -34,17 +34,8 @@ import structlog
 from protocol.defs import fs as F
 from protocol.vm_param import PAGE_SIZE, round_page, trunc_page
 from translators import libports as LP
-from translators.fsserver import (
-    DT_DIR,
-    FilePagerOps,
-    FileSystem,
-    FsServer,
-    Node,
-    diskfs_startup,
-    file_type,
-    fs_error,
-    pager_bucket_stats,
-)
+from translators.diskfs import DT_DIR, FilePagerOps, FileSystem, Node, file_type, fs_error
+from translators.fsserver import FsServer, diskfs_startup, pager_bucket_stats
 
 log = structlog.get_logger("memfs")
 

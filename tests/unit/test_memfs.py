@@ -15,9 +15,8 @@ from protocol.defs import fs as F
 from protocol.kern_return import MachError
 from protocol.vm_param import PAGE_SIZE
 from translators import libports as LP
+from translators.diskfs import DT_DIR, DT_REG
 from translators.fsserver import (
-    DT_DIR,
-    DT_REG,
     FsDemuxer,
     FsServer,
     Peropen,
@@ -332,7 +331,7 @@ def test_file_pager_ops_use_the_store(mfs):
 def test_syncfs_reports_a_pager_the_kernel_never_answered(srv, monkeypatch):
     """diskfs_sync_everything: a pager_sync that timed out (False: no lock_completed
     came) fails fsys_syncfs and file_sync with EIO; the other files are still synced."""
-    from translators import fsserver
+    from translators import diskfs
 
     a, b = (srv.walk(srv.fs.root_node, n, RW | F.O_CREAT, 0o644) for n in ("a", "b"))
     a.pager, b.pager = "pager-a", "pager-b"
@@ -342,7 +341,7 @@ def test_syncfs_reports_a_pager_the_kernel_never_answered(srv, monkeypatch):
         synced.append((pager, timeout))
         return pager != "pager-a"
 
-    monkeypatch.setattr(fsserver.PG, "pager_sync", pager_sync)
+    monkeypatch.setattr(diskfs.PG, "pager_sync", pager_sync)
     assert srv.fs.syncfs(True, timeout=5.0) is False
     assert sorted(p for p, _ in synced) == ["pager-a", "pager-b"]
     assert all(t is not None and 0 <= t <= 5.0 for _, t in synced)  # one budget in all

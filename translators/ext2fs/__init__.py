@@ -6,7 +6,7 @@ ialloc, inode, getblk, rdwr, truncate, dir); an image maker that needs no e2fspr
 (``from translators.ext2fs.mkfs import mkfs``; also ``python -m translators.ext2fs.mkfs
 IMAGE SIZE``).  The translator is built on these: ``pager`` (the libpager callbacks of
 a file, ext2fs/pager.c) and ``translator`` (nodes and the fs protocol over libdiskfs's
-part, ``fsserver``), started by ``python -m translators.ext2fs``.
+part, ``diskfs`` and ``fsserver``), started by ``python -m translators.ext2fs``.
 """
 
 from .filesystem import Ext2, Ext2Error, Ext2UnsupportedFeature

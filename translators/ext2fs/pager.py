@@ -7,7 +7,7 @@ from __future__ import annotations
 from protocol.defs import fs as F
 from protocol.kern_return import MachError
 from protocol.vm_param import PAGE_SIZE
-from translators.fsserver import FilePagerOps
+from translators.diskfs import FilePagerOps
 
 MAX_WRITE_BLOCKS = 128  # blocks per disk write (the Hurd's pager_write_pages limit)
 

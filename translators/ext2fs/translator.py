@@ -23,10 +23,7 @@ import structlog
 from protocol.defs import fs as F
 from protocol.kern_return import MachError
 from protocol.vm_param import PAGE_SIZE, round_page
-from translators.ext2fs import ondisk as D
-from translators.ext2fs.filesystem import Ext2
-from translators.ext2fs.pager import Ext2PagerOps, ext2_error
-from translators.fsserver import (
+from translators.diskfs import (
     DT_DIR,
     DT_REG,
     DT_UNKNOWN,
@@ -34,6 +31,9 @@ from translators.fsserver import (
     Node,
     fs_error,
 )
+from translators.ext2fs import ondisk as D
+from translators.ext2fs.filesystem import Ext2
+from translators.ext2fs.pager import Ext2PagerOps, ext2_error
 
 log = structlog.get_logger("ext2fs")
 
