@@ -84,6 +84,13 @@ class Pager:
         vm.mem.vm_page_activate(p)
         return p
 
+    def mapped_by(self, name, npages):
+        """A new task with the object mapped (as vm_map would): (KTask, address)."""
+        t = KTask(self.k, name)
+        ipc_port_make_send(self.port)
+        self.obj.ref_count += 1
+        return t, t.task.map.vm_map_enter(None, npages * PAGE_SIZE, self.obj, 0)
+
     def data_returns(self):
         """The data_returns queued at the pager port."""
         return [kmsg for kmsg in self.port.mqueue.messages
@@ -172,10 +179,7 @@ def test_write_fault_sleeps_then_completes_and_read_fault_does_not(make_kernel):
     for i in range(po.thresh + 50):  # 50 over: the full span, max pause
         pg.page(i)
     target = pg.page(399, dirty=False)
-    writer = KTask(k, "writer")
-    ipc_port_make_send(pg.port)
-    pg.obj.ref_count += 1
-    addr = writer.task.map.vm_map_enter(None, 400 * PAGE_SIZE, pg.obj, 0)
+    writer, addr = pg.mapped_by("writer", 400)
     t, _ = _fault(k, writer.task, addr + 399 * PAGE_SIZE, VM_PROT_READ)
     assert t.done  # a read never pauses
     start = time.monotonic()
@@ -197,10 +201,7 @@ def test_classic_never_pauses_a_writer(make_kernel):
     for i in range(500):
         pg.page(i)
     target = pg.page(599, dirty=False)
-    writer = KTask(k, "writer")
-    ipc_port_make_send(pg.port)
-    pg.obj.ref_count += 1
-    addr = writer.task.map.vm_map_enter(None, 600 * PAGE_SIZE, pg.obj, 0)
+    writer, addr = pg.mapped_by("writer", 600)
     t, result = _fault(k, writer.task, addr + 599 * PAGE_SIZE, VM_PROT_WRITE)
     assert t.done and result["v"] == (pg.obj, target)
     assert vm_statistics(k.vm)["dirty_pauses"] == 0
