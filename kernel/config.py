@@ -34,6 +34,12 @@ class KernelConfig:
     # seconds a thread waits for a free page while nothing can be paged out (no default
     # pager for dirty anonymous pages) before its fault fails with KERN_RESOURCE_SHORTAGE
     page_wait_timeout: float = 10.0
+    # throttle pageout (Linux vm.dirty_background_ratio, vm.dirty_ratio, MAX_PAUSE):
+    # percent of physical memory dirty (file pages plus laundry) at which background
+    # writeback starts, above which a dirtying writer pauses; the longest pause
+    dirty_background_ratio: int = 10
+    dirty_ratio: int = 20
+    dirty_pause_max_ms: int = 200
 
     @classmethod
     def load(cls, path=None, **overrides) -> "KernelConfig":
@@ -63,4 +69,10 @@ class KernelConfig:
             raise ValueError("page_wait_timeout must be within (0, 3600] seconds")
         if not 0 <= cfg.qlimit_default <= 16:
             raise ValueError("qlimit_default must be within 0..16 (MACH_PORT_QLIMIT_MAX)")
+        if not 1 <= cfg.dirty_ratio <= 100:
+            raise ValueError("dirty_ratio must be within 1..100 (percent)")
+        if not 0 <= cfg.dirty_background_ratio < cfg.dirty_ratio:
+            raise ValueError("dirty_background_ratio must be within 0..dirty_ratio - 1")
+        if not 1 <= cfg.dirty_pause_max_ms <= 10000:
+            raise ValueError("dirty_pause_max_ms must be within 1..10000")
         return cfg

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 
 from kernel import memory_object_user as MOU
+from kernel.sched_prim import Sleep
 from kernel.vm_object import vm_object_allocate
 from kernel.vm_page import Q_INACTIVE, vm_page_free, vm_page_grab, vm_page_insert, vm_page_wait
 from protocol.defs.mach import VM_PROT_WRITE
@@ -30,6 +31,7 @@ def vm_fault(k, task, vaddr: int, fault_type: int):
     mem.stats["faults"] += 1
     vaddr = trunc_page(vaddr)
     short_since = None  # when this fault first found no free page
+    throttled = False  # this fault has paused for the dirty limit (once per fault)
     while True:
         vmap = task.map
         if vmap is None:
@@ -60,6 +62,14 @@ def vm_fault(k, task, vaddr: int, fault_type: int):
                 page.wanted = True
                 yield page
                 continue
+            if (fault_type & VM_PROT_WRITE and not page.dirty and not throttled
+                    and vm.pageout is not None):
+                # The write will dirty the page: the writer pays (throttle policy).
+                throttled = True
+                pause = vm.pageout.dirty_pause(obj, page)
+                if pause > 0:
+                    yield Sleep(pause)
+                    continue
             if page.queue == Q_INACTIVE:
                 mem.vm_page_activate(page)
             page.referenced = True

@@ -188,6 +188,11 @@ class ClassicPageout:
     def page_unlocked(self, page):
         pass
 
+    def dirty_pause(self, obj, page) -> float:
+        """A write fault is about to dirty clean ``page``: seconds the faulting thread
+        must sleep first.  None under classic (see ThrottlePageout)."""
+        return 0.0
+
     def inactive_target(self) -> int:
         mem = self.vm.mem
         return (len(mem.active) + len(mem.inactive)) * 2 // 3
@@ -308,3 +313,6 @@ class ClassicPageout:
 
 
 POLICIES = {"classic": ClassicPageout}
+
+# Policies built on ClassicPageout register themselves in POLICIES when imported.
+import kernel.vm_pageout_throttle  # noqa: E402,F401

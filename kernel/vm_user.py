@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from kernel.vm_fault import vm_fault_range
 from kernel.vm_object import vm_object_deallocate, vm_object_enter
+from kernel.vm_pageout_throttle import vm_page_dirty_throttled
 from protocol import message as M
 from protocol.defs import mach as MD
 from protocol.kern_return import KernReturn as K
@@ -41,6 +42,11 @@ def vm_statistics(vm) -> dict:
         "data_unlocks": vm.stats["memory_object_data_unlock"],
         "objects": vm.objects, "cached_objects": len(vm.cache),
         "page_waits": vm.stats["page_waits"],
+        # throttle pageout (zero under other policies but the count)
+        "dirty_throttled": vm_page_dirty_throttled(vm),
+        "dirty_pauses": vm.stats["dirty_pauses"],
+        "dirty_pause_ms": round(vm.stats["dirty_pause_ms"], 3),
+        "background_writeback_pages": vm.stats["background_writeback_pages"],
     }
 
 
