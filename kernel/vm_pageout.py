@@ -188,6 +188,15 @@ class ClassicPageout:
     def page_unlocked(self, page):
         pass
 
+    def too_dirty(self, obj) -> bool:
+        """Must a write fault on a write-locked page of ``obj`` wait before its
+        data_unlock?  Never under classic (see kernel.vm_pageout_advisory)."""
+        return False
+
+    def write_unlock(self, page) -> int:
+        """A write fault sends data_unlock for ``page``: the unlock's length."""
+        return PAGE_SIZE
+
     def inactive_target(self) -> int:
         mem = self.vm.mem
         return (len(mem.active) + len(mem.inactive)) * 2 // 3
@@ -308,3 +317,6 @@ class ClassicPageout:
 
 
 POLICIES = {"classic": ClassicPageout}
+
+# Policies in their own modules add themselves to POLICIES when imported.
+from kernel import vm_pageout_advisory  # noqa: E402, F401
