@@ -21,8 +21,8 @@ when too many of their pages may be dirty, and holds back writers past a hard li
 The count is kept as the set of pages that were write-unlocked; the VM routines clear a
 page's ``potentially_dirty`` flag when they clean it, and reset it when they free or
 launder it, so the set is pruned (``_recount``) after every cleaning run the kernel
-reports (something_changed), before a decision when it may be stale, and at most every
-RECOUNT_INTERVAL otherwise.  A sleeper also retries after TOO_DIRTY_RECHECK seconds:
+reports (something_changed), before every hard-limit decision that it could change,
+and before a hint at most every RECOUNT_INTERVAL.  A sleeper also retries after TOO_DIRTY_RECHECK seconds:
 pages flushed by a pager's lock_request leave the count without a report.
 """
 
@@ -104,7 +104,7 @@ class AdvisoryPageout(VP.ClassicPageout):
         ``obj`` wait (vm_page_too_dirty_wait) before its data_unlock is sent?"""
         if obj.copy_strategy == MEMORY_OBJECT_COPY_VMPRIV or len(self._dirty) <= self.hard_limit:
             return False
-        self._recount()
+        self._recount(force=True)  # exact: blocked writers retry rarely
         return self.potentially_dirty > self.hard_limit
 
     def vm_page_too_dirty_wait(self):
