@@ -1,4 +1,13 @@
-"""Kernel configuration: defaults, overridden by a TOML file (``[kernel]`` table)."""
+"""Kernel configuration: defaults, overridden by a TOML file (``[kernel]`` table).
+
+The ``advisory`` pageout policy's dirty page limits keep the original's static numbers
+(2,700 soft, 3,000 hard; "XXX These limits should be dynamic"): 3,000 pages (11.7 MiB)
+are 18.3 % of the default 16,384 pages (64 MiB), 73 % of 4,096 (16 MiB) and more than
+all of 2,048 (8 MiB).  ``advisory_scale_limits`` scales both by physical_pages / 16,384,
+so they keep that 16.5 % / 18.3 % share of any memory size.  The hard limit may be at
+most half of physical memory: dirty external pages are left to their pagers, and more
+of them than that could starve the free list.
+"""
 
 from __future__ import annotations
 
@@ -40,6 +49,11 @@ class KernelConfig:
     dirty_background_ratio: int = 10
     dirty_ratio: int = 20
     dirty_pause_max_ms: int = 200
+    # advisory pageout: potentially dirty pages above which data_unlock asks the pager
+    # to write back (soft) and writers sleep (hard); scaled to physical memory if asked
+    advisory_soft_limit: int = 2700
+    advisory_hard_limit: int = 3000
+    advisory_scale_limits: bool = False
 
     @classmethod
     def load(cls, path=None, **overrides) -> "KernelConfig":
@@ -57,6 +71,10 @@ class KernelConfig:
             if isinstance(default, bool) and not isinstance(value, bool):
                 raise ValueError(f"{key} must be true or false")
             setattr(cfg, key, type(default)(value))
+        from kernel.vm_pageout import POLICIES  # config is loaded before any policy runs
+
+        if cfg.pageout_policy not in POLICIES:
+            raise ValueError(f"pageout_policy must be one of {', '.join(sorted(POLICIES))}")
         if cfg.map_lookup not in ("list", "tree"):
             raise ValueError("map_lookup must be 'list' or 'tree'")
         if cfg.map_merge not in ("classic", "coalesce"):
@@ -75,4 +93,12 @@ class KernelConfig:
             raise ValueError("dirty_background_ratio must be within 0..dirty_ratio - 1")
         if not 1 <= cfg.dirty_pause_max_ms <= 10000:
             raise ValueError("dirty_pause_max_ms must be within 1..10000")
+        if not 1 <= cfg.advisory_soft_limit <= cfg.advisory_hard_limit:
+            raise ValueError("advisory_soft_limit must be within 1..advisory_hard_limit")
+        if cfg.pageout_policy == "advisory":
+            from kernel.vm_pageout_advisory import advisory_limits
+            _, hard = advisory_limits(cfg)
+            if hard > cfg.physical_pages // 2:
+                raise ValueError("advisory_hard_limit (after scaling) must be at most half "
+                                 "of physical_pages; set advisory_scale_limits")
         return cfg

@@ -56,9 +56,10 @@ def memory_object_data_request(k, obj, offset, access):
     send_to_pager(k, obj, MO.memory_object_data_request, [offset, PAGE_SIZE, access])
 
 
-def memory_object_data_unlock(k, obj, offset, access):
-    """memory_object_data_unlock: a fault wants ``access`` that page_lock forbids."""
-    send_to_pager(k, obj, MO.memory_object_data_unlock, [offset, PAGE_SIZE, access])
+def memory_object_data_unlock(k, obj, offset, access, size=PAGE_SIZE):
+    """memory_object_data_unlock: a fault wants ``access`` that page_lock forbids.
+    ``size`` PAGE_SIZE + 1 is the advisory policy's hint to start writing back."""
+    send_to_pager(k, obj, MO.memory_object_data_unlock, [offset, size, access])
 
 
 def memory_object_data_return(k, obj, offset, data: bytes, dirty: bool, kernel_copy: bool,

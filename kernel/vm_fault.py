@@ -57,8 +57,13 @@ def vm_fault(k, task, vaddr: int, fault_type: int):
                 raise MachError(K.KERN_MEMORY_ERROR)
             if fault_type & VM_PROT_WRITE and page.page_lock & VM_PROT_WRITE:
                 if not page.unlock_request & VM_PROT_WRITE:
+                    pageout = vm.pageout
+                    if pageout is not None and pageout.too_dirty(obj):
+                        yield from pageout.vm_page_too_dirty_wait()
+                        continue
                     page.unlock_request |= VM_PROT_WRITE
-                    MOU.memory_object_data_unlock(k, obj, offset, VM_PROT_WRITE)
+                    size = PAGE_SIZE if pageout is None else pageout.write_unlock(page)
+                    MOU.memory_object_data_unlock(k, obj, offset, VM_PROT_WRITE, size)
                 page.wanted = True
                 yield page
                 continue

@@ -190,8 +190,17 @@ class ClassicPageout:
 
     def dirty_pause(self, obj, page) -> float:
         """A write fault is about to dirty clean ``page``: seconds the faulting thread
-        must sleep first.  None under classic (see ThrottlePageout)."""
+        must sleep first.  0 under classic (see ThrottlePageout)."""
         return 0.0
+
+    def too_dirty(self, obj) -> bool:
+        """Must a write fault on a write-locked page of ``obj`` wait before its
+        data_unlock?  Never under classic (see kernel.vm_pageout_advisory)."""
+        return False
+
+    def write_unlock(self, page) -> int:
+        """A write fault sends data_unlock for ``page``: the unlock's length."""
+        return PAGE_SIZE
 
     def inactive_target(self) -> int:
         mem = self.vm.mem
@@ -314,5 +323,6 @@ class ClassicPageout:
 
 POLICIES = {"classic": ClassicPageout}
 
-# Policies built on ClassicPageout register themselves in POLICIES when imported.
-import kernel.vm_pageout_throttle  # noqa: E402,F401
+# Policies in their own modules (built on ClassicPageout) add themselves to POLICIES
+# when imported.
+from kernel import vm_pageout_advisory, vm_pageout_throttle  # noqa: E402, F401

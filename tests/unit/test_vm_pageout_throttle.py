@@ -249,3 +249,10 @@ def test_background_writeback_clusters_and_keeps_spare_frames(make_kernel):
         pg2.page(i)
         i += 1
     assert po2.background_writeback(32) == 0
+
+
+def test_an_unknown_pageout_policy_is_a_clear_config_error():
+    """KernelConfig.load names the registered policies instead of the kernel's KeyError
+    at start."""
+    with pytest.raises(ValueError, match="pageout_policy must be one of advisory, classic"):
+        KernelConfig.load(pageout_policy="clasic")
