@@ -6,6 +6,7 @@ endpoints are Unix socket paths limited to about 107 bytes.
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -139,7 +140,8 @@ class Procs(list):
 def run_dir():
     d = tempfile.mkdtemp(prefix="mx", dir="/tmp")
     yield Path(d)
-    shutil.rmtree(d, ignore_errors=True)
+    if not os.environ.get("MACHEMU_KEEP_RUN_DIR"):
+        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture

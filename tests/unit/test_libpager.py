@@ -517,6 +517,23 @@ def test_data_unlock_allocates_and_lowers_the_lock(rigs):
     assert r.pager.stats["unlocks"] == 1
 
 
+def test_advisory_unlock_hint_unlocks_then_starts_a_writeback(rigs):
+    """A length of PAGE_SIZE + 1 (the advisory kernel's hint, 666299d0): the page is
+    unlocked as for PAGE_SIZE, then the whole object's dirty and precious pages are
+    asked back without waiting (pager_sync(wait=False): RETURN_ALL, no flush, no
+    reply port)."""
+    ops = Ops(size=8 * P)
+    r = rigs(ops)
+    r.send(MO.memory_object_data_unlock, CONTROL, 2 * P, P + 1, V.VM_PROT_WRITE)
+    assert ops.unlocks == [(2 * P, P)]
+    assert r.kernel.of("lock_request") == [
+        ("lock_request", CONTROL, 2 * P, P, V.MEMORY_OBJECT_RETURN_NONE, False,
+         V.VM_PROT_NONE, 0),
+        ("lock_request", CONTROL, 0, 8 * P, V.MEMORY_OBJECT_RETURN_ALL, False,
+         V.VM_PROT_NO_CHANGE, 0)]
+    assert r.pager.stats["writeback_hints"] == 1 and r.pager.stats["dropped"] == 0
+
+
 def test_failed_unlock_flushes_write_locked_and_fails_next_write_request(rigs):
     ops = Ops()
     ops.unlock_error = MachError(ENOSPC)

@@ -1,7 +1,15 @@
 """memory_object_data_unlock (Hurd libpager/data-unlock.c): the kernel wants to write a
 write-locked page.  The file system allocates its backing store (ops.unlock_page) and
 the lock is lowered with lock_request(VM_PROT_NONE).  If it cannot, the page is flushed
-still write-locked and the next write-access data_request for it gets the error."""
+still write-locked and the next write-access data_request for it gets the error.
+
+The advisory pageout patch (GNU Mach 666299d0, 2011) has the kernel ask for writeback
+by sending a length of PAGE_SIZE + 1 once potentially dirty pages pass its soft limit;
+the Hurd half of that patch is lost.  What this libpager does with the hint: the page is
+unlocked as usual (the length rounded down to whole pages), then the whole object's
+dirty and precious pages are asked back without waiting (pager_sync(wait=False), as
+diskfs_sync_everything(0) does), so they are written and become clean, which is what
+brings the kernel's count down.  Hints are counted (``writeback_hints``)."""
 
 from __future__ import annotations
 
@@ -18,6 +26,7 @@ from translators.libpager.pager import (
     _pager_wait_for_seqno,
     error_code,
 )
+from translators.libpager.pager_sync import pager_sync
 
 log = structlog.get_logger("libpager")
 
@@ -25,6 +34,9 @@ log = structlog.get_logger("libpager")
 def _pager_S_memory_object_data_unlock(p: Pager, seqno: int, control: int, offset: int,
                                        length: int, access: int) -> bool:
     P = PAGE_SIZE
+    hint = length % P == 1  # the advisory kernel's "start writing back"
+    if hint:
+        length -= 1
     with p.lock:
         _pager_wait_for_seqno(p, seqno)
         ok = (control == p.memobjcntl and p.pager_state == NORMAL and length > 0
@@ -48,6 +60,9 @@ def _pager_S_memory_object_data_unlock(p: Pager, seqno: int, control: int, offse
     if not err:
         _pager_lock_object(p, offset, length, V.MEMORY_OBJECT_RETURN_NONE, False,
                            V.VM_PROT_NONE, False)
+        if hint:
+            p.count("writeback_hints")
+            pager_sync(p, wait=False)
         return False
     p.count("unlock_errors")
     with p.lock:

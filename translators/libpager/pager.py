@@ -45,7 +45,8 @@ STAT_KEYS = ("data_requests", "data_returns", "pages_returned", "clean_returns",
              "data_supplies", "pages_unavailable", "read_errors", "data_errors",
              "pagein_waits", "unlocks", "unlock_errors", "evictions", "lock_requests",
              "lock_completed", "supply_completed", "change_completed", "inits",
-             "terminates", "dropped", "handler_errors", "reply_timeouts")
+             "terminates", "dropped", "handler_errors", "reply_timeouts", "seqno_gaps",
+             "writeback_hints")
 
 
 class PagerOps:
