@@ -26,6 +26,7 @@ def vm_statistics(vm) -> dict:
     dirty = sum(1 for p in mem.pages if p.dirty and p.object is not None)
     pageout = vm.pageout
     return {
+        "policy": vm.k.config.pageout_policy if vm.k is not None else "classic",
         "pagesize": PAGE_SIZE, "free_count": c["free"], "active_count": c["active"],
         "inactive_count": c["inactive"], "wire_count": c["wired"],
         "transit_count": c["transit"], "zero_fill_count": s["zero_fill_count"],

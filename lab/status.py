@@ -156,6 +156,15 @@ def render(result: dict) -> str:
             f"{vm['pageins']}, pageouts {vm['pageouts']} ({vm['data_returns']} data_returns), "
             f"data_requests {vm['data_requests']}, objects {vm['objects']} "
             f"({vm['cached_objects']} cached; cache lookups {vm['lookups']}, hits {vm['hits']})")
+        out.append(
+            f"    pageout policy {vm.get('policy', 'classic')}: potentially dirty "
+            f"{vm.get('potentially_dirty', 0)}, writers sleeping on the dirty limit "
+            f"{vm.get('dirty_sleeping', 0)} ({vm.get('dirty_sleeps', 0)} sleeps, "
+            f"{vm.get('dirty_sleep_seconds', 0):.1f} s), unlock hints "
+            f"{vm.get('unlock_hints', 0)}, writer pauses {vm.get('dirty_pauses', 0)} "
+            f"({vm.get('dirty_pause_ms', 0):.0f} ms), background writeback "
+            f"{vm.get('background_writeback_pages', 0)} pages, page waits "
+            f"{vm.get('page_waits', 0)}")
     out.append("\nkernel counters")
     for key in sorted(result["stats"]):
         out.append(f"  {key:<24} {result['stats'][key]}")

@@ -78,6 +78,10 @@ def test_cluster_status_stop(run_dir, procs):
     for name in ("kernel", "demo", "launch"):
         assert procs_by_name[name]["alive"], procs_by_name[name]
         assert procs_by_name[name]["threads"] >= 1 and procs_by_name[name]["rss"] > 0
+    assert st["vm"]["policy"] == "classic" and st["vm"]["potentially_dirty"] == 0
+    r = launch("status", "--run-dir", str(run_dir), timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "pageout policy classic: potentially dirty 0, writers sleeping" in r.stdout
 
     r = launch("stop", "--run-dir", str(run_dir), timeout=150)
     assert r.returncode == 0, r.stdout + r.stderr
