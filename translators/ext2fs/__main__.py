@@ -49,10 +49,13 @@ def parse_args(argv=None):
 
 
 def periodic_sync(fs: Ext2Fs, stop: threading.Event, interval: float):
-    """The Hurd's periodic sync thread (diskfs_set_sync_interval)."""
+    """The Hurd's periodic sync thread (libdiskfs/sync-interval.c): every interval,
+    diskfs_sync_everything (0) — every pager's lock_request sent at once, without
+    waiting for the pages to be written (the burst of data_returns a Hurd sync makes) —
+    then the metadata."""
     while not stop.wait(interval):
         try:
-            fs.syncfs(True)
+            fs.syncfs(False)
         except Exception:  # noqa: BLE001 - keep syncing
             log.exception("periodic sync failed")
 
