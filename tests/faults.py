@@ -14,6 +14,7 @@ from protocol.defs import machemu as X
 from protocol.defs import netname as NS
 from protocol.kern_return import MachError
 from protocol.runtime import TaskRuntime
+from tests.conftest import wait_for
 
 T = 30  # seconds: one RPC
 ERROR_BOUND = 30.0  # seconds: a client of a dead or stopped server gets an error by then
@@ -86,14 +87,12 @@ def kernel_serves(endpoint, name="checker") -> dict:
 
 def look_up(rt, server, timeout=60.0):
     """The server's port from the name server, waiting for it to check in."""
-    deadline = time.monotonic() + timeout
-    while True:
+    def found():
         try:
             return NS.netname_look_up(rt.name_server, "", server, timeout=T, rt=rt)
         except MachError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
+            return None
+    return wait_for(found, timeout, interval=0.1, what=f"{server} checked in")
 
 
 def open_file(rt, root, path, flags=RW | F.O_CREAT):

@@ -105,7 +105,7 @@ def test_a_new_default_pager_replaces_a_dead_one_without_memory_pressure(run_dir
     dp2 = defpager(procs, run_dir, "defpager2")  # start_server waits for it to be ready
     rt = TaskRuntime(endpoint, "client")
     try:
-        wait_for(lambda: dp2.alive(), 10, what="defpager2 serving")
+        assert dp2.alive()
         a = fill(rt, PAGES * 2, "after")  # needs pageout: only defpager2 can take it
         for i in (0, PAGES, 2 * PAGES - 1):
             got = MD.vm_read(rt.task_self, a + i * PAGE_SIZE, PAGE_SIZE, timeout=T, rt=rt)

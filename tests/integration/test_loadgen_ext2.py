@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import log_records, run_loadgen, start_server, wait_for
+from lab.loadgen.logstats import server_stats
+from tests.conftest import run_loadgen, start_server, wait_for
 
 PHYSICAL_PAGES = 2048  # 8 MiB: the larger workloads must page file data out to ext2fs
 
@@ -96,8 +97,8 @@ def test_churn_small_files(run_dir, ext2_cluster):
     before = s["ext2fs"]["after"]["nodes_freed"] - d["nodes_freed"]
 
     def freed():
-        stats = [r for r in log_records(run_dir / "ext2fs.log") if r.get("event") == "stats"]
-        return stats[-1].get("nodes_freed", 0) - before if stats else 0
+        now = server_stats(str(run_dir), "ext2fs", ["nodes_freed"]) or {}
+        return now.get("nodes_freed", 0) - before
     wait_for(lambda: d["nodes_freed"] >= 100 or freed() >= 100, 60,
              what=f"100 inodes released (loadgen saw {d['nodes_freed']})")
 

@@ -76,7 +76,6 @@ def test_clients_killed_and_stopped_mid_workload(run_dir, procs):
         s.note("kernel destroyed the killed task")
         s.note(file_roundtrip(rt, "ext2fs", "legit", pattern(100_000)))
         # Served while b is stopped, for longer than HEARTBEAT: b's task must still be there.
-        wait_for(lambda: rt_seconds(rt) > 0, 5, what="kernel answers")
         stopped_for = wait_heartbeats(rt, 3 * HEARTBEAT)
         assert "victim-b" in task_names(rt), "a stopped local client lost its task"
         s.note(f"stopped client's task kept through {stopped_for:.1f}s of silence")
