@@ -10,13 +10,10 @@ go by receiving the message and vm_deallocating the region, as libpager does."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
 
 import pytest
 
-from kernel.config import KernelConfig
 from kernel.ipc_port import ipc_port_make_send
 from kernel.sched_prim import (
     THREAD_AWAKENED,
@@ -42,7 +39,7 @@ from protocol.kern_return import KernReturn as K
 from protocol.kern_return import MachError
 from protocol.vm_param import PAGE_SIZE
 from tests.unit.test_kernel_ipc import KTask
-from tests.unit.test_vm_pageout_throttle import ConfiguredKernel, Pager
+from tests.unit.test_vm_pageout_throttle import Pager, make_kernel  # noqa: F401
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -50,22 +47,10 @@ NPAGES = 1024  # reserve 50; free target 77, free min 69; external limit 487, ta
 
 
 @pytest.fixture
-def make_kernel():
-    made = []
-
-    def make(**settings):
-        d = tempfile.mkdtemp(prefix="cl", dir="/tmp")
-        cfg = KernelConfig.load(**{"physical_pages": NPAGES, **settings})
-        kern = ConfiguredKernel(f"ipc://{d}/k.sock", cfg)
-        made.append((kern, d))
-        return kern
-
-    yield make
-    for kern, d in made:
-        for t in list(kern.tasks.values()):
-            kern.task_destroy(t, "test over")
-        kern.close()
-        shutil.rmtree(d, ignore_errors=True)
+def new_kernel(make_kernel):  # noqa: F811 (test_vm_pageout_throttle's fixture)
+    """Kernels without processes under the classic policy, NPAGES pages."""
+    return lambda **cfg: make_kernel(**{"pageout_policy": "classic",
+                                        "physical_pages": NPAGES, **cfg})
 
 
 # ------------------------------------------------------------ helpers
@@ -153,8 +138,8 @@ def anon_pages(k, n):
 
 # ------------------------------------------------------------ thresholds
 
-def test_thresholds_are_6af53cb9s(make_kernel):
-    k = make_kernel()
+def test_thresholds_are_6af53cb9s(new_kernel):
+    k = new_kernel()
     po = k.vm.pageout
     assert type(po) is ClassicPageout
     free = NPAGES - 50
@@ -169,8 +154,8 @@ def test_thresholds_are_6af53cb9s(make_kernel):
 
 # ------------------------------------------------------------ the pause
 
-def test_a_burst_of_external_pages_pauses_and_is_not_laundry(make_kernel):
-    k = make_kernel()
+def test_a_burst_of_external_pages_pauses_and_is_not_laundry(new_kernel):
+    k = new_kernel()
     po, mem = k.vm.pageout, k.vm.mem
     pg = Pager(k, 200)
     pages = inactive_pages(pg, 200)
@@ -198,8 +183,8 @@ def test_a_burst_of_external_pages_pauses_and_is_not_laundry(make_kernel):
     assert mem.free_count == free0 + 10
 
 
-def test_nothing_inactive_pauses_empty_wait(make_kernel):
-    k = make_kernel()
+def test_nothing_inactive_pauses_empty_wait(new_kernel):
+    k = new_kernel()
     po = k.vm.pageout
     hold_until(k, po.free_target - 1)  # short, and not one page on any queue
     wait = scan_once(po)
@@ -208,8 +193,8 @@ def test_nothing_inactive_pauses_empty_wait(make_kernel):
     assert po.pause_ms(3, False) == 30
 
 
-def test_internal_laundry_pauses_grows_burst_wait_and_is_released(make_kernel):
-    k = make_kernel()
+def test_internal_laundry_pauses_grows_burst_wait_and_is_released(new_kernel):
+    k = new_kernel()
     po, mem = k.vm.pageout, k.vm.mem
     dp = DefaultPager(k)
     obj = anon_pages(k, 60)
@@ -234,8 +219,8 @@ def test_internal_laundry_pauses_grows_burst_wait_and_is_released(make_kernel):
     assert mem.free_count == free0 + 10
 
 
-def test_very_low_memory_pauses_while_laundry_is_outstanding(make_kernel):
-    k = make_kernel()
+def test_very_low_memory_pauses_while_laundry_is_outstanding(new_kernel):
+    k = new_kernel()
     po = k.vm.pageout
     DefaultPager(k)
     anon_pages(k, 1)
@@ -251,10 +236,10 @@ def test_very_low_memory_pauses_while_laundry_is_outstanding(make_kernel):
     assert not ext.data_returns()
 
 
-def test_only_external_pages_going_out_decays_burst_wait_to_1_ms(make_kernel):
+def test_only_external_pages_going_out_decays_burst_wait_to_1_ms(new_kernel):
     """The 2011 storm mechanism: external pages are not laundry, so the laundry stays 0
     and every 11th pause shrinks burst_wait by 3/4, down to 1 ms."""
-    k = make_kernel()
+    k = new_kernel()
     po = k.vm.pageout
     pg = Pager(k, 700)
     inactive_pages(pg, 700)
@@ -273,8 +258,8 @@ def test_only_external_pages_going_out_decays_burst_wait_to_1_ms(make_kernel):
 
 # ------------------------------------------------------------ double paging
 
-def test_double_paging_below_reserve_minus_25(make_kernel):
-    k = make_kernel()
+def test_double_paging_below_reserve_minus_25(new_kernel):
+    k = new_kernel()
     po, mem = k.vm.pageout, k.vm.mem
     DefaultPager(k)
     pg = Pager(k, 3)
@@ -292,8 +277,8 @@ def test_double_paging_below_reserve_minus_25(make_kernel):
     assert mem.wired == 3
 
 
-def test_no_double_paging_above_reserve_minus_25(make_kernel):
-    k = make_kernel()
+def test_no_double_paging_above_reserve_minus_25(new_kernel):
+    k = new_kernel()
     po = k.vm.pageout
     DefaultPager(k)
     pg = Pager(k, 1)
@@ -307,8 +292,8 @@ def test_no_double_paging_above_reserve_minus_25(make_kernel):
 
 # ------------------------------------------------------------ vm_page_free_wanted
 
-def test_one_waiter_woken_per_freed_page_in_order(make_kernel):
-    k = make_kernel()
+def test_one_waiter_woken_per_freed_page_in_order(new_kernel):
+    k = new_kernel()
     vm, mem, po = k.vm, k.vm.mem, k.vm.pageout
     held = hold_until(k, po.free_reserved - 3)  # unprivileged grabs refused
     daemon_woken = []
@@ -344,8 +329,8 @@ def test_one_waiter_woken_per_freed_page_in_order(make_kernel):
     assert mem.free_count == po.free_reserved - 1
 
 
-def test_a_waiter_leaving_without_a_page_leaves_free_wanted(make_kernel):
-    k = make_kernel(page_wait_timeout=0.2)
+def test_a_waiter_leaving_without_a_page_leaves_free_wanted(new_kernel):
+    k = new_kernel(page_wait_timeout=0.2)
     vm, mem, po = k.vm, k.vm.mem, k.vm.pageout
     hold_until(k, po.free_reserved - 1)
     errors = []
@@ -374,8 +359,8 @@ def test_a_waiter_leaving_without_a_page_leaves_free_wanted(make_kernel):
 
 # ------------------------------------------------------------ the external page count
 
-def test_external_count_off_the_limit_never_acts(make_kernel):
-    k = make_kernel()
+def test_external_count_off_the_limit_never_acts(new_kernel):
+    k = new_kernel()
     vm, po = k.vm, k.vm.pageout
     obj = VMObject(NPAGES * PAGE_SIZE, internal=False)
     n = 0
@@ -387,8 +372,8 @@ def test_external_count_off_the_limit_never_acts(make_kernel):
     assert vm_statistics(vm)["external_count"] == 0
 
 
-def test_external_count_on_grab_refused_above_the_limit(make_kernel):
-    k = make_kernel(external_page_count=True)
+def test_external_count_on_grab_refused_above_the_limit(new_kernel):
+    k = new_kernel(external_page_count=True)
     vm, mem, po = k.vm, k.vm.mem, k.vm.pageout
     obj = VMObject(NPAGES * PAGE_SIZE, internal=False)
     pages = []
@@ -408,8 +393,8 @@ def test_external_count_on_grab_refused_above_the_limit(make_kernel):
     assert vm_page_grab(vm, external=True) is not None
 
 
-def test_external_count_on_target_scan_when_pages_are_not_wanted(make_kernel):
-    k = make_kernel(external_page_count=True)
+def test_external_count_on_target_scan_when_pages_are_not_wanted(new_kernel):
+    k = new_kernel(external_page_count=True)
     vm, mem, po = k.vm, k.vm.mem, k.vm.pageout
     anon = anon_pages(k, 20)  # dirty internal pages: left alone when pages are not wanted
     obj = VMObject(NPAGES * PAGE_SIZE, internal=False)
@@ -431,8 +416,8 @@ def test_external_count_on_target_scan_when_pages_are_not_wanted(make_kernel):
     assert not any(p.extcounted for p in pages[:57]) and all(p.extcounted for p in pages[57:])
 
 
-def test_external_count_on_dirty_external_pages_go_out_when_not_wanted(make_kernel):
-    k = make_kernel(external_page_count=True)
+def test_external_count_on_dirty_external_pages_go_out_when_not_wanted(new_kernel):
+    k = new_kernel(external_page_count=True)
     vm, mem, po = k.vm, k.vm.mem, k.vm.pageout
     DefaultPager(k)
     anon = anon_pages(k, 20)
@@ -454,8 +439,8 @@ def test_external_count_on_dirty_external_pages_go_out_when_not_wanted(make_kern
 # ------------------------------------------------------------ termination
 
 @pytest.mark.parametrize("cluster, expect", [(1, [1] * 5), (4, [4, 1])])
-def test_termination_returns_one_page_per_data_return(make_kernel, cluster, expect):
-    k = make_kernel(data_return_cluster=cluster)
+def test_termination_returns_one_page_per_data_return(new_kernel, cluster, expect):
+    k = new_kernel(data_return_cluster=cluster)
     pg = Pager(k, 8)
     for i in range(5):
         pg.page(i)
@@ -467,8 +452,8 @@ def test_termination_returns_one_page_per_data_return(make_kernel, cluster, expe
     assert ids[-1] == memory_object_terminate.msgh_id and not pg.obj.resident
 
 
-def test_a_temporary_object_terminates_without_pageout(make_kernel):
-    k = make_kernel()
+def test_a_temporary_object_terminates_without_pageout(new_kernel):
+    k = new_kernel()
     DefaultPager(k)
     obj = anon_pages(k, 4)
     vm_object_pager_create(k.vm, obj, k.vm.default_pager)
@@ -480,8 +465,8 @@ def test_a_temporary_object_terminates_without_pageout(make_kernel):
 
 # ------------------------------------------------------------ counters
 
-def test_counters_in_vm_statistics_and_launch_status(make_kernel):
-    k = make_kernel()
+def test_counters_in_vm_statistics_and_launch_status(new_kernel):
+    k = new_kernel()
     po = k.vm.pageout
     pg = Pager(k, 50)
     inactive_pages(pg, 50)
