@@ -12,13 +12,14 @@ file holds the ``classic`` policy, GNU Mach's vm_pageout.c at commit 6af53cb9 (2
   page, it can be paged out again, to the default pager (double paging);
 - the scan (vm_pageout_scan), until free >= free target, vm_page_external_count <=
   VM_PAGE_EXTERNAL_TARGET and nobody waits for a page (vm_page_free_wanted == 0): per
-  inactive page, busy -> skip, referenced -> reactivate, clean -> free, else a one-page
-  data_return to its pager (an anonymous object gets the default pager first, with
-  memory_object_create).  When pages are not wanted (only the external count is over
-  its target) only external pages are looked at and clean ones go to the tail of the
-  queue.  Below reserve - 25 a dirty external page is double-paged at once: it goes
-  out to the default pager instead (the laundry bit puts its copy at the head of the
-  inactive queue);
+  inactive page, busy -> back to the active queue (Mach leaves it off the queues),
+  referenced -> reactivate, clean -> free, else a one-page data_return to its pager
+  (an anonymous object gets the default pager first, with memory_object_create).  When
+  pages are not wanted (only the external count is over its target) only external
+  pages are looked at and clean ones go to the tail of the queue.  Below reserve - 25
+  a dirty external page is double-paged at once, the external pager presumed wedged:
+  the laundry bit puts its laundry page at the head of the inactive queue, and the scan
+  sends it to the default pager next;
 - the pause: when nothing is inactive, or the burst reached 10 pages, or the laundry 10
   pages, or free < reserve - 40 with laundry outstanding, for max(laundry, burst) x
   burst_wait ms (at least 75 when nothing is inactive); then vm_pageout_scan_continue
