@@ -38,6 +38,9 @@ class KernelConfig:
     map_merge: str = "classic"  # "classic" (extend previous) or "coalesce" (GNU Mach 2023)
     deactivate_on_cache: bool = True  # classic: an object entering the cache loses its pages' activity
     data_return_cluster: int = 1  # pages per data_return (classic: 1; clustering: up to 32)
+    # maintain vm_page_external_count (GNU Mach 2011 never did: it stayed 0, so the
+    # external page limit and target never acted); see kernel.vm_page
+    external_page_count: bool = False
     object_cache_max: int = 4000  # classic vm_object_cached_max
     absent_max: int = 50  # vm_object_absent_max
     # seconds a thread waits for a free page while nothing can be paged out (no default

@@ -38,7 +38,7 @@ def memory_object_supply_page(vm, obj, offset, data, lock_value, precious) -> in
     mem = vm.mem
     if page is None:
         # an unasked page never takes the reserve: a pager cannot starve the system
-        page = vm_page_grab(vm, privileged=False)
+        page = vm_page_grab(vm, privileged=False, external=not obj.internal)
         if page is None:
             return K.KERN_RESOURCE_SHORTAGE
         vm_page_insert(page, obj, offset)

@@ -82,7 +82,7 @@ def vm_fault(k, task, vaddr: int, fault_type: int):
         if not obj.alive:
             raise MachError(K.KERN_MEMORY_ERROR)
         if obj.pager is None:
-            page = vm_page_grab(vm, privileged=obj.privileged)
+            page = vm_page_grab(vm, privileged=obj.privileged, external=not obj.internal)
             if page is None:
                 short_since = short_since or time.monotonic()
                 yield from vm_page_wait(vm, short_since)
@@ -98,7 +98,7 @@ def vm_fault(k, task, vaddr: int, fault_type: int):
         if not obj.pager_ready or obj.absent_count >= vm.config.absent_max:
             yield obj
             continue
-        page = vm_page_grab(vm, privileged=obj.privileged)
+        page = vm_page_grab(vm, privileged=obj.privileged, external=not obj.internal)
         if page is None:
             short_since = short_since or time.monotonic()
             yield from vm_page_wait(vm, short_since)

@@ -146,16 +146,23 @@ def vm_object_deallocate(vm, obj):
 
 
 def vm_object_terminate(vm, obj):
-    """vm_object_terminate: dirty and precious pages go back to the pager, every page
-    is freed, the pager gets memory_object_terminate."""
+    """vm_object_terminate: the dirty and precious pages of a permanent (external)
+    object go back to its pager, one page per data_return as vm_pageout_page sends them
+    (data_return_cluster pages when clustering is configured); a temporary object's
+    pages are only freed.  Then every page is freed, and the pager gets
+    memory_object_terminate.  A data_return's laundry terminating is its pager letting
+    it go (the pageout policy's laundry counts)."""
     from kernel.vm_pageout import vm_pageout_pages  # vm_pageout.c uses vm_object.c too
 
     if not obj.alive:
         return
     obj.alive = False
     vm.objects -= 1
-    if obj.pager is not None and obj.pager.active:
-        vm_pageout_pages(vm, obj, 0, None, flush=True, only_dirty=False)
+    if vm.pageout is not None:
+        vm.pageout.laundry_released(obj)
+    if not obj.temporary and obj.pager is not None and obj.pager.active:
+        cluster = max(1, vm.config.data_return_cluster)
+        vm_pageout_pages(vm, obj, 0, None, flush=True, only_dirty=False, cluster=cluster)
     for p in list(obj.resident.values()):
         if p.busy:
             p.absent = False

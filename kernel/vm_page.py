@@ -7,9 +7,17 @@ linked through the pages themselves (``pageq``, as in Mach: O(1) insert, remove 
 take-oldest, no memory beyond two links a page); the free queue is a deque.  Wired pages
 and pages in transit are on none.
 
-``VMResident`` is the machine's memory; ``vm_page_grab``, ``vm_page_free``,
-``vm_page_wait`` and the other vm_page_* functions take the VM system (``kernel.vm_init``)
-first, for the pageout policy's reserve and hooks and the kernel's scheduler.
+``VMResident`` is the machine's memory and vm_resident.c's counters
+(``vm_page_free_wanted``, ``vm_page_external_count``); ``vm_page_grab``,
+``vm_page_free``, ``vm_page_wait`` and the other vm_page_* functions take the VM system
+(``kernel.vm_init``) first, for the pageout policy's reserve and hooks and the kernel's
+scheduler.
+
+``vm_page_external_count`` is kept as GNU Mach kept it in 2011: not at all (it stays 0,
+so the external limit and target never act) unless ``external_page_count`` is set in
+the kernel config; then a page grabbed for an external object is counted
+(``extcounted``) until it is freed or the pageout scan finds it clean, and counted again
+when the scan finds it dirty (vm_resident.c and vm_pageout.c at 6af53cb9).
 """
 
 from __future__ import annotations
@@ -18,14 +26,14 @@ import mmap
 import time
 from collections import deque
 
-from kernel.sched_prim import Sleep
+from kernel.sched_prim import THREAD_AWAKENED, Sleep
 from protocol.kern_return import KernReturn, MachError
 from protocol.vm_param import PAGE_SIZE
 
 Q_NONE, Q_FREE, Q_ACTIVE, Q_INACTIVE = 0, 1, 2, 3
 
-FREE_EVENT = "vm_page_free_wanted"  # what vm_page_wait sleeps on
-PAGEOUT_EVENT = "vm_pageout"  # what wakes the pageout daemon
+FREE_EVENT = "vm_page_free_count"  # what vm_page_wait sleeps on (&vm_page_free_count)
+PAGEOUT_EVENT = "vm_pageout"  # what wakes the pageout daemon (&vm_page_free_wanted)
 
 
 def _flag(bit: int, doc: str):
@@ -59,6 +67,8 @@ class VMPage:
     laundry = _flag(0x040, "in a data_return the pager has not released")
     referenced = _flag(0x080, "touched since last deactivated")
     potentially_dirty = _flag(0x100, "advisory pageout: write-unlocked since last cleaned")
+    external = _flag(0x200, "grabbed for an external object (external_page_count on)")
+    extcounted = _flag(0x400, "counted in vm_page_external_count")
 
     def __init__(self, frame: int):
         self.frame = frame
@@ -124,6 +134,16 @@ class PageQueue:
         page.q_prev = page.q_next = None
         self.count -= 1
 
+    def appendleft(self, page: VMPage):
+        """queue_enter_first."""
+        page.q_prev, page.q_next = None, self.head
+        if self.head is None:
+            self.tail = page
+        else:
+            self.head.q_prev = page
+        self.head = page
+        self.count += 1
+
     def first(self) -> VMPage | None:
         return self.head
 
@@ -152,6 +172,8 @@ class VMResident:
         self.active = PageQueue()
         self.inactive = PageQueue()
         self.wired = 0
+        self.free_wanted = 0  # vm_page_free_wanted: threads waiting in vm_page_wait
+        self.external_count = 0  # vm_page_external_count (see the module's docstring)
         self.stats = {"zero_fill_count": 0, "reactivations": 0, "pageins": 0, "pageouts": 0,
                       "faults": 0, "cow_faults": 0, "lookups": 0, "hits": 0}
 
@@ -212,14 +234,19 @@ class VMResident:
             page.queue = Q_ACTIVE
             self.active.append(page)
 
-    def vm_page_deactivate(self, page: VMPage):
+    def vm_page_deactivate(self, page: VMPage, first: bool = False):
+        """vm_page_deactivate: to the tail of the inactive queue (its head with
+        ``first``: vm_pageout_setup's queue_enter_first for a page to double-page)."""
         if page.wire_count:
             return
         page.referenced = False
-        if page.queue != Q_INACTIVE:
+        if page.queue != Q_INACTIVE or first:
             self._unqueue(page)
             page.queue = Q_INACTIVE
-            self.inactive.append(page)
+            if first:
+                self.inactive.appendleft(page)
+            else:
+                self.inactive.append(page)
 
     def vm_page_wire(self, page: VMPage):
         if page.wire_count == 0:
@@ -255,7 +282,8 @@ def vm_page_insert(page: VMPage, obj, offset: int):
 
 
 def vm_page_free(vm, page: VMPage):
-    """vm_page_free: out of its object, back to the free queue; wakes waiters."""
+    """vm_page_free: out of its object and off the queues, its laundry and external
+    counts given back, its waiters woken; then vm_page_release."""
     obj = page.object
     if obj is not None and obj.resident.get(page.offset) is page:
         del obj.resident[page.offset]
@@ -265,12 +293,23 @@ def vm_page_free(vm, page: VMPage):
             pageout.laundry -= 1
         if pageout.stalled:
             pageout.something_changed()
-    sched = vm.k.sched
     if page.wanted:
-        sched.thread_wakeup(page)
-    vm.mem.vm_page_free_pa(page)
-    if sched.waitq.get(FREE_EVENT) and vm.mem.free_count > vm_page_free_reserved(vm):
-        sched.thread_wakeup(FREE_EVENT)
+        vm.k.sched.thread_wakeup(page)
+    vm_page_release(vm, page, page.external and page.extcounted)
+
+
+def vm_page_release(vm, page: VMPage, external: bool):
+    """vm_page_release: the frame back on the free list (out of vm_page_external_count
+    if ``external``).  While threads wait for a page (vm_page_free_wanted) and the free
+    count is at least the reserve, the one that has waited longest is woken, one per
+    page freed — waking them all would let a greedy thread starve the others."""
+    mem = vm.mem
+    mem.vm_page_free_pa(page)
+    if external:
+        mem.external_count -= 1
+    if mem.free_wanted > 0 and mem.free_count >= vm_page_free_reserved(vm):
+        mem.free_wanted -= 1
+        vm.k.sched.thread_wakeup_one(FREE_EVENT)
 
 
 def vm_page_free_reserved(vm) -> int:
@@ -278,38 +317,63 @@ def vm_page_free_reserved(vm) -> int:
     return vm.pageout.free_reserved if vm.pageout is not None else 0
 
 
-def vm_page_grab(vm, privileged: bool = False) -> VMPage | None:
-    """vm_page_grab: a free frame, or None when only the reserve is left (which only
-    privileged allocations — pageout, the default pager's objects — may take)."""
+def vm_page_grab(vm, privileged: bool = False, external: bool = False) -> VMPage | None:
+    """vm_page_grab: a free frame, or None when the pageout policy refuses it (classic:
+    only the reserve is left, or ``external`` and vm_page_external_count is above
+    VM_PAGE_EXTERNAL_LIMIT; privileged allocations — pageout, the default pager's
+    objects — may take anything) or no frame is left.  ``external``: the frame is for an
+    external object (callers pass ``not obj.internal``); counted in
+    vm_page_external_count when the kernel config's external_page_count is set."""
     mem = vm.mem
-    if mem.free_count <= (0 if privileged else vm_page_free_reserved(vm)):
+    pageout = vm.pageout
+    if not mem.free or (pageout is not None
+                        and not pageout.grab_allowed(privileged, external)):
         return None
     page = mem.vm_page_alloc_pa()
-    if vm.pageout is not None:
-        vm.pageout.after_grab()
+    if external and vm.config.external_page_count:
+        page.external = page.extcounted = True
+        mem.external_count += 1
+    if pageout is not None:
+        pageout.after_grab()
     return page
 
 
 def vm_page_wait(vm, since: float | None = None):
-    """vm_page_wait (a kernel-thread generator): sleep until pages are freed, kicking
-    the pageout daemon.  While the daemon is stalled (dirty anonymous pages and no
-    default pager: nothing will be freed unless something changes) the wait is
-    bounded: raises MachError(KERN_RESOURCE_SHORTAGE) once config.page_wait_timeout
-    seconds have passed since ``since`` (when the caller first found no page; None:
-    now).  GNU Mach would wait forever."""
+    """vm_page_wait (a kernel-thread generator), after a refused vm_page_grab: count the
+    thread in vm_page_free_wanted (the first one wakes the pageout daemon, which keeps
+    freeing pages while anyone waits) and sleep until vm_page_release wakes it.  Mach
+    sleeps only while free < free target or the external count is over its limit; a
+    refused grab implies that here.
+
+    While the daemon is stalled (dirty anonymous pages and no default pager: nothing
+    will be freed unless something changes) the wait is bounded: raises
+    MachError(KERN_RESOURCE_SHORTAGE) once config.page_wait_timeout seconds have passed
+    since ``since`` (when the caller first found no page; None: now).  GNU Mach would
+    wait forever.  A thread that leaves the wait without vm_page_release's wakeup
+    (timed out, woken by the stall, gone) takes itself out of vm_page_free_wanted."""
     vm.stats["page_waits"] += 1
+    mem = vm.mem
     sched = vm.k.sched
-    sched.thread_wakeup(PAGEOUT_EVENT)
     pageout = vm.pageout
-    if pageout is None or not pageout.stalled:
-        yield FREE_EVENT
-        return
-    now = time.monotonic()
-    left = (now if since is None else since) + vm.config.page_wait_timeout - now
-    if left <= 0:
-        vm.stats["page_wait_failures"] += 1
-        raise MachError(KernReturn.KERN_RESOURCE_SHORTAGE)
-    yield Sleep(left, FREE_EVENT)
+    wait = FREE_EVENT
+    if pageout is not None and pageout.stalled:
+        now = time.monotonic()
+        left = (now if since is None else since) + vm.config.page_wait_timeout - now
+        if left <= 0:
+            vm.stats["page_wait_failures"] += 1
+            raise MachError(KernReturn.KERN_RESOURCE_SHORTAGE)
+        wait = Sleep(left, FREE_EVENT)
+    mem.free_wanted += 1
+    if mem.free_wanted == 1:
+        sched.thread_wakeup(PAGEOUT_EVENT)
+    counted_off = False
+    try:
+        yield wait
+        me = sched.current
+        counted_off = me is not None and me.wait_result == THREAD_AWAKENED
+    finally:
+        if not counted_off and mem.free_wanted > 0:
+            mem.free_wanted -= 1
 
 
 def vm_page_wakeup(vm, page: VMPage):

@@ -8,7 +8,8 @@ unchanged).  On top of it:
 
 - What counts as dirty (``vm_page_dirty_throttled``): dirty resident pages of external
   objects (file pages: their pager is a file system) plus the laundry — pages sent in a
-  data_return that the pager has not deallocated yet.  That is Linux's NR_FILE_DIRTY +
+  data_return that the pager has not deallocated yet (internal and external: classic
+  counts only the former in vm_page_laundry_count).  That is Linux's NR_FILE_DIRTY +
   NR_WRITEBACK: anonymous (internal) memory is not throttled, since its only writeback is
   the default pager under shortage, which the daemon already drives; laundry is counted
   because a page being written back still occupies memory and the disk has not taken it
@@ -68,7 +69,9 @@ def vm_page_dirty_throttled(vm) -> int:
             if obj is not None and not obj.internal:
                 n += 1
     pageout = vm.pageout
-    return n + (pageout.laundry if pageout is not None else 0)
+    if pageout is None:
+        return n
+    return n + pageout.laundry + pageout.laundry_external
 
 
 def dirty_pause_seconds(dirty: int, bg_thresh: int, thresh: int, max_pause: float) -> float:
@@ -148,7 +151,7 @@ class ThrottlePageout(ClassicPageout):
             if not self.background_needed():
                 yield Sleep(FLUSH_IDLE, FLUSH_EVENT)
                 continue
-            if self.laundry >= FLUSH_LAUNDRY_MAX:
+            if self.laundry + self.laundry_external >= FLUSH_LAUNDRY_MAX:
                 yield Sleep(FLUSH_WAIT, PAGEOUT_EVENT)
                 continue
             sent = self.background_writeback(FLUSH_BATCH)

@@ -19,13 +19,14 @@ from protocol.vm_param import PAGE_SIZE, round_page, trunc_page
 
 
 def vm_statistics(vm) -> dict:
-    """vm_statistics: vm_statistics_data_t plus machemu's counters."""
+    """vm_statistics: vm_statistics_data_t plus machemu's counters, the pageout
+    policy's among them (its ``statistics()``: policy, laundry, external count, pauses,
+    evictions, dirty sleeps ...)."""
     mem = vm.mem
     c = mem.counts()
     s = mem.stats
     dirty = sum(1 for p in mem.pages if p.dirty and p.object is not None)
-    pageout = vm.pageout
-    return {
+    out = {
         "policy": vm.k.config.pageout_policy if vm.k is not None else "classic",
         "pagesize": PAGE_SIZE, "free_count": c["free"], "active_count": c["active"],
         "inactive_count": c["inactive"], "wire_count": c["wired"],
@@ -34,12 +35,8 @@ def vm_statistics(vm) -> dict:
         "pageouts": s["pageouts"], "faults": s["faults"], "cow_faults": s["cow_faults"],
         "lookups": vm.cache.lookups, "hits": vm.cache.hits,
         "physical_pages": mem.npages, "dirty_count": dirty,
-        "potentially_dirty": pageout.potentially_dirty if pageout else 0,
-        "dirty_sleeping": pageout.stats.get("dirty_sleeping", 0) if pageout else 0,
-        "dirty_sleeps": pageout.stats.get("dirty_sleeps", 0) if pageout else 0,
-        "dirty_sleep_seconds": pageout.stats.get("dirty_sleep_seconds", 0.0) if pageout else 0.0,
-        "unlock_hints": pageout.stats.get("unlock_hints", 0) if pageout else 0,
-        "laundry_count": pageout.laundry if pageout else 0,
+        "potentially_dirty": 0, "dirty_sleeping": 0, "dirty_sleeps": 0,
+        "dirty_sleep_seconds": 0.0, "unlock_hints": 0, "laundry_count": 0,
         "laundered": vm.stats["laundered"], "ool_regions": vm.stats["ool_regions"],
         "data_returns": vm.stats["memory_object_data_return"],
         "data_return_pages": vm.stats["data_return_pages"],
@@ -53,6 +50,9 @@ def vm_statistics(vm) -> dict:
         "dirty_pause_ms": round(vm.stats["dirty_pause_ms"], 3),
         "background_writeback_pages": vm.stats["background_writeback_pages"],
     }
+    if vm.pageout is not None:
+        out.update(vm.pageout.statistics())
+    return out
 
 
 def fail(code):

@@ -165,6 +165,14 @@ def render(result: dict) -> str:
             f"({vm.get('dirty_pause_ms', 0):.0f} ms), background writeback "
             f"{vm.get('background_writeback_pages', 0)} pages, page waits "
             f"{vm.get('page_waits', 0)}")
+        out.append(
+            f"      laundry internal {vm.get('laundry_internal', 0)}, external "
+            f"{vm.get('laundry_external', 0)} ({vm.get('returns_in_flight', 0)} data_returns "
+            f"in flight), external pages {vm.get('external_count', 0)} (limit "
+            f"{vm.get('external_limit', 0)}, target {vm.get('external_target', 0)}), free "
+            f"wanted {vm.get('free_wanted', 0)}, burst wait {vm.get('burst_wait_ms', 0)} ms, "
+            f"pauses {vm.get('pauses', 0)}, evictions {vm.get('evictions', 0)}, double paged "
+            f"{vm.get('double_paged', 0)}, paused allocations {vm.get('paused_allocations', 0)}")
     out.append("\nkernel counters")
     for key in sorted(result["stats"]):
         out.append(f"  {key:<24} {result['stats'][key]}")

@@ -92,10 +92,13 @@ def test_return_dirty_return_all_flush(setup):
         assert MD.vm_read(crt.task_self, addr + i * PAGE, PAGE, rt=crt) == data
     assert pager.stats["data_requests"] == requests  # still resident: no page-in
     n_writes = len(ops.writes)
-    # the returned pages went to the pager as laundry mapped in its address space, and
-    # are freed when the pager deallocates them after writing
+    # the returned pages went to the pager as laundry mapped in its address space (of
+    # an external object: not in vm_page_laundry_count), and are freed when the pager
+    # deallocates them after writing
     assert vmstat(crt)["laundered"] >= 4
-    wait_for(lambda: vmstat(crt)["laundry_count"] == 0, 30, what="laundry released")
+    wait_for(lambda: vmstat(crt)["laundry_external"] == 0
+             and vmstat(crt)["returns_in_flight"] == 0, 30, what="laundry released")
+    assert vmstat(crt)["laundry_count"] == 0
 
     # the pages are clean now: another return-dirty sends nothing
     assert _pager_lock_object(pager, 0, NPAGES * PAGE, MD.MEMORY_OBJECT_RETURN_DIRTY,
