@@ -263,6 +263,9 @@ def vm_page_free(vm, page: VMPage):
     if pageout is not None:
         if page.laundry:
             pageout.laundry -= 1
+        released = getattr(pageout, "page_released", None)  # policies without it: nothing
+        if released is not None:
+            released(page)
         if pageout.stalled:
             pageout.something_changed()
     sched = vm.k.sched
@@ -278,10 +281,15 @@ def vm_page_free_reserved(vm) -> int:
     return vm.pageout.free_reserved if vm.pageout is not None else 0
 
 
-def vm_page_grab(vm, privileged: bool = False) -> VMPage | None:
-    """vm_page_grab: a free frame, or None when only the reserve is left (which only
-    privileged allocations — pageout, the default pager's objects — may take)."""
+def vm_page_grab(vm, privileged: bool = False, external: bool = False) -> VMPage | None:
+    """vm_page_grab: a free frame, or None when the pageout policy refuses the allocation
+    (grab_allowed: modern's vm_page_alloc_paused) or only the reserve is left (which only
+    privileged allocations — pageout, the default pager's objects — may take).
+    ``external``: the frame is for an external object's page."""
     mem = vm.mem
+    allowed = getattr(vm.pageout, "grab_allowed", None)  # policies without it: the reserve
+    if allowed is not None and not allowed(privileged, external):
+        return None
     if mem.free_count <= (0 if privileged else vm_page_free_reserved(vm)):
         return None
     page = mem.vm_page_alloc_pa()

@@ -325,4 +325,4 @@ POLICIES = {"classic": ClassicPageout}
 
 # Policies in their own modules (built on ClassicPageout) add themselves to POLICIES
 # when imported.
-from kernel import vm_pageout_advisory, vm_pageout_throttle  # noqa: E402, F401
+from kernel import vm_pageout_advisory, vm_pageout_modern, vm_pageout_throttle  # noqa: E402, F401
