@@ -185,6 +185,16 @@ def test_allocation_paused_below_min_and_resumed_at_high(modern):
     assert s["alloc_pauses"] == 1 and s["alloc_paused"] is False and s["alloc_paused_seconds"] > 0
 
 
+def test_a_privileged_allocation_leaving_less_than_min_pauses_the_others(modern):
+    vm = modern.vm
+    po = vm.pageout
+    drain_free(modern, po.min_free)
+    assert not po.alloc_paused and po.stats["paused_allocations"] == 0
+    assert vm_page_grab(vm, privileged=True) is not None  # min - 1 left
+    assert po.alloc_paused and po.stats["alloc_pauses"] == 1
+    assert vm_page_grab(vm) is None and po.stats["paused_allocations"] == 1
+
+
 def test_at_most_five_pages_of_laundry_at_the_default_pager(modern):
     vm = modern.vm
     po = vm.pageout
@@ -379,4 +389,4 @@ def test_daemon_sleeps_when_done(modern):
     gen = po.vm_pageout_wait()
     wait = next(gen)
     assert isinstance(wait, Sleep) and wait.event == CONTINUE_EVENT
-    assert wait.seconds == VM_PAGEOUT_TIMEOUT
+    assert wait.seconds == VM_PAGEOUT_TIMEOUT == 0.050  # vm_pageout.c: 50 ms
