@@ -17,7 +17,8 @@ count of a5ab72bc and the object cache of 98d64d1a (2013).  Memory is one segmen
   or nothing is pageable).  Else it refills the inactive queue so that at most a third of
   the pageable pages stay active (vm_page_refill_inactive: external pages first,
   reference bits cleared), then evicts (vm_page_evict): nothing while
-  VM_PAGE_MAX_LAUNDRY = 5 pages are at the default pager; else up to
+  VM_PAGE_MAX_LAUNDRY = 5 pages are at the default pager (checked once, before the
+  round: a round that starts with 4 there may add 5, so at most 9 are); else up to
   VM_PAGE_MAX_EVICTIONS = 5 attempts, each taking the oldest movable page of the
   inactive external, inactive internal, active external, active internal pages, in that
   order (internal ones only with a live default pager; a referenced inactive page is
@@ -128,7 +129,8 @@ class ModernPageout(VP.ClassicPageout):
             "laundry_internal": 0, "laundry_external": 0, "laundry_internal_peak": 0,
             "laundry_external_peak": 0, "laundry_pauses": 0, "paused_allocations": 0,
             "alloc_paused": False, "alloc_pauses": 0, "alloc_paused_seconds": 0.0,
-            "daemon_timeouts": 0, "laundry_resumes": 0, "cached_objects": 0,
+            "returned_internal": 0, "daemon_timeouts": 0, "laundry_resumes": 0,
+            "cached_objects": 0,
             "cache_collected": 0})
 
     # ------------------------------------------------------------ allocation
@@ -330,6 +332,8 @@ class ModernPageout(VP.ClassicPageout):
                                     cluster=cluster)
         vm.mem.stats["pageouts"] += n
         self.stats["returned"] += n
+        if obj.internal:
+            self.stats["returned_internal"] += n
         for p in run:
             if p.object is not None and p.object is not obj:  # in its laundry object
                 self._launder_track(p, obj.internal)
