@@ -26,6 +26,7 @@ from kernel.vm_page import (
     vm_page_free,
     vm_page_grab,
     vm_page_insert,
+    vm_page_wait,
 )
 from kernel.vm_pageout import POLICIES, ClassicPageout
 from kernel.vm_pageout_modern import (
@@ -37,6 +38,7 @@ from kernel.vm_pageout_modern import (
     vm_page_seg_compute_pageout_thresholds,
 )
 from kernel.vm_user import vm_statistics
+from protocol.kern_return import KernReturn, MachError
 from protocol.vm_param import PAGE_SIZE
 
 PHYS = 1024  # thresholds 256 / 307 / 512
@@ -268,7 +270,12 @@ def test_no_internal_eviction_without_a_default_pager(modern):
     drain_free(modern, po.min_free)
     assert po.vm_pageout_scan() == (False, True)
     assert len(dirty.resident) == len(clean.resident) == 20 and dirty.pager is None
-    assert po.stalled and po.stats["stalls"] == 1  # page waits are bounded now
+    assert po.stalled and po.stats["stalls"] == 1
+    # page waits are bounded now: one that began page_wait_timeout ago fails
+    wait = vm_page_wait(vm, time.monotonic() - vm.config.page_wait_timeout - 1)
+    with pytest.raises(MachError) as e:
+        next(wait)
+    assert e.value.code == KernReturn.KERN_RESOURCE_SHORTAGE
     with_default_pager(modern)
     po.vm_pageout_scan()
     assert len(dirty.resident) + len(clean.resident) == 35 and not po.stalled
