@@ -16,10 +16,18 @@ from protocol.defs import mach as MD
 from protocol.runtime import TaskRuntime
 from protocol.vm_param import PAGE_SIZE
 from tests.conftest import start_kernel, start_server
-from tests.integration.test_ext2fs_translator import Client, pattern, start_ext2fs
+from tests.integration.test_ext2fs_translator import Client, pattern
 
 T = 60  # seconds: any single RPC
 CHUNK = 256 * 1024
+
+
+def modern_cluster(run_dir, procs, phys: int, *server) -> TaskRuntime:
+    """A kernel of ``phys`` pages under modern and one server (start_server's module,
+    name and arguments); returns a client task."""
+    endpoint = start_kernel(run_dir, procs, pageout_policy="modern", physical_pages=phys)
+    start_server(procs, run_dir, *server)
+    return TaskRuntime(endpoint, "client")
 
 
 def pageout_stats(rt) -> dict:
@@ -31,9 +39,8 @@ def pageout_stats(rt) -> dict:
 @pytest.mark.timeout(300)
 def test_ext2fs_writes_three_times_memory_and_every_byte_survives(run_dir, procs):
     phys = 2048  # thresholds 500 / 600 / 1000 pages
-    endpoint = start_kernel(run_dir, procs, pageout_policy="modern", physical_pages=phys)
-    start_ext2fs(procs, run_dir, "--size-mib", "64", "--sync-interval", "0")
-    rt = TaskRuntime(endpoint, "writer")
+    rt = modern_cluster(run_dir, procs, phys, "translators.ext2fs", "ext2fs", "--size-mib",
+                        "64", "--sync-interval", "0")
     try:
         c = Client(rt)
         s0 = pageout_stats(rt)
@@ -64,9 +71,8 @@ def test_ext2fs_writes_three_times_memory_and_every_byte_survives(run_dir, procs
 @pytest.mark.timeout(300)
 def test_anonymous_memory_beyond_physical_goes_to_defpager_and_reads_back(run_dir, procs):
     phys = 1024  # thresholds 256 / 307 / 512 pages
-    endpoint = start_kernel(run_dir, procs, pageout_policy="modern", physical_pages=phys)
-    start_server(procs, run_dir, "translators.defpager", "defpager", "--swap-size", "32")
-    rt = TaskRuntime(endpoint, "anon")
+    rt = modern_cluster(run_dir, procs, phys, "translators.defpager", "defpager",
+                        "--swap-size", "32")
     try:
         npages = phys + phys // 2
         addr = MD.vm_allocate(rt.task_self, 0, npages * PAGE_SIZE, True, timeout=T, rt=rt)

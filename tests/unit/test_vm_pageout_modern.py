@@ -7,7 +7,6 @@ frees the laundry as a pager's vm_deallocate would."""
 from __future__ import annotations
 
 import shutil
-import tempfile
 import time
 
 import pytest
@@ -15,7 +14,6 @@ import pytest
 from kernel.config import KernelConfig
 from kernel.ipc_kmsg import ipc_kmsg_destroy
 from kernel.ipc_port import IPCPort
-from kernel.main import Kernel
 from kernel.sched_prim import Sleep
 from kernel.vm_object import VMObject, make_control_ports, vm_object_deallocate
 from kernel.vm_page import (
@@ -40,14 +38,9 @@ from kernel.vm_pageout_modern import (
 from kernel.vm_user import vm_statistics
 from protocol.kern_return import KernReturn, MachError
 from protocol.vm_param import PAGE_SIZE
+from tests.unit.test_vm_pageout_advisory import make_kernel
 
 PHYS = 1024  # thresholds 256 / 307 / 512
-
-
-def make_kernel(**cfg):
-    d = tempfile.mkdtemp(prefix="mod", dir="/tmp")
-    k = Kernel(f"ipc://{d}/k.sock", KernelConfig.load(**cfg))
-    return k, d
 
 
 @pytest.fixture
