@@ -82,10 +82,10 @@ def vm_page_seg_compute_pageout_thresholds(npages: int) -> tuple[int, int, int]:
     def threshold(percent: int, minimum: int) -> int:
         return max(npages * percent // 100, minimum * scale // VM_PAGE_SEG_MIN_PAGES)
 
-    low_min = threshold(VM_PAGE_SEG_THRESHOLD_MIN_NUM, VM_PAGE_SEG_THRESHOLD_MIN)
-    low = max(threshold(VM_PAGE_SEG_THRESHOLD_LOW_NUM, VM_PAGE_SEG_THRESHOLD_LOW), low_min + 1)
+    min_free = threshold(VM_PAGE_SEG_THRESHOLD_MIN_NUM, VM_PAGE_SEG_THRESHOLD_MIN)
+    low = max(threshold(VM_PAGE_SEG_THRESHOLD_LOW_NUM, VM_PAGE_SEG_THRESHOLD_LOW), min_free + 1)
     high = max(threshold(VM_PAGE_SEG_THRESHOLD_HIGH_NUM, VM_PAGE_SEG_THRESHOLD_HIGH), low + 1)
-    return low_min, low, high
+    return min_free, low, high
 
 
 def _movable(page) -> bool:
@@ -130,8 +130,7 @@ class ModernPageout(VP.ClassicPageout):
             "laundry_external_peak": 0, "laundry_pauses": 0, "paused_allocations": 0,
             "alloc_paused": False, "alloc_pauses": 0, "alloc_paused_seconds": 0.0,
             "returned_internal": 0, "daemon_timeouts": 0, "laundry_resumes": 0,
-            "cached_objects": 0,
-            "cache_collected": 0})
+            "cached_objects": 0, "cache_collected": 0})
 
     # ------------------------------------------------------------ allocation
 
