@@ -68,11 +68,18 @@ def make_control_ports(obj: VMObject):
 
 
 class VMObjectCache:
-    """vm_object_cached_list: persisting objects at zero references, oldest first."""
+    """vm_object_cached_list: persisting objects at zero references, oldest first.
+
+    As made here it is the cache before 2013: at most ``max_objects`` (None: no limit),
+    empty objects cached too (``keep_empty``), an entering object's pages deactivated
+    when config.deactivate_on_cache says so (``deactivate``).  A pageout policy may
+    change the three (kernel.vm_pageout_modern: the 2013 cache)."""
 
     def __init__(self, max_objects: int | None):
         self.objects: OrderedDict[int, VMObject] = OrderedDict()
         self.max_objects = max_objects
+        self.keep_empty = True
+        self.deactivate = True
         self.lookups = 0
         self.hits = 0
 
@@ -127,15 +134,18 @@ def vm_object_reference(obj):
 
 def vm_object_deallocate(vm, obj):
     """vm_object_deallocate: the last reference either caches the object (pager
-    allows caching) or terminates it."""
+    allows caching; resident pages too unless the cache keeps empty objects) or
+    terminates it."""
     if obj is None:
         return
     obj.ref_count -= 1
     if obj.ref_count > 0:
         return
-    if obj.can_persist and obj.pager is not None and obj.alive and obj.pager.active:
-        vm.cache.enter(obj)
-        if vm.config.deactivate_on_cache:
+    cache = vm.cache
+    if (obj.can_persist and obj.pager is not None and obj.alive and obj.pager.active
+            and (obj.resident or cache.keep_empty)):
+        cache.enter(obj)
+        if cache.deactivate and vm.config.deactivate_on_cache:
             for p in list(obj.resident.values()):
                 if not p.busy:
                     vm.mem.vm_page_deactivate(p)

@@ -291,6 +291,7 @@ def vm_page_free(vm, page: VMPage):
     if pageout is not None:
         if page.laundry:
             pageout.laundry -= 1
+        pageout.page_released(page)
         if pageout.stalled:
             pageout.something_changed()
     if page.wanted:

@@ -283,6 +283,10 @@ class ClassicPageout:
     def page_unlocked(self, page):
         pass
 
+    def page_released(self, page):
+        """vm_page_free of ``page`` (its frame is going back): nothing under classic
+        (see ModernPageout)."""
+
     def dirty_pause(self, obj, page) -> float:
         """A write fault is about to dirty clean ``page``: seconds the faulting thread
         must sleep first.  0 under classic (see ThrottlePageout)."""
@@ -537,4 +541,4 @@ POLICIES = {"classic": ClassicPageout}
 
 # Policies in their own modules (built on ClassicPageout) add themselves to POLICIES
 # when imported.
-from kernel import vm_pageout_advisory, vm_pageout_throttle  # noqa: E402, F401
+from kernel import vm_pageout_advisory, vm_pageout_modern, vm_pageout_throttle  # noqa: E402, F401
