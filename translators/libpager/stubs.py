@@ -14,6 +14,8 @@ from protocol import message as M
 from protocol.defs import mach as V
 from protocol.defs import mach_port as P
 
+VM_CALL_TIMEOUT = 30.0  # seconds; only a wedged kernel takes this long
+
 
 class KernelCalls:
     """Outbound calls of libpager.  ``rt`` is the task runtime (None: the process's)."""
@@ -58,6 +60,14 @@ class KernelCalls:
     def destroy_object(self, control: int, reason: int):
         """memory_object_destroy."""
         V.memory_object_destroy(control, reason, rt=self.rt)
+
+    # --- our own address space
+
+    def vm_deallocate(self, address: int, size: int):
+        """vm_deallocate of a region of this task's map (a data_return's pages, once
+        written: the munmap of data-return.c)."""
+        rt = self._rt()
+        V.vm_deallocate(rt.task_self, address, size, timeout=VM_CALL_TIMEOUT, rt=rt)
 
     # --- rights in our own space
 

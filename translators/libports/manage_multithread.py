@@ -274,9 +274,10 @@ class MultithreadServer:
                 if reply is not None:
                     code, msg = rt.mach_msg(M.MACH_SEND_MSG | M.MACH_RCV_MSG, reply, pset,
                                             send_timeout=reply_send_timeout(reply),
-                                            rcv_timeout=timeout)
+                                            rcv_timeout=timeout, keep_ool=True)
                 else:
-                    code, msg = rt.mach_msg(M.MACH_RCV_MSG, None, pset, rcv_timeout=timeout)
+                    code, msg = rt.mach_msg(M.MACH_RCV_MSG, None, pset, rcv_timeout=timeout,
+                                            keep_ool=True)
             except MachError as e:  # the kernel is gone
                 return e.code or MachMsgReturn.MACH_RCV_PORT_DIED
             if code:
@@ -294,6 +295,9 @@ class MultithreadServer:
             try:
                 reply = self.demuxer.serve(msg)
             finally:
+                # The request's out-of-line regions are ours until the handler is done
+                # with them (a handler may have taken them over: rt.take_ool).
+                rt.release_ool(msg)
                 with self._mlock:
                     self.messages += 1
                 self.account.on_reply()

@@ -242,7 +242,7 @@ class WorkersServer:
         try:
             while not self.stopping:
                 try:
-                    code, msg = rt.mach_msg(M.MACH_RCV_MSG, None, pset)
+                    code, msg = rt.mach_msg(M.MACH_RCV_MSG, None, pset, keep_ool=True)
                 except MachError as e:
                     code = e.code or MachMsgReturn.MACH_RCV_PORT_DIED
                 if code:
@@ -251,9 +251,12 @@ class WorkersServer:
                         log.error("receiver ends", code=code)
                     return
                 if not self.queue.put(msg.local_port, msg):
+                    rt.release_ool(msg)
                     return
         finally:
             dropped = self.queue.close()
+            for msg in dropped:
+                rt.release_ool(msg)
             if dropped:
                 log.info("requests dropped at shutdown", count=len(dropped))
             self.done.set()
@@ -273,6 +276,9 @@ class WorkersServer:
                 try:
                     reply = self.demuxer.serve(msg)
                 finally:
+                    # The request's out-of-line regions are the worker's until the handler
+                    # is done (or took them over: rt.take_ool).
+                    rt.release_ool(msg)
                     with self._lock:  # counted before the reply goes: a client that has
                         self.messages += 1  # its answer sees its message counted
                 if reply is not None:
