@@ -157,13 +157,15 @@ class WorkersServer:
     """One receiving thread and ``nworkers`` worker threads over ``bucket``.
 
     ``vm_stacks`` (default on): each of these threads vm_allocates its stack in the
-    task's own map with a guard page, and gives it back when it exits (see stacks.py).
+    task's own map with a guard page, touches its top ``stack_touch_pages`` pages, and
+    gives it back when it exits (see stacks.py).
     """
 
     def __init__(self, bucket: PortBucket, demuxer: PortsDemuxer,
                  nworkers: int = DEFAULT_WORKERS, capacity: int | None = None,
                  ordered: bool = True, hook=None, stack_size: int | None = STACK_SIZE,
-                 name: str = "ports", vm_stacks: bool = True):
+                 name: str = "ports", vm_stacks: bool = True,
+                 stack_touch_pages: int = 0):
         self.bucket, self.demuxer = bucket, demuxer
         self.rt = bucket.rt
         self.nworkers = nworkers
@@ -171,7 +173,8 @@ class WorkersServer:
         self.hook = hook
         self.stack_size = stack_size
         self.name = name
-        self.stacks = ThreadStacks(self.rt, stack_size or STACK_SIZE, vm_stacks, name=name)
+        self.stacks = ThreadStacks(self.rt, stack_size or STACK_SIZE, vm_stacks, name=name,
+                                   touch_pages=stack_touch_pages)
         self.stopping = False
         self.done = threading.Event()
         self.error: str | None = None
