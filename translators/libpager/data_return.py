@@ -55,6 +55,10 @@ log = structlog.get_logger("libpager")
 
 def _pager_S_memory_object_data_return(p: Pager, seqno: int, control: int, offset: int,
                                        data, dirty: bool, kernel_copy: bool) -> bool:
+    """_pager_S_memory_object_data_return: the run ``data`` at ``offset`` (whole
+    pages, for the current control port of a NORMAL pager, else dropped) written when
+    dirty, its region in our map deallocated after (see the module docstring).
+    Returns False: the control port's reference is the demuxer's to drop."""
     regions = take_ool(current_message())
     try:
         _data_return(p, seqno, control, offset, data, dirty, kernel_copy, regions)

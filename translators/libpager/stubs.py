@@ -13,8 +13,7 @@ from __future__ import annotations
 from protocol import message as M
 from protocol.defs import mach as V
 from protocol.defs import mach_port as P
-
-VM_CALL_TIMEOUT = 30.0  # seconds; only a wedged kernel takes this long
+from translators.libports.stacks import VM_CALL_TIMEOUT
 
 
 class KernelCalls:
