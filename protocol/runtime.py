@@ -32,6 +32,7 @@ from protocol import message as M
 from protocol import mig
 from protocol.kern_return import MachError, MachMsgReturn
 from protocol.transport import readable, recv_frames, send_frames
+from protocol.vm_param import round_page
 
 if not structlog.is_configured():
     # A process that did not call protocol.logs.setup() must not get log lines on stdout
@@ -326,10 +327,20 @@ class TaskRuntime:
         box.put(_LEAD)
 
     def mach_msg(self, option: int, msg: M.Message | None = None, rcv_name: int = 0,
-                 send_timeout: float | None = None, rcv_timeout: float | None = None):
+                 send_timeout: float | None = None, rcv_timeout: float | None = None,
+                 keep_ool: bool = False):
         """mach_msg(): send ``msg``, receive on ``rcv_name``, or both (an RPC).
 
         Returns (code, received Message or None).  Timeouts are seconds, None = forever.
+
+        Out-of-line regions the kernel mapped for a received message (``ool_addrs``) are
+        the receiver's until it vm_deallocates them, as in Mach.  By default the runtime
+        gives them back with this task's next trap (the data is in the frames already):
+        what a client that copies a reply's data out and frees it at once does.  With
+        ``keep_ool`` they stay the caller's: a server loop hands them back with
+        ``release_ool(msg)`` once its handler returned, unless the handler took them
+        over with ``take_ool(msg)`` to vm_deallocate them itself (libpager's
+        data_return, after the write).
         """
         if send_timeout is not None:
             option |= M.MACH_SEND_TIMEOUT
@@ -363,13 +374,10 @@ class TaskRuntime:
         d = rhdr[M.A_DESCS]
         addrs = rhdr[M.A_OOL_ADDRS] if len(rhdr) > M.A_OOL_ADDRS else ()
         sender = rhdr[M.A_SENDER] if len(rhdr) > M.A_SENDER else None
-        if addrs:
+        if addrs and not keep_ool:
             # The data is in the frames; the region the kernel mapped for it goes back
             # with this task's next trap, as a C program would vm_deallocate it.
-            with self._dealloc_lock:
-                for addr, frame in zip(addrs, frames[2:]):
-                    if addr:
-                        self._dealloc += (addr, len(frame))
+            self._give_back(zip(addrs, frames[2:]))
         return 0, M.Message(
             msgh_id=rhdr[M.A_ID], remote_port=rhdr[M.A_REMOTE],
             remote_disp=rhdr[M.A_REMOTE_TYPE], local_port=rhdr[M.A_LOCAL],
@@ -377,6 +385,26 @@ class TaskRuntime:
             descs=[(d[i], d[i + 1]) for i in range(0, len(d), 2)],
             body=frames[1], ool=frames[2:], seqno=rhdr[M.A_SEQNO], ool_addrs=list(addrs),
             sender=sender)
+
+    def _give_back(self, regions):
+        """Queue (address, frame) pairs' regions for the next trap (H_DEALLOC)."""
+        with self._dealloc_lock:
+            for addr, frame in regions:
+                if addr:
+                    self._dealloc += (addr, len(frame))
+
+    def release_ool(self, msg: M.Message):
+        """The receiver is done with ``msg`` (received with ``keep_ool``): its
+        out-of-line regions not taken over (``take_ool``) go back with this task's next
+        trap.  Calling it again does nothing."""
+        if msg.ool_addrs:
+            self._give_back(zip(msg.ool_addrs, msg.ool))
+            msg.ool_addrs = []
+
+    @staticmethod
+    def take_ool(msg: M.Message | None) -> list[tuple[int, int]]:
+        """take_ool (the module's): the caller takes over ``msg``'s regions."""
+        return take_ool(msg)
 
     def send(self, msg: M.Message, timeout: float | None = None):
         code, _ = self.mach_msg(M.MACH_SEND_MSG, msg, send_timeout=timeout)
@@ -509,6 +537,19 @@ class TaskRuntime:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def take_ool(msg: M.Message | None) -> list[tuple[int, int]]:
+    """Take over the out-of-line regions of ``msg`` (received with ``keep_ool``):
+    [(address, size)] of each region the kernel mapped, sizes whole pages; the message
+    keeps none, so ``release_ool`` will not give them back: the caller vm_deallocates
+    them when it is done with the data.  None or a message without regions: []."""
+    if msg is None or not msg.ool_addrs:
+        return []
+    regions = [(addr, round_page(len(frame))) for addr, frame in zip(msg.ool_addrs, msg.ool)
+               if addr]
+    msg.ool_addrs = []
+    return regions
 
 
 # ---------------------------------------------------------------- the process's task

@@ -424,15 +424,43 @@ class FsServer:
             raise fs_error(F.EIO, "fsys_syncfs")
 
 
+# libdiskfs's thread timeouts (init-first.c thread_timeout and server_timeout, in
+# seconds), the defaults of every file system started by diskfs_startup.  We follow the
+# Hurd of 2011, when both of ext2fs's buckets were served by the multithread model with
+# them: the server bucket by init-first.c's master_thread_function, the pager bucket by
+# disk-pager.c's service_paging_requests (ports_manage_port_operations_multithread
+# (pager_bucket, pager_demuxer, 1000 * 60 * 2, 1000 * 60 * 10, 0)).  Today's Hurd still
+# serves the server bucket that way; its pager bucket has had fixed workers since 2014
+# (pager_start_workers, no timeout: --threads workers).  An idle thread beyond the first
+# thus lives two minutes; the first starts over after ten idle minutes.
+DISKFS_TIMEOUTS = {"thread_timeout": 2 * 60.0, "server_timeout": 10 * 60.0}
+
+
+def check_diskfs_args(ap, args):
+    """ap.error for thread-model options a file system cannot use."""
+    if args.workers < 1:
+        ap.error("--workers must be at least 1")
+    if args.thread_timeout < 0 or args.server_timeout < 0:
+        ap.error("--thread-timeout and --server-timeout must not be negative")
+
+
 def diskfs_startup(t: LP.Translator, srv: FsServer, pager_bucket: LP.PortBucket) -> int:
     """diskfs_spawn_first_thread + diskfs_startup_diskfs for translator ``t``: start
     the server loops (the --threads model), the pager bucket's on threads of their own
     (an io_write blocked in vm_write waits for a data_request that only a pager thread
     can answer), then ``srv``'s; check a protid on the root in with the name server
     under ``t.name``, signed with a private port (Translator.check_in).  Returns that
-    send right."""
+    send right.
+
+    Multithread servers get --thread-timeout and --server-timeout (DISKFS_TIMEOUTS by
+    default); after the server timeout the first thread starts over, as both of
+    libdiskfs's loops do (a file system in use is never shut down for idleness).
+    Every server thread touches the top of its new stack as cthreads did
+    (libports.stacks, TOUCH_PAGES)."""
     args = t.args
-    kw = dict(thread_timeout=args.thread_timeout or None, workers=args.workers)
+    kw = dict(thread_timeout=args.thread_timeout or None, workers=args.workers,
+              global_timeout=args.server_timeout or None, start_over=True,
+              stack_touch_pages=LP.TOUCH_PAGES)
     t.add_server(LP.make_server(args.threads, pager_bucket, PG.PagerDemuxer(pager_bucket),
                                 name=f"{t.name}-pager", **kw).start())
     t.add_server(LP.make_server(args.threads, srv.bucket, srv.demuxer(), name=t.name,
@@ -440,6 +468,17 @@ def diskfs_startup(t: LP.Translator, srv: FsServer, pager_bucket: LP.PortBucket)
     root = srv.root_send_right()
     t.check_in(root)
     return root
+
+
+def diskfs_server_stats(t: LP.Translator) -> dict:
+    """The thread counters of the two server loops diskfs_startup started (the pager
+    bucket's first), as pager_server_* and fs_server_* fields."""
+    out = {}
+    for prefix, server in zip(("pager_server", "fs_server"), t.servers):
+        for k, v in server.stats().items():
+            if not k.startswith("demux_"):
+                out[f"{prefix}_{k}"] = v
+    return out
 
 
 def pager_bucket_stats(bucket: LP.PortBucket) -> dict:

@@ -2,7 +2,9 @@
 
     python -m translators.memfs --run-dir DIR [--name memfs]
         [--threads multithread|workers] [--workers N] [--thread-timeout S]
-        [--direct-io] [--max-bytes N] [--log-level L]
+        [--server-timeout S] [--direct-io] [--max-bytes N] [--log-level L]
+
+Thread timeouts default to libdiskfs's (translators.fsserver.DISKFS_TIMEOUTS).
 
 Each regular file has a page store (a dict page offset -> 4096 bytes; a page never written
 reads as zeros) and, once used, one libpager pager whose ops (``MemPagerOps``) read and
@@ -35,7 +37,13 @@ from protocol.defs import fs as F
 from protocol.vm_param import PAGE_SIZE, round_page, trunc_page
 from translators import libports as LP
 from translators.diskfs import DT_DIR, FilePagerOps, FileSystem, Node, file_type, fs_error
-from translators.fsserver import FsServer, diskfs_startup, pager_bucket_stats
+from translators.fsserver import (
+    DISKFS_TIMEOUTS,
+    FsServer,
+    check_diskfs_args,
+    diskfs_startup,
+    pager_bucket_stats,
+)
 
 log = structlog.get_logger("memfs")
 
@@ -373,15 +381,15 @@ class MemFs(FileSystem):
 # ---------------------------------------------------------------- the translator
 
 def parse_args(argv=None):
-    ap = LP.translator_arg_parser("translators.memfs", __doc__, "memfs")
+    ap = LP.translator_arg_parser("translators.memfs", __doc__, "memfs",
+                                  **DISKFS_TIMEOUTS)
     ap.add_argument("--direct-io", action="store_true",
                     help="io_read/io_write use the page store directly, not memfs's own "
                          "mapping of the file (for kernels without VM)")
     ap.add_argument("--max-bytes", type=int, default=None,
                     help="space limit: sum of round_page(st_size) over files (ENOSPC)")
     args = ap.parse_args(argv)
-    if args.workers < 1:
-        ap.error("--workers must be at least 1")
+    check_diskfs_args(ap, args)
     if args.max_bytes is not None and args.max_bytes < 0:
         ap.error("--max-bytes must not be negative")
     return args

@@ -343,3 +343,26 @@ def test_master_returns_after_the_global_timeout(tasks):
     st = server.stats()
     assert st["threads"] == 0 and st["messages"] == 3 and st["peak_threads"] >= 2
     assert server.alive_threads() == 0
+
+
+@pytest.mark.timeout(60)
+def test_with_start_over_the_master_serves_on_after_the_global_timeout(tasks):
+    """start_over (libdiskfs's loops): the global timeout passing with the master alone
+    makes it start over, counted, and it serves the next request."""
+    rt = tasks.new("libports")
+    bucket = LP.ports_create_bucket(rt)
+    pi = LP.ports_create_port(LP.ports_create_class(), bucket)
+    name = LP.ports_get_send_right(pi)
+    calls = []
+    demuxer = LP.PortsDemuxer(bucket, {D.demo_null: lambda obj: calls.append(1)})
+    server = LP.MultithreadServer(bucket, demuxer, thread_timeout=0.2, global_timeout=0.3,
+                                  stack_size=None, start_over=True).start()
+    try:
+        D.demo_null(name, timeout=10, rt=rt)
+        wait_for(lambda: server.stats()["global_timeouts"] >= 2, 30,
+                 what="the master starting over")
+        assert not server.done.is_set() and server.stats()["threads"] == 1
+        D.demo_null(name, timeout=10, rt=rt)
+        assert calls == [1, 1]
+    finally:
+        assert server.stop(timeout=20)

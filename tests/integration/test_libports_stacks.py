@@ -196,3 +196,40 @@ def test_a_full_address_space_does_not_stop_the_threads(tasks, model):
         assert server.stop(timeout=20)
     assert server.stats()["stack_free_failures"] == 0
     MD.vm_deallocate(rt.task_self, filler, VM_MAX_ADDRESS - 64 * 1024, rt=rt)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("touch", [0, 1, 3])
+def test_touched_stacks_cost_a_frame_per_page_touched(tasks, touch):
+    """cthreads wrote the top of every new stack before the thread ran: each touched
+    page is a zero-filled frame taken from the kernel's free pages, given back with
+    the stack."""
+    rt = tasks.new("stacks")
+    stacks = LP.ThreadStacks(rt, LP.STACK_SIZE, touch_pages=touch)
+
+    def free():
+        return MD.vm_statistics(rt.task_self, timeout=10, rt=rt)["free_count"]
+
+    free0 = free()
+    addrs = [stacks.allocate() for _ in range(8)]
+    assert all(addrs)
+    assert free0 - free() == 8 * touch
+    st = stacks.stats()
+    assert st["stack_pages_touched"] == 8 * touch and st["stack_touch_failures"] == 0
+    if touch:
+        # The cproc pointer (here the thread's id) in the top word's place of the stack.
+        top = MD.vm_read(rt.task_self, addrs[0] + stacks.size - 52, 52, timeout=10, rt=rt)
+        me = threading.get_ident() & 0xFFFFFFFF
+        assert top == me.to_bytes(4, "little") + bytes(48)
+    for a in addrs:
+        stacks.deallocate(a)
+    assert free() == free0
+
+
+def test_touching_never_reaches_the_guard_page(tasks):
+    rt = tasks.new("stacks")
+    stacks = LP.ThreadStacks(rt, 2 * PAGE, touch_pages=5)  # more pages than the stack
+    assert stacks.touch_pages == 2
+    a = stacks.allocate()
+    assert a and stacks.stats()["stack_touch_failures"] == 0
+    stacks.deallocate(a)

@@ -77,6 +77,9 @@ class Kernel:
     def deallocate(self, name):
         self._rec("deallocate", name)
 
+    def vm_deallocate(self, address, size):
+        self._rec("vm_deallocate", address, size)
+
     def mod_refs(self, name, delta):
         self._rec("mod_refs", name, delta)
 
@@ -171,11 +174,13 @@ class Rig:
         if init:
             self.send(MO.memory_object_init, CONTROL, NAME, P)
 
-    def send(self, routine, *args, port=PORT, seqno=0):
+    def send(self, routine, *args, port=PORT, seqno=0, ool_addrs=()):
+        """Serve the message; ``ool_addrs``: where the kernel would have mapped its
+        out-of-line data in our map."""
         body, descs, ool = routine.encode_request(list(args))
         msg = M.Message(msgh_id=routine.msgh_id, local_port=port,
                         local_disp=routine.dest_disp, descs=descs, body=body, ool=ool,
-                        seqno=seqno, sender=M.KERNEL_SENDER)
+                        seqno=seqno, sender=M.KERNEL_SENDER, ool_addrs=list(ool_addrs))
         return self.demux.serve(msg)
 
     def in_thread(self, routine, *args, **kw):

@@ -2,7 +2,9 @@
 
     python -m translators.ext2fs --run-dir DIR [--name ext2fs] [--image PATH]
         [--size-mib N] [--block-size N] [--threads multithread|workers]
-        [--sync-interval S] [--disk-latency-ms N] [--direct-io]
+        [--thread-timeout S] [--server-timeout S] [--sync-interval S]
+        [--write-mode bulk|page] [--disk-latency-ms N] [--disk-queue-depth N]
+        [--direct-io]
 
 Without --image a fresh image DIR/NAME.img is made (translators.ext2fs.mkfs, --size-mib
 and --block-size).  One pager per file (translators.ext2fs.translator); io_read/io_write
@@ -12,6 +14,13 @@ the metadata are written back; SIGTERM syncs, then closes the image (clean).  An
 that cannot be mounted (corrupt superblock or group descriptors, unsupported features)
 is refused: "cannot mount the image" with the reason is logged and the exit status is 2.  The root
 directory is checked in with the name server under NAME; DIR/NAME.ready holds the pid.
+
+--write-mode: how a data_return reaches the disk — ``bulk`` (the default, the Hurd
+since 2025: one pager_write_pages per data_return, runs of up to 128 contiguous blocks
+in one disk write) or ``page`` (the Hurd of 2011: one pager_write_page, one disk write,
+per page).  --disk-latency-ms N makes every such disk write cost N ms on one device
+that serves --disk-queue-depth writes at once (default 1: writes wait their turn).
+The multithread model's threads time out as libdiskfs's do (translators.fsserver).
 """
 
 from __future__ import annotations
@@ -25,26 +34,46 @@ import structlog
 from translators import libports as LP
 from translators.ext2fs.filesystem import Ext2
 from translators.ext2fs.mkfs import mkfs
-from translators.ext2fs.translator import Ext2Fs
-from translators.fsserver import FsServer, diskfs_startup, pager_bucket_stats
+from translators.ext2fs.translator import WRITE_MODES, Ext2Fs
+from translators.fsserver import (
+    DISKFS_TIMEOUTS,
+    FsServer,
+    check_diskfs_args,
+    diskfs_server_stats,
+    diskfs_startup,
+    pager_bucket_stats,
+)
 
 log = structlog.get_logger("ext2fs")
 
 
 def parse_args(argv=None):
-    ap = LP.translator_arg_parser("translators.ext2fs", __doc__, "ext2fs")
+    ap = LP.translator_arg_parser("translators.ext2fs", __doc__, "ext2fs",
+                                  **DISKFS_TIMEOUTS)
     ap.add_argument("--image", help="ext2 image (default: a fresh DIR/NAME.img)")
     ap.add_argument("--size-mib", type=int, default=64, help="size of a fresh image")
     ap.add_argument("--block-size", type=int, default=4096, choices=(1024, 2048, 4096))
     ap.add_argument("--sync-interval", type=float, default=30.0,
                     help="seconds between periodic syncs (0 = never)")
+    ap.add_argument("--write-mode", choices=WRITE_MODES, default="bulk",
+                    help="bulk: pager_write_pages, runs of up to 128 blocks per disk "
+                         "write (2025, default); page: one pager_write_page and one disk "
+                         "write per page (2011)")
     ap.add_argument("--disk-latency-ms", type=float, default=0.0,
-                    help="emulated disk latency per disk write call")
+                    help="emulated disk latency per disk write")
+    ap.add_argument("--disk-queue-depth", type=int, default=1,
+                    help="disk writes the device serves at once; the others wait their "
+                         "turn (default 1)")
     ap.add_argument("--direct-io", action="store_true",
                     help="io_read/io_write use the image directly (no mapping, no io_map)")
     args = ap.parse_args(argv)
     if args.size_mib < 1:
         ap.error("--size-mib must be at least 1")
+    if args.disk_latency_ms < 0:
+        ap.error("--disk-latency-ms must not be negative")
+    if args.disk_queue_depth < 1:
+        ap.error("--disk-queue-depth must be at least 1")
+    check_diskfs_args(ap, args)
     return args
 
 
@@ -85,13 +114,14 @@ def main(argv=None) -> int:
         fs_bucket = LP.ports_create_bucket(rt)
         pager_bucket = LP.ports_create_bucket(rt)
         fs = Ext2Fs(ext2, rt=rt, pager_bucket=pager_bucket, direct_io=args.direct_io,
-                    disk_latency=args.disk_latency_ms / 1000.0)
+                    disk_latency=args.disk_latency_ms / 1000.0,
+                    disk_queue_depth=args.disk_queue_depth, write_mode=args.write_mode)
         srv = FsServer(fs, fs_bucket, name=name)
 
         def all_stats():
-            return {**srv.stats, **fs.stats, "nodes": len(fs.nodes), **fs.map_stats(),
-                    **{f"ext2_{k}": v for k, v in ext2.stats.items()},
-                    **pager_bucket_stats(pager_bucket)}
+            return {**srv.stats, **fs.stats, **fs.disk_stats(), "nodes": len(fs.nodes),
+                    **fs.map_stats(), **{f"ext2_{k}": v for k, v in ext2.stats.items()},
+                    **pager_bucket_stats(pager_bucket), **diskfs_server_stats(t)}
 
         t.stopping_stats = all_stats
         root = diskfs_startup(t, srv, pager_bucket)
@@ -99,8 +129,11 @@ def main(argv=None) -> int:
             threading.Thread(target=periodic_sync, args=(fs, sync_stop, args.sync_interval),
                              name="ext2fs-sync", daemon=True).start()
         t.ready("ext2fs ready", model=args.threads, image=str(image),
-                block_size=ext2.block_size, direct_io=args.direct_io, port=root,
-                endpoint=t.endpoint)
+                block_size=ext2.block_size, direct_io=args.direct_io,
+                write_mode=args.write_mode, disk_latency_ms=args.disk_latency_ms,
+                disk_queue_depth=args.disk_queue_depth,
+                thread_timeout=args.thread_timeout, server_timeout=args.server_timeout,
+                port=root, endpoint=t.endpoint)
         t.serve_until_stopped(all_stats)
         sync_stop.set()
         # The final sync needs the pager threads: before the servers stop.

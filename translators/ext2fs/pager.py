@@ -74,13 +74,23 @@ class Ext2PagerOps(FilePagerOps):
             raise self.failed(ext2_error(e)) from e
 
     def write_page(self, pager, offset: int, data):
-        self.write_pages(pager, offset, data)
+        """pager_write_page (ext2fs/pager.c file_pager_write_page): store one page; its
+        blocks contiguous on disk go out in one disk write (pending_blocks)."""
+        self.fs.count(write_page_calls=1)
+        self._store(offset, data)
 
     def write_pages(self, pager, offset: int, data):
-        """pager_write_page / pager_write_pages: store a run of pages.  Runs of blocks
-        contiguous on disk go out in one Ext2.write_blocks (at most MAX_WRITE_BLOCKS
-        blocks each); blocks past EOF are dropped.  A block still a hole (the file grew
-        under a page the kernel already had unlocked) is allocated here."""
+        """pager_write_pages (ext2fs/pager.c file_pager_write_pages, 2025): store a run
+        of pages; runs of blocks contiguous on disk go out in one disk write of at most
+        MAX_WRITE_BLOCKS blocks."""
+        self.fs.count(write_pages_calls=1)
+        self._store(offset, data)
+
+    def _store(self, offset: int, data):
+        """The pages' blocks to the disk: one disk write (through the device queue) per
+        run of blocks contiguous on disk, at most MAX_WRITE_BLOCKS each; blocks past
+        EOF are dropped.  A block still a hole (the file grew under a page the kernel
+        already had unlocked) is allocated here."""
         fs, ext2, bs = self.fs, self.fs.ext2, self.fs.ext2.block_size
         fs.count(data_returns=1, pages_returned=len(data) // PAGE_SIZE)
         if self.node.dead:
@@ -103,9 +113,20 @@ class Ext2PagerOps(FilePagerOps):
                     else:
                         runs.append((pb, [blk]))
             for start, blks in runs:
-                with ext2.lock:
-                    ext2.write_blocks(start, b"".join(blks))
-                fs.count(disk_writes=1, blocks_written=len(blks))
-                fs.disk_delay()
+                buf = b"".join(blks)
+                fs.disk.write(len(buf), lambda start=start, buf=buf: self._write(start, buf))
+                fs.count(blocks_written=len(blks))
         except OSError as e:
             raise self.failed(ext2_error(e)) from e
+
+    def _write(self, start: int, buf: bytes):
+        with self.fs.ext2.lock:
+            self.fs.ext2.write_blocks(start, buf)
+
+
+class Ext2PageWriteOps(Ext2PagerOps):
+    """--write-mode page, ext2fs as in 2011: no pager_write_pages, so libpager calls
+    pager_write_page once per page of every data_return — one disk write per page (per
+    run of contiguous blocks within it, with blocks smaller than a page)."""
+
+    write_pages = None  # libpager: no multi-page write

@@ -33,11 +33,13 @@ from translators.diskfs import (
 )
 from translators.ext2fs import ondisk as D
 from translators.ext2fs.filesystem import Ext2
-from translators.ext2fs.pager import Ext2PagerOps, ext2_error
+from translators.ext2fs.pager import Ext2PagerOps, Ext2PageWriteOps, ext2_error
+from translators.ext2fs.store import DiskDevice
 
 log = structlog.get_logger("ext2fs")
 
 _DT = {D.EXT2_FT_REG_FILE: DT_REG, D.EXT2_FT_DIR: DT_DIR}
+WRITE_MODES = ("bulk", "page")  # --write-mode: 2025's pager_write_pages, 2011's per page
 
 
 class Ext2Node(Node):
@@ -56,21 +58,30 @@ class Ext2Fs(FileSystem):
     (ino -> Ext2Node, the diskfs node cache): one node, hence one pager, per inode."""
 
     def __init__(self, ext2: Ext2, rt=None, pager_bucket=None, direct_io: bool = False,
-                 disk_latency: float = 0.0):
+                 disk_latency: float = 0.0, disk_queue_depth: int = 1,
+                 write_mode: str = "bulk"):
+        """``disk_latency`` seconds per data write on a device of ``disk_queue_depth``
+        slots (store.DiskDevice); ``write_mode`` "bulk" (pager_write_pages, 2025) or
+        "page" (pager_write_page per page, 2011)."""
+        if write_mode not in WRITE_MODES:
+            raise ValueError(f"write_mode must be one of {', '.join(WRITE_MODES)}")
         super().__init__(rt, pager_bucket, direct_io)
         self.ext2 = ext2
-        self.disk_latency = disk_latency
+        self.disk = DiskDevice(disk_latency, disk_queue_depth)
+        self.write_mode = write_mode
         self.nodes: dict[int, Ext2Node] = {}
+        # data_returns / pages_returned: the pager's write callbacks and their pages
+        # (one callback per data_return in bulk mode, one per page in page mode).
         self.stats = {"read_page": 0, "hole_pages": 0, "unlock_page": 0,
                       "blocks_allocated": 0, "write_allocations": 0, "data_returns": 0,
-                      "pages_returned": 0, "disk_writes": 0, "blocks_written": 0,
-                      "pagers_created": 0, "remaps": 0, "syncs": 0, "nodes_freed": 0}
+                      "pages_returned": 0, "write_page_calls": 0, "write_pages_calls": 0,
+                      "blocks_written": 0, "pagers_created": 0, "remaps": 0, "syncs": 0,
+                      "nodes_freed": 0}
         self.root_node = self.diskfs_nref(self._node(D.EXT2_ROOT_INO))  # the fs's own
 
-    def disk_delay(self):
-        """--disk-latency-ms: an emulated slow disk, per disk write call."""
-        if self.disk_latency > 0:
-            time.sleep(self.disk_latency)
+    def disk_stats(self) -> dict:
+        """The device's counters (store.DiskDevice.stats) and the write mode."""
+        return {**self.disk.stats(), "write_mode": self.write_mode}
 
     def _call(self, fn, *args, **kw):
         """An Ext2 library call with its errors as the Hurd's error_t."""
@@ -165,6 +176,8 @@ class Ext2Fs(FileSystem):
     # ------------------------------------------------------------ file I/O
 
     def file_pager_ops(self, node: Ext2Node) -> Ext2PagerOps:
+        if self.write_mode == "page":
+            return Ext2PageWriteOps(self, node)
         return Ext2PagerOps(self, node)
 
     def grow(self, node: Ext2Node, size: int):

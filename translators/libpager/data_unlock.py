@@ -9,7 +9,9 @@ the Hurd half of that patch is lost.  What this libpager does with the hint: the
 unlocked as usual (the length rounded down to whole pages), then the whole object's
 dirty and precious pages are asked back without waiting (pager_sync(wait=False), as
 diskfs_sync_everything(0) does), so they are written and become clean, which is what
-brings the kernel's count down.  Hints are counted (``writeback_hints``)."""
+brings the kernel's count down.  Hints are counted (``writeback_hints``).  The pages
+of that writeback come back as data_returns like any others: held in our map (the
+kernel's laundry) until written, then deallocated (data_return.py)."""
 
 from __future__ import annotations
 

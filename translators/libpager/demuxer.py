@@ -15,8 +15,6 @@ and counted (libports' ``not_from_kernel``) before any handler sees it.
 
 from __future__ import annotations
 
-import threading
-
 import structlog
 
 from protocol.defs import memory_object as MO
@@ -29,19 +27,17 @@ from translators.libpager.data_return import _pager_S_memory_object_data_return
 from translators.libpager.data_unlock import _pager_S_memory_object_data_unlock
 from translators.libpager.init import _pager_S_memory_object_init
 from translators.libpager.lock_completed import _pager_S_memory_object_lock_completed
-from translators.libpager.pager import Pager, _pager_release_seqno, _pager_wait_for_seqno
+from translators.libpager.pager import (
+    Pager,
+    _pager_release_seqno,
+    _pager_wait_for_seqno,
+    _serving,
+    current_seqno,
+)
 from translators.libpager.supply_completed import _pager_S_memory_object_supply_completed
 from translators.libpager.terminate import _pager_S_memory_object_terminate
 
 log = structlog.get_logger("libpager")
-
-_tls = threading.local()
-
-
-def current_seqno() -> int:
-    """The sequence number of the message this thread is serving (0: unknown)."""
-    return getattr(_tls, "seqno", 0)
-
 
 CONTROL_REFS_BATCH = 64  # give back the control port's extra references this many at once
 
@@ -146,11 +142,11 @@ class PagerDemuxer(LP.PortsDemuxer):
         super().__init__(bucket, table, notify, kernel_only=KERNEL_TO_PAGER)
 
     def serve(self, msg):
-        _tls.seqno = msg.seqno
+        _serving.seqno, _serving.msg = msg.seqno, msg
         try:
             return super().serve(msg)
         finally:
-            _tls.seqno = 0
+            _serving.seqno, _serving.msg = 0, None
             if msg.seqno:
                 self._turn(msg)
 

@@ -46,7 +46,7 @@ STAT_KEYS = ("data_requests", "data_returns", "pages_returned", "clean_returns",
              "pagein_waits", "unlocks", "unlock_errors", "evictions", "lock_requests",
              "lock_completed", "supply_completed", "change_completed", "inits",
              "terminates", "dropped", "handler_errors", "reply_timeouts", "seqno_gaps",
-             "writeback_hints")
+             "writeback_hints", "ool_deallocated", "ool_dealloc_errors")
 
 
 class PagerOps:
@@ -232,6 +232,20 @@ class Pager:
 
 
 # ---------------------------------------------------------------- helpers (priv.h)
+
+_serving = threading.local()  # the message this thread serves (set by PagerDemuxer)
+
+
+def current_seqno() -> int:
+    """The sequence number of the message this thread is serving (0: unknown)."""
+    return getattr(_serving, "seqno", 0)
+
+
+def current_message():
+    """The message this thread is serving (None outside PagerDemuxer.serve): a handler
+    takes its out-of-line regions over from it (protocol.runtime.take_ool)."""
+    return getattr(_serving, "msg", None)
+
 
 def error_code(exc: BaseException) -> int:
     """The error_t a callback's exception stands for."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 from protocol import message as M
 from protocol.defs import mach as V
 from protocol.defs import mach_port as P
+from translators.libports.stacks import VM_CALL_TIMEOUT
 
 
 class KernelCalls:
@@ -58,6 +59,14 @@ class KernelCalls:
     def destroy_object(self, control: int, reason: int):
         """memory_object_destroy."""
         V.memory_object_destroy(control, reason, rt=self.rt)
+
+    # --- our own address space
+
+    def vm_deallocate(self, address: int, size: int):
+        """vm_deallocate of a region of this task's map (a data_return's pages, once
+        written: the munmap of data-return.c)."""
+        rt = self._rt()
+        V.vm_deallocate(rt.task_self, address, size, timeout=VM_CALL_TIMEOUT, rt=rt)
 
     # --- rights in our own space
 

@@ -36,7 +36,7 @@ from translators.libports.manage_multithread import (
     ThreadAccount,
     ports_manage_port_operations_multithread,
 )
-from translators.libports.stacks import GUARD_SIZE, ThreadStacks
+from translators.libports.stacks import GUARD_SIZE, TOUCH_PAGES, ThreadStacks
 from translators.libports.translator import (
     THREAD_MODELS,
     Translator,
@@ -50,16 +50,23 @@ def make_server(model: str, bucket: PortBucket, demuxer: PortsDemuxer, *,
                 thread_timeout: float | None = None, workers: int = DEFAULT_WORKERS,
                 ordered: bool = True,
                 max_threads: int = DEFAULT_MAX_THREADS, stack_size: int | None = STACK_SIZE,
-                hook=None, name: str = "ports", vm_stacks: bool = True):
+                hook=None, name: str = "ports", vm_stacks: bool = True,
+                global_timeout: float | None = None, start_over: bool = False,
+                stack_touch_pages: int = 0):
     """A server of the named thread model (not started).  ``vm_stacks``: each server
-    thread's stack is vm_allocated (with a guard page) in the task's own map."""
+    thread's stack is vm_allocated (with a guard page) in the task's own map and its top
+    ``stack_touch_pages`` pages touched.  ``thread_timeout``, ``global_timeout`` and
+    ``start_over`` are the multithread model's (MultithreadServer)."""
     if model == "multithread":
-        return MultithreadServer(bucket, demuxer, thread_timeout=thread_timeout, hook=hook,
+        return MultithreadServer(bucket, demuxer, thread_timeout=thread_timeout,
+                                 global_timeout=global_timeout, hook=hook,
                                  max_threads=max_threads, stack_size=stack_size, name=name,
-                                 vm_stacks=vm_stacks)
+                                 vm_stacks=vm_stacks, start_over=start_over,
+                                 stack_touch_pages=stack_touch_pages)
     if model == "workers":
         return WorkersServer(bucket, demuxer, nworkers=workers, ordered=ordered, hook=hook,
-                             stack_size=stack_size, name=name, vm_stacks=vm_stacks)
+                             stack_size=stack_size, name=name, vm_stacks=vm_stacks,
+                             stack_touch_pages=stack_touch_pages)
     raise ValueError(f"unknown thread model {model!r} (one of {', '.join(THREAD_MODELS)})")
 
 
@@ -70,6 +77,6 @@ __all__ = [
     "ports_no_senders", "ports_port_deref", "ports_port_ref", "EOPNOTSUPP", "PortsDemuxer",
     "mig_reply", "DEFAULT_MAX_THREADS", "STACK_SIZE", "MultithreadServer", "ThreadAccount",
     "ports_manage_port_operations_multithread", "DEFAULT_WORKERS", "WorkersServer",
-    "WorkQueue", "THREAD_MODELS", "make_server", "GUARD_SIZE", "ThreadStacks",
+    "WorkQueue", "THREAD_MODELS", "make_server", "GUARD_SIZE", "TOUCH_PAGES", "ThreadStacks",
     "Translator", "add_common_args", "translator_arg_parser",
 ]

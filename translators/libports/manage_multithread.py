@@ -14,6 +14,15 @@ exists to reproduce.
 ``max_threads`` is a safety bound of this emulator (default 4096), not a Hurd feature —
 the real libports has no cap.  At the cap a thread takes its message without spawning;
 the next message waits in the kernel queue until a thread is free.
+
+``start_over``: when the global timeout passes with the master alone, the master calls
+ports_manage_port_operations_multithread again instead of returning, as the Hurd's
+callers do: libdiskfs's pager thread (disk-pager.c service_paging_requests, 2011:
+``for (;;)``) and its server thread (init-first.c master_thread_function: again while
+diskfs_shutdown fails, which it does while the file system is in use).
+
+A message's out-of-line regions stay the serving thread's until its handler returned
+(received with keep_ool, then rt.release_ool): a handler may take them over.
 """
 
 from __future__ import annotations
@@ -100,6 +109,11 @@ class ThreadAccount:
         with self.lock:
             self.nreqthreads += 1
 
+    def master_alone(self) -> bool:
+        """Is the master the only server thread (its global timeout may end the loop)?"""
+        with self.lock:
+            return self.totalthreads == 1
+
     def on_timeout(self, master: bool) -> bool:
         """The receive timed out.  True when the thread must exit (and is uncounted)."""
         with self.lock:
@@ -134,15 +148,17 @@ class MultithreadServer:
 
     ``vm_stacks`` (default on): every thread this server creates vm_allocates its stack
     (``stack_size``, or STACK_SIZE when that is None, plus a guard page) in the task's
-    own map and gives it back when it exits (see stacks.py).  The calling thread of
-    ``run()`` is not created here: it has its stack already.
+    own map, touches its top ``stack_touch_pages`` pages and gives it back when it
+    exits (see stacks.py).  The calling thread of ``run()`` is not created here: it has
+    its stack already.  ``start_over``: see the module docstring.
     """
 
     def __init__(self, bucket: PortBucket, demuxer: PortsDemuxer,
                  thread_timeout: float | None = None, global_timeout: float | None = None,
                  hook=None, max_threads: int = DEFAULT_MAX_THREADS,
                  stack_size: int | None = STACK_SIZE, name: str = "ports",
-                 vm_stacks: bool = True):
+                 vm_stacks: bool = True, start_over: bool = False,
+                 stack_touch_pages: int = 0):
         if max_threads < 1:
             raise ValueError("max_threads must be at least 1")
         self.bucket, self.demuxer = bucket, demuxer
@@ -152,8 +168,11 @@ class MultithreadServer:
         self.hook = hook
         self.stack_size = stack_size
         self.name = name
-        self.stacks = ThreadStacks(self.rt, stack_size or STACK_SIZE, vm_stacks, name=name)
+        self.stacks = ThreadStacks(self.rt, stack_size or STACK_SIZE, vm_stacks, name=name,
+                                   touch_pages=stack_touch_pages)
         self.account = ThreadAccount(max_threads)
+        self.start_over = start_over
+        self.global_timeouts = 0  # times the master started over (start_over)
         self.stopping = False
         self.done = threading.Event()
         self.error: str | None = None
@@ -206,7 +225,8 @@ class MultithreadServer:
             d = {"model": "multithread", "threads": a.totalthreads, "peak_threads": a.peak,
                  "waiting": a.nreqthreads, "spawned": a.spawned, "exited": a.exited,
                  "capped": a.capped, "max_threads": a.max_threads}
-        d["messages"] = self.messages
+        d.update(messages=self.messages, thread_timeout=self.thread_timeout,
+                 global_timeout=self.global_timeout, global_timeouts=self.global_timeouts)
         d.update(self.stacks.stats())
         d.update({f"demux_{k}": v for k, v in self.demuxer.stats.items()})
         return d
@@ -245,6 +265,9 @@ class MultithreadServer:
             while True:
                 code = self._server_timeout(timeout)
                 if code == MachMsgReturn.MACH_RCV_TIMED_OUT and not self.stopping:
+                    if master and self.start_over and self.account.master_alone():
+                        self.global_timeouts += 1  # ports_manage_* returned: call it again
+                        continue
                     if self.account.on_timeout(master):
                         return
                     continue
@@ -274,9 +297,10 @@ class MultithreadServer:
                 if reply is not None:
                     code, msg = rt.mach_msg(M.MACH_SEND_MSG | M.MACH_RCV_MSG, reply, pset,
                                             send_timeout=reply_send_timeout(reply),
-                                            rcv_timeout=timeout)
+                                            rcv_timeout=timeout, keep_ool=True)
                 else:
-                    code, msg = rt.mach_msg(M.MACH_RCV_MSG, None, pset, rcv_timeout=timeout)
+                    code, msg = rt.mach_msg(M.MACH_RCV_MSG, None, pset, rcv_timeout=timeout,
+                                            keep_ool=True)
             except MachError as e:  # the kernel is gone
                 return e.code or MachMsgReturn.MACH_RCV_PORT_DIED
             if code:
@@ -294,6 +318,9 @@ class MultithreadServer:
             try:
                 reply = self.demuxer.serve(msg)
             finally:
+                # The request's out-of-line regions are ours until the handler is done
+                # with them (a handler may have taken them over: rt.take_ool).
+                rt.release_ool(msg)
                 with self._mlock:
                     self.messages += 1
                 self.account.on_reply()

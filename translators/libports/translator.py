@@ -41,18 +41,29 @@ from translators.libports.workers import DEFAULT_WORKERS
 THREAD_MODELS = ("multithread", "workers")
 
 
-def add_common_args(ap: argparse.ArgumentParser, default_name: str) -> argparse.ArgumentParser:
+def add_common_args(ap: argparse.ArgumentParser, default_name: str, *,
+                    thread_timeout: float = 1.0,
+                    server_timeout: float | None = None) -> argparse.ArgumentParser:
     """The options every translator takes: --run-dir, --name, the thread model
-    (--threads, --workers, --thread-timeout), --endpoint, --stats-interval, --log-level."""
+    (--threads, --workers, --thread-timeout), --endpoint, --stats-interval, --log-level.
+    ``thread_timeout`` is --thread-timeout's default; with ``server_timeout`` there is a
+    --server-timeout too, of that default (a translator whose server loops use it: the
+    libdiskfs ones, translators.fsserver.DISKFS_TIMEOUTS)."""
     ap.add_argument("--run-dir", default=os.environ.get("MACHEMU_RUN_DIR", "run"))
     ap.add_argument("--name", default=default_name)
     ap.add_argument("--threads", choices=THREAD_MODELS, default="multithread",
                     help="thread model (default multithread, the Hurd until 2014)")
     ap.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
                     help="worker threads of the workers model")
-    ap.add_argument("--thread-timeout", type=float, default=1.0,
-                    help="seconds an idle multithread server thread waits before exiting "
-                         "(Hurd file pagers: 1 s; 0 = never)")
+    ap.add_argument("--thread-timeout", type=float, default=thread_timeout,
+                    help="seconds an idle multithread server thread (not the first) waits "
+                         f"for a message before it exits (default {thread_timeout:g}; "
+                         "0 = never)")
+    if server_timeout is not None:
+        ap.add_argument("--server-timeout", type=float, default=server_timeout,
+                        help="seconds the first thread of a multithread server waits for "
+                             "a message before it starts over (its global timeout; "
+                             f"default {server_timeout:g}; 0 = never)")
     ap.add_argument("--endpoint", help="kernel endpoint (default: $MACHEMU_KERNEL, else "
                                        "from the run directory)")
     ap.add_argument("--stats-interval", type=float, default=5.0,
@@ -61,11 +72,12 @@ def add_common_args(ap: argparse.ArgumentParser, default_name: str) -> argparse.
     return ap
 
 
-def translator_arg_parser(module: str, doc: str, default_name: str) -> argparse.ArgumentParser:
+def translator_arg_parser(module: str, doc: str, default_name: str,
+                          **defaults) -> argparse.ArgumentParser:
     """``python -m MODULE``'s parser, described by DOC's first line, with the common
-    options (add_common_args)."""
+    options (add_common_args; ``defaults``: its thread_timeout / server_timeout)."""
     ap = argparse.ArgumentParser(prog=f"python -m {module}", description=doc.splitlines()[0])
-    return add_common_args(ap, default_name)
+    return add_common_args(ap, default_name, **defaults)
 
 
 class Translator:

@@ -157,13 +157,15 @@ class WorkersServer:
     """One receiving thread and ``nworkers`` worker threads over ``bucket``.
 
     ``vm_stacks`` (default on): each of these threads vm_allocates its stack in the
-    task's own map with a guard page, and gives it back when it exits (see stacks.py).
+    task's own map with a guard page, touches its top ``stack_touch_pages`` pages, and
+    gives it back when it exits (see stacks.py).
     """
 
     def __init__(self, bucket: PortBucket, demuxer: PortsDemuxer,
                  nworkers: int = DEFAULT_WORKERS, capacity: int | None = None,
                  ordered: bool = True, hook=None, stack_size: int | None = STACK_SIZE,
-                 name: str = "ports", vm_stacks: bool = True):
+                 name: str = "ports", vm_stacks: bool = True,
+                 stack_touch_pages: int = 0):
         self.bucket, self.demuxer = bucket, demuxer
         self.rt = bucket.rt
         self.nworkers = nworkers
@@ -171,7 +173,8 @@ class WorkersServer:
         self.hook = hook
         self.stack_size = stack_size
         self.name = name
-        self.stacks = ThreadStacks(self.rt, stack_size or STACK_SIZE, vm_stacks, name=name)
+        self.stacks = ThreadStacks(self.rt, stack_size or STACK_SIZE, vm_stacks, name=name,
+                                   touch_pages=stack_touch_pages)
         self.stopping = False
         self.done = threading.Event()
         self.error: str | None = None
@@ -242,7 +245,7 @@ class WorkersServer:
         try:
             while not self.stopping:
                 try:
-                    code, msg = rt.mach_msg(M.MACH_RCV_MSG, None, pset)
+                    code, msg = rt.mach_msg(M.MACH_RCV_MSG, None, pset, keep_ool=True)
                 except MachError as e:
                     code = e.code or MachMsgReturn.MACH_RCV_PORT_DIED
                 if code:
@@ -251,9 +254,12 @@ class WorkersServer:
                         log.error("receiver ends", code=code)
                     return
                 if not self.queue.put(msg.local_port, msg):
+                    rt.release_ool(msg)
                     return
         finally:
             dropped = self.queue.close()
+            for msg in dropped:
+                rt.release_ool(msg)
             if dropped:
                 log.info("requests dropped at shutdown", count=len(dropped))
             self.done.set()
@@ -273,6 +279,9 @@ class WorkersServer:
                 try:
                     reply = self.demuxer.serve(msg)
                 finally:
+                    # The request's out-of-line regions are the worker's until the handler
+                    # is done (or took them over: rt.take_ool).
+                    rt.release_ool(msg)
                     with self._lock:  # counted before the reply goes: a client that has
                         self.messages += 1  # its answer sees its message counted
                 if reply is not None:
