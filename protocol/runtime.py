@@ -50,6 +50,7 @@ _EMPTY = object()
 _LEAD = object()  # mailbox token: the reader role is yours
 
 HEARTBEAT_INTERVAL = 0.5
+FOLLOWER_RECHECK = 5.0  # seconds a thread waiting for the reader role sleeps at most
 KERNEL_DEAD_AFTER = 6.0  # seconds of heartbeats unanswered while this process runs
 STALL_SLACK = 1.0  # a heartbeat tick later than this: the process was not running
 
@@ -233,9 +234,12 @@ class TaskRuntime:
                 if got is not None:
                     return got
             else:
-                remaining = 1.0 if deadline is None else deadline - time.monotonic()
+                # Answers, the lead and death all come through the box; the timeout
+                # is only a safety net, kept long so that thousands of idle threads
+                # (a thread storm) do not wake for nothing.
+                remaining = FOLLOWER_RECHECK if deadline is None else deadline - time.monotonic()
                 try:
-                    item = box.get(timeout=max(0.0, min(1.0, remaining)))
+                    item = box.get(timeout=max(0.0, min(FOLLOWER_RECHECK, remaining)))
                 except queue.Empty:
                     item = _EMPTY
                 with self._rlock:

@@ -86,8 +86,10 @@ def write_pages(c, f, data, every=1, first=0):
 def test_data_return_pages_are_held_until_written_then_deallocated(kernel, tasks, procs,
                                                                     run_dir):
     """One data_return of 32 pages (a sync's lock_request batches them), written one
-    page at a time on a 100 ms disk: the kernel's wired count stays 32 up for the
-    ~3 s the writes take — the pages are ext2fs's until written — then falls back."""
+    page at a time on a 100 ms disk: the kernel's count of pages outstanding at
+    external pagers (laundry_external: a data_return's pages until the pager
+    deallocates them) stays 32 up for the ~3 s the writes take — the pages are
+    ext2fs's until written — then falls back."""
     p = start_ext2fs(procs, run_dir, "--size-mib", "16", "--sync-interval", "0",
                      "--threads", "workers", "--write-mode", "page",
                      "--disk-latency-ms", "100")
@@ -97,17 +99,17 @@ def test_data_return_pages_are_held_until_written_then_deallocated(kernel, tasks
     data = pattern(32 * P, seed=11)
     write_pages(c, f, data)
     base = vm_stats(probe)
-    wired0, entries0 = base["wire_count"], ext2fs_entries(probe)
+    wired0, entries0 = base["laundry_external"], ext2fs_entries(probe)
     c.call(F.fsys_syncfs, c.root, 0, 0)  # no wait: the data_return is under way
-    samples = []  # (time, wired above the base, ext2fs map entries above the base)
+    samples = []  # (time, outstanding pages above the base, ext2fs map entries above the base)
 
     def sample():
         s = vm_stats(probe)
-        samples.append((time.monotonic(), s["wire_count"] - wired0,
+        samples.append((time.monotonic(), s["laundry_external"] - wired0,
                         ext2fs_entries(probe) - entries0, s["laundry_count"]))
         return samples[-1]
 
-    wait_for(lambda: sample()[1] >= 32, 30, interval=0.02, what="the run's pages wired")
+    wait_for(lambda: sample()[1] >= 32, 30, interval=0.02, what="the run's pages outstanding at ext2fs")
     wait_for(lambda: sample()[1] <= 0 and samples[-1][2] <= 0, 60, interval=0.05,
              what="the run's pages given back")
     held = [s for s in samples if s[1] >= 32]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 
 
 class DiskDevice:
@@ -32,9 +33,11 @@ class DiskDevice:
             raise ValueError("queue_depth must be at least 1")
         self.latency = latency
         self.queue_depth = queue_depth
-        self._cond = threading.Condition()
-        self._next_ticket = 0  # the next arriving write's place in line
-        self._admit = 0        # the place in line allowed in next
+        self._lock = threading.Lock()
+        # Writes waiting for a slot, first come first served, each with its own event:
+        # a freed slot wakes exactly the next write in line (waking every waiter to let
+        # one through would cost each write O(waiters) under a storm).
+        self._line: deque[threading.Event] = deque()
         self.inflight = 0
         self.queued = 0
         self.writes = 0
@@ -50,42 +53,45 @@ class DiskDevice:
         device write — after the writes that came first, in one of the device's
         slots, followed by the latency.  Returns what ``fn`` returns; its exception
         frees the slot and propagates."""
-        c = self._cond
-        with c:
-            ticket = self._next_ticket
-            self._next_ticket += 1
-            self.queued += 1
-            self.max_queued = max(self.max_queued, self.queued)
-            arrived = time.monotonic()
-            busy = self.inflight >= self.queue_depth or ticket != self._admit
-            while self.inflight >= self.queue_depth or ticket != self._admit:
-                c.wait()
-            started = time.monotonic()
-            self._admit += 1
-            self.queued -= 1
-            self.inflight += 1
+        arrived = time.monotonic()
+        with self._lock:
+            if self.inflight < self.queue_depth and not self._line:
+                turn = None
+                self.inflight += 1
+            else:
+                turn = threading.Event()
+                self._line.append(turn)
+                self.queued += 1
+                self.max_queued = max(self.max_queued, self.queued)
+        if turn is not None:
+            turn.wait()  # the slot was handed to us by the write that freed it
+        started = time.monotonic()
+        with self._lock:
             self.max_inflight = max(self.max_inflight, self.inflight)
-            if busy:
+            if turn is not None:
                 self.waits += 1
                 self.wait_seconds += started - arrived
-            c.notify_all()  # the next in line may take a free slot too
         try:
             result = fn()
             if self.latency > 0:
                 time.sleep(self.latency)  # the device is busy, not just this thread
             return result
         finally:
-            with c:
-                self.inflight -= 1
+            with self._lock:
                 self.writes += 1
                 self.bytes += nbytes
                 self.busy_seconds += time.monotonic() - started
-                c.notify_all()
+                if self._line:
+                    # the slot passes to the next in line (inflight unchanged)
+                    self.queued -= 1
+                    self._line.popleft().set()
+                else:
+                    self.inflight -= 1
 
     def stats(self) -> dict:
         """disk_* statistics: writes and their average size, the time spent waiting
         for the device and in it, the most writes queued and in service at once."""
-        with self._cond:
+        with self._lock:
             return {"disk_writes": self.writes, "disk_write_bytes": self.bytes,
                     "disk_write_avg_bytes": round(self.bytes / self.writes) if self.writes
                     else 0,
