@@ -235,11 +235,12 @@ class WholeFileWorkload(Ext2Workload):
     """seqwrite and dirtystorm: each task thread writes a file of --file-mib from start to
     end in --chunk-kib io_writes, then reads it back through io_read and verifies it."""
 
-    def whole_file_steps(self, rt, args, st, task, thread, between=None):
+    def whole_file_steps(self, rt, args, st, task, thread, between=None, pages=None):
         """The steps of one thread: open, one io_write per chunk, ``between`` (if given,
         even after a failure), one io_read per chunk, close; a failed file's remaining
-        writes and reads are skipped."""
-        pages = pages_of(args.file_mib)
+        writes and reads are skipped.  The file has ``pages`` pages (default
+        --file-mib)."""
+        pages = pages_of(args.file_mib) if pages is None else pages
         ch = args.chunk_pages
         f = Ext2File(st.nonce, task, thread, 0)
         chunks = [(first, min(ch, pages - first)) for first in range(0, pages, ch)]

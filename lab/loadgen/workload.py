@@ -15,7 +15,7 @@ from protocol.defs.netname import netname_look_up
 from protocol.kern_return import MachError, MachMsgReturn
 
 # The workload families, in the order the command line lists their workloads.
-FAMILIES = ("lab.loadgen.ipc", "lab.loadgen.vm", "lab.loadgen.ext2")
+FAMILIES = ("lab.loadgen.ipc", "lab.loadgen.vm", "lab.loadgen.ext2", "lab.loadgen.storm")
 
 WORKLOADS: dict[str, type["Workload"]] = {}
 
@@ -119,6 +119,12 @@ class Workload:
         """Task side, after its threads ended: numbers summed over tasks into
         summary["counters"]."""
         return {}
+
+    def task_extra(self, state) -> dict | None:
+        """Task side, after its threads ended: a picklable dict that is not summed (its
+        latencies of one kind of operation, times); the parent's ``summarize`` finds the
+        tasks' in ``prepared["task_extra"]``.  None: nothing."""
+        return None
 
     def task_progress(self, state) -> int | None:
         """Task side: the progress count shown (None: operations)."""
