@@ -14,7 +14,7 @@ import importlib
 from dataclasses import dataclass, field
 
 # The experiment modules, in the order ``list`` shows them.
-MODULES = ("lab.experiments.storm",)
+MODULES = ("lab.experiments.storm", "lab.experiments.cache_vs_anon")
 
 EXPERIMENTS: dict[str, type["Experiment"]] = {}
 
@@ -119,7 +119,8 @@ class Experiment:
                                     "policy": c.policy, "kernel": c.kernel,
                                     "ext2fs_args": list(c.ext2fs_args), "threads": c.threads}
                                    for c in self.configurations],
-                "workload": self.workload, "samples": self.samples}
+                "workload": self.workload, "samples": self.samples,
+                "plots": [[list(paths), label] for paths, label in self.plots]}
 
 
 def experiment(cls):

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from lab.experiments import report
 from lab.experiments.base import experiments, find
-from lab.experiments.plot import PlotUnavailable, plot_experiment
+from lab.experiments.plot import PlotUnavailable, plot_runs, plot_summary
 from lab.experiments.runner import OK, UNAVAILABLE, ConfigRun
 from protocol import logs
 
@@ -60,7 +60,7 @@ def cmd_list(args) -> int:
 def draw(exp, results: list[dict], out: Path) -> str | None:
     """The experiment's PNG, or None (why said)."""
     try:
-        p = plot_experiment(exp, results, out / f"{exp.name}.png")
+        p = plot_runs(exp.title, exp.plots, results, out / f"{exp.name}.png")
     except PlotUnavailable as e:
         say(f"experiment: {exp.name}: {e}")
         return None
@@ -113,21 +113,13 @@ def cmd_run(args) -> int:
 def cmd_plot(args) -> int:
     out = Path(args.dir).resolve()
     try:
-        obj = json.loads((out / "summary.json").read_text())
-    except (OSError, ValueError) as e:
-        say(f"experiment: cannot read {out / 'summary.json'}: {e}")
-        return 2
-    code = 0
-    for name, e in obj.get("experiments", {}).items():
-        cls = find(name)
-        if cls is None:
-            continue
-        p = draw(cls(), e.get("results", []), out)
-        if p:
-            print(p)
-        else:
-            code = 1
-    return code
+        made = plot_summary(out)
+    except (OSError, ValueError, PlotUnavailable) as e:
+        say(f"experiment: no plots from {out}: {e}")
+        return 1
+    for p in made:
+        print(p)
+    return 0 if made else 1
 
 
 def main(argv: list[str] | None = None) -> int:

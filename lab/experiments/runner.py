@@ -64,7 +64,7 @@ class ConfigRun:
     def run(self) -> dict:
         why = features.unavailable(self.config)
         if why:
-            return self.result(UNAVAILABLE, why)
+            return self.result(UNAVAILABLE, why.removeprefix("not available: "))
         self.dir.mkdir(parents=True, exist_ok=True)
         rd = RunDir(self.dir)
         try:

@@ -81,52 +81,87 @@ def sum_peak(samples: list[dict], prefix: str, field: str) -> int | None:
     return best
 
 
-def first_anon_pageout(samples: list[dict], anon_paths, freed_paths,
-                       resident_path: str = "resident.external") -> dict:
+def counter(sample: dict, path: str):
+    """A counter that a kernel creates at its first count: 0 where the sample has the
+    part of ``path``'s first component but not the counter, None where it lacks the
+    part itself (a kernel_info part on a vm_statistics-only sample)."""
+    top = path.split(".", 1)[0]
+    if top not in sample:
+        return None
+    v = value(sample, path)
+    return 0 if v is None else v
+
+
+def counter_sum(sample: dict, paths) -> float | None:
+    """The sum of ``paths`` as counters (None where the sample lacks their part)."""
+    vs = [counter(sample, p) for p in paths]
+    vs = [v for v in vs if v is not None]
+    return sum(vs) if vs else None
+
+
+def between(samples: list[dict], since: float | None, until: float | None) -> list[dict]:
+    """The samples from the last one before ``since`` (the base of what follows) to
+    the first one at or after ``until`` (Unix times; None: no bound)."""
+    lo, hi = 0, len(samples)
+    if since is not None:
+        before = [i for i, s in enumerate(samples) if s.get("time", 0) < since]
+        lo = before[-1] if before else 0
+    if until is not None:
+        after = [i for i, s in enumerate(samples) if s.get("time", 0) >= until]
+        hi = after[0] + 1 if after else hi
+    return samples[lo:hi]
+
+
+def first_anon_pageout(samples: list[dict], anon, freed, external=None,
+                       since: float | None = None, until: float | None = None) -> dict:
     """Where anonymous memory first went to the default pager, and what came before.
 
-    ``anon_paths``: the counter of anonymous pages sent to the default pager (first one
-    present wins); ``freed_paths``: the counter of clean external pages freed.  Both are
-    taken relative to the first sample.  Returns ``at`` (t of the first sample where the
-    anonymous count grew; None if it never did), ``anon_pages`` (how many then),
-    ``freed_before`` (clean external pages freed up to the sample before: none of them
-    can have come after the first anonymous pageout), ``freed_by`` (up to that sample:
-    the upper bound), ``external_dropped_before`` (how far the resident external pages
-    fell from their peak up to the sample before, from the sparser kernel_info samples)
-    and ``freed_total``, ``anon_total`` over the run."""
-    base_anon = base_freed = None
-    prev_freed = 0
+    ``anon(sample)``: the count of anonymous pages sent to the default pager so far;
+    ``freed(sample)``: of clean pages freed; ``external(sample)``: resident external
+    pages (each None where a sample lacks it).  Only samples between ``since`` and
+    ``until`` count (Unix times; ``between``), and counts are relative to the first
+    of them.  Returns ``at`` (seconds from the base to the first sample where the
+    anonymous count grew; None if it never did), ``anon_pages`` (how many by then),
+    ``freed_before`` (clean pages freed up to the sample before it: all of them came
+    before the first anonymous pageout), ``freed_by`` (up to that sample: an upper
+    bound), ``external_dropped_before`` (how far the resident external pages had
+    fallen from their peak, up to the sample before), and over the whole span
+    ``anon_total`` and ``freed_total``."""
+    samples = between(samples, since, until)
     out = {"at": None, "anon_pages": 0, "freed_before": None, "freed_by": None,
            "external_dropped_before": None, "freed_total": None, "anon_total": None}
+    base_anon = base_freed = t0 = None
+    prev_freed = 0
     ext_peak = ext_low = None
-    anon = freed = None
     for s in samples:
-        a = first_value(s, anon_paths)
-        f = first_value(s, freed_paths)
+        a, f = anon(s), freed(s)
+        if t0 is None:
+            t0 = s["t"]
         if a is not None and base_anon is None:
             base_anon = a
         if f is not None and base_freed is None:
             base_freed = f
-        anon = None if a is None else a - base_anon
-        freed = None if f is None else f - base_freed
-        ext = value(s, resident_path)
-        if out["at"] is None:
-            if anon is not None and anon > 0:
-                out.update(at=s["t"], anon_pages=anon, freed_before=prev_freed,
-                           freed_by=freed)
-                if ext_peak is not None:
-                    out["external_dropped_before"] = ext_peak - ext_low
+        if a is not None:
+            out["anon_total"] = a - base_anon
+        if f is not None:
+            out["freed_total"] = f - base_freed
+        if out["at"] is not None:
+            continue
+        if a is not None and a > base_anon:
+            out.update(at=round(s["t"] - t0, 3), anon_pages=a - base_anon,
+                       freed_before=prev_freed,
+                       freed_by=None if f is None else f - base_freed)
+            if ext_peak is not None:
+                out["external_dropped_before"] = ext_peak - ext_low
+            continue
+        if f is not None:
+            prev_freed = f - base_freed
+        ext = external(s) if external is not None else None
+        if ext is not None:
+            if ext_peak is None or ext >= ext_peak:
+                ext_peak = ext_low = ext
             else:
-                if freed is not None:
-                    prev_freed = freed
-                if ext is not None:
-                    ext_peak = ext if ext_peak is None else max(ext_peak, ext)
-                    ext_low = ext if ext_peak == ext else min(ext_low, ext)
-    if samples:
-        last = samples[-1]
-        a, f = first_value(last, anon_paths), first_value(last, freed_paths)
-        out["anon_total"] = None if a is None or base_anon is None else a - base_anon
-        out["freed_total"] = None if f is None or base_freed is None else f - base_freed
+                ext_low = min(ext_low, ext)
     return out
 
 

@@ -15,7 +15,8 @@ from protocol.defs.netname import netname_look_up
 from protocol.kern_return import MachError, MachMsgReturn
 
 # The workload families, in the order the command line lists their workloads.
-FAMILIES = ("lab.loadgen.ipc", "lab.loadgen.vm", "lab.loadgen.ext2", "lab.loadgen.storm")
+FAMILIES = ("lab.loadgen.ipc", "lab.loadgen.vm", "lab.loadgen.ext2", "lab.loadgen.storm",
+            "lab.loadgen.cachemix")
 
 WORKLOADS: dict[str, type["Workload"]] = {}
 
