@@ -28,11 +28,14 @@ def workload(cls):
 
 
 def workloads() -> dict[str, type["Workload"]]:
-    """Every workload class by name, in the command line's order (importing the
-    families registers them)."""
+    """Every workload class by name, in the command line's order: by family, then in
+    the order each family defines them, whichever module was imported first (importing
+    the families registers them)."""
     for module in FAMILIES:
         importlib.import_module(module)
-    return WORKLOADS
+    rank = {m: i for i, m in enumerate(FAMILIES)}
+    return dict(sorted(WORKLOADS.items(),
+                       key=lambda kv: rank.get(kv[1].__module__, len(rank))))
 
 
 class VerifyError(Exception):
