@@ -82,6 +82,11 @@ class CacheVsAnon(Experiment):
         ("wall_s", "wall s"),
         ("status", "status"),
     )
+    plots = (
+        (("resident.external",), "resident external pages"),
+        (("resident.internal",), "resident internal pages"),
+        ((ANON_PATH,), "anon pages sent to defpager"),
+    )
     def timeout(self, quick: bool) -> float:
         return 150.0 if quick else 900.0
 

@@ -50,9 +50,16 @@ def first_value(sample: dict, paths) -> float | None:
     return None
 
 
+# Counters the kernel creates at their first count (the pageout daemon's own): 0 in a
+# sample that has their part but not them.
+LAZY_PREFIXES = ("vm.pageout.",)
+
+
 def series(samples: list[dict], path: str) -> list[tuple[float, float]]:
-    """(t, value) of every sample that has ``path``."""
-    return [(s["t"], v) for s in samples if (v := value(s, path)) is not None]
+    """(t, value) of every sample that has ``path`` (lazy counters: that has its
+    part)."""
+    get = counter if path.startswith(LAZY_PREFIXES) else value
+    return [(s["t"], v) for s in samples if (v := get(s, path)) is not None]
 
 
 def peak(samples: list[dict], path: str):
@@ -120,8 +127,8 @@ def first_anon_pageout(samples: list[dict], anon, freed, external=None,
     ``freed(sample)``: of clean pages freed; ``external(sample)``: resident external
     pages (each None where a sample lacks it).  Only samples between ``since`` and
     ``until`` count (Unix times; ``between``), and counts are relative to the first
-    of them.  Returns ``at`` (seconds from the base to the first sample where the
-    anonymous count grew; None if it never did), ``anon_pages`` (how many by then),
+    of them.  Returns ``at`` (seconds from ``since``, else from the first
+    sample, to the first sample where the anonymous count grew; None if it never did), ``anon_pages`` (how many by then),
     ``freed_before`` (clean pages freed up to the sample before it: all of them came
     before the first anonymous pageout), ``freed_by`` (up to that sample: an upper
     bound), ``external_dropped_before`` (how far the resident external pages had
@@ -136,7 +143,7 @@ def first_anon_pageout(samples: list[dict], anon, freed, external=None,
     for s in samples:
         a, f = anon(s), freed(s)
         if t0 is None:
-            t0 = s["t"]
+            t0 = s["t"] if since is None else s["t"] + (since - s.get("time", since))
         if a is not None and base_anon is None:
             base_anon = a
         if f is not None and base_freed is None:
