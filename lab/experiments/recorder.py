@@ -3,9 +3,9 @@ one JSON line per sample to DIR/samples.jsonl.
 
 Each sample has ``t`` (seconds since the recorder started) and ``time`` (Unix time), and:
 
-- ``vm``: the kernel's ``vm_statistics`` (every counter, the policy's included; its
-  ``pageout`` dict is the daemon's own), asked by the recorder's own task; ``vm_ms``
-  what the call took.
+- ``vm`` (on most samples, below): the kernel's ``vm_statistics`` (every counter, the
+  policy's included; its ``pageout`` dict is the daemon's own), asked by the
+  recorder's own task; ``vm_ms`` what the call took.
 - ``procs``: threads, RSS and CPU seconds (user + system) of every process the runner
   names (the cluster's, the workload's and its task processes), from psutil.
 - On some samples (below), from ``machemu_kernel_info`` on host_priv: ``ports`` — the
@@ -15,12 +15,15 @@ Each sample has ``t`` (seconds since the recorder started) and ``time`` (Unix ti
   name -> depth, at most BUSY_MAX); ``resident`` (pages by kind: internal / external,
   dirty); ``map_entries`` (per task); ``info_ms``.
 
-Kernel-side numbers come only through kernel calls, never from logs.  The cost is kept
-bounded: ``vm_statistics`` walks every page frame once (a few ms for 16,384 frames),
-``machemu_kernel_info`` every task's every port too, so it is asked only as often as
-keeps it under INFO_SHARE of the wall time at its measured cost (``info_every_s`` in
-each of its samples says how often that came to).  At most MAX_SAMPLES lines are
-written.
+Kernel-side numbers come only through kernel calls, never from logs.  Their cost is
+kept bounded: ``vm_statistics`` walks every page frame (about 3 ms for 2,048 frames,
+10 ms for 16,384 on a loaded machine), ``machemu_kernel_info`` walks them too and every
+task's every port (12 ms with no ports to 50 ms with 3,000 receive rights and 90 ms
+with 10,000, on 16,384 frames).  Each is asked only as often as keeps the time it took,
+as this thread measured it, under VM_SHARE or INFO_SHARE of the wall time (at least
+every INFO_MAX_EVERY seconds): at 10 Hz on a small cluster, less often on a large or
+busy one; ``vm_every_s`` and ``info_every_s`` in the samples that asked say how often
+that came to.  psutil is read every sample.  At most MAX_SAMPLES lines are written.
 """
 
 from __future__ import annotations
@@ -41,14 +44,22 @@ from protocol.kern_return import MachError
 from protocol.runtime import KernelGone
 
 INTERVAL = 0.1           # seconds between samples
-INFO_SHARE = 0.05        # kernel_info may take at most this share of the wall time
-INFO_MAX_EVERY = 2.0     # ... but is asked at least every 2 s
+VM_SHARE = 0.05          # vm_statistics may take at most this share of the wall time,
+INFO_SHARE = 0.05        # and kernel_info this share,
+INFO_MAX_EVERY = 2.0     # but each is asked at least every 2 s
 CALL_TIMEOUT = 5.0       # seconds a sampling call may take
 MAX_SAMPLES = 36_000     # an hour at 10 Hz
 BUSY_MAX = 32            # deepest pager ports listed per sample
 CHILDREN_EVERY = 1.0     # seconds between looks for new workload task processes
 
 log = structlog.get_logger("recorder")
+
+
+def pace(cost: float, share: float, interval: float = INTERVAL) -> float:
+    """Seconds between calls that take ``cost`` seconds each so that they take at most
+    ``share`` of the wall time: never less than ``interval``, never more than
+    INFO_MAX_EVERY."""
+    return min(INFO_MAX_EVERY, max(interval, cost / share))
 
 
 def port_summary(ports: list[dict], task: str) -> dict:
@@ -146,8 +157,7 @@ class Recorder(threading.Thread):
         self.rt = self.client.connect()  # ClusterError if the kernel does not answer
         self.count = self.errors = 0
         self.last: dict | None = None
-        self.info_every = interval
-        self._next_info = 0.0
+        self._next: dict[str, float] = {}  # kernel call -> when it is next due
         self._stop_evt = threading.Event()
         self.t0 = time.monotonic()
 
@@ -177,31 +187,46 @@ class Recorder(threading.Thread):
                 self._stop_evt.wait(max(0.0, next_t - time.monotonic()))
                 next_t = max(next_t, time.monotonic() - self.interval)  # no catching up
 
+    def due(self, what: str, now: float) -> bool:
+        return now >= self._next.get(what, 0.0)
+
+    def paced(self, what: str, now: float, cost: float, share: float) -> float:
+        """Schedule the next ``what`` call so that calls of ``cost`` seconds take at
+        most ``share`` of the wall time (but at least every INFO_MAX_EVERY seconds);
+        returns the period chosen."""
+        every = pace(cost, share, self.interval)
+        self._next[what] = now + every
+        return every
+
+    def call(self, fn):
+        """A kernel call, None if it failed (counted; the thread's reply port dropped so
+        that a late reply is not taken for the next call's), KernelGone passed on."""
+        try:
+            return fn()
+        except KernelGone:
+            raise
+        except MachError:
+            self.errors += 1
+            self.rt.thread_exit()
+            return None
+
     def sample(self) -> dict:
         """One sample (see the module's docstring)."""
         rt = self.rt
         now = time.monotonic()
         s: dict = {"t": round(now - self.t0, 3), "time": round(time.time(), 3)}
-        c0 = time.perf_counter()
-        try:
-            s["vm"] = V.vm_statistics(rt.task_self, timeout=CALL_TIMEOUT, rt=rt)
-            s["vm_ms"] = round((time.perf_counter() - c0) * 1000, 2)
-        except KernelGone:
-            raise
-        except MachError:
-            self.errors += 1
-            rt.thread_exit()  # a late reply must not be taken for the next call's
-        if now >= self._next_info:
+        if self.due("vm", now):
             c0 = time.perf_counter()
-            try:
-                ki = machemu_kernel_info(rt.host_priv or rt.host, timeout=CALL_TIMEOUT,
-                                         rt=rt)
-            except KernelGone:
-                raise
-            except MachError:
-                self.errors += 1
-                rt.thread_exit()
-                ki = None
+            vm = self.call(lambda: V.vm_statistics(rt.task_self, timeout=CALL_TIMEOUT,
+                                                   rt=rt))
+            cost = time.perf_counter() - c0
+            if vm is not None:
+                s["vm"], s["vm_ms"] = vm, round(cost * 1000, 2)
+            s["vm_every_s"] = round(self.paced("vm", now, cost, VM_SHARE), 3)
+        if self.due("info", now):
+            c0 = time.perf_counter()
+            ki = self.call(lambda: machemu_kernel_info(rt.host_priv or rt.host,
+                                                       timeout=CALL_TIMEOUT, rt=rt))
             cost = time.perf_counter() - c0
             if ki is not None:
                 s["info_ms"] = round(cost * 1000, 2)
@@ -209,9 +234,7 @@ class Recorder(threading.Thread):
                 s["resident"] = ki.get("resident")
                 s["map_entries"] = {t["name"]: t.get("map_entries", 0)
                                     for t in ki.get("tasks", [])}
-            self.info_every = min(INFO_MAX_EVERY, max(self.interval, cost / INFO_SHARE))
-            s["info_every_s"] = round(self.info_every, 3)
-            self._next_info = now + self.info_every
+            s["info_every_s"] = round(self.paced("info", now, cost, INFO_SHARE), 3)
         procs = {}
         for label, p in self.procs.current().items():
             d = proc_sample(p)

@@ -14,7 +14,7 @@ from lab.experiments import features, report
 from lab.experiments.base import Configuration, experiments, find
 from lab.experiments.cache_vs_anon import CacheVsAnon
 from lab.experiments.plot import PlotUnavailable, panel_series, plot_runs
-from lab.experiments.recorder import port_summary
+from lab.experiments.recorder import INFO_MAX_EVERY, pace, port_summary
 from lab.experiments.runner import UNAVAILABLE, ConfigRun, loadgen_argv
 from lab.experiments.storm import Storm, hard_limit, image_mib
 from lab.experiments.summary import (
@@ -357,6 +357,13 @@ def test_port_summary_counts_only_the_servers_pager_ports():
     s = port_summary(ports, "ext2fs")
     assert s == {"depth": 9, "pager_depth": 3, "pager_ports": 2, "ports": 4,
                  "busy": {"5": 3}}
+
+
+def test_sampling_pace_bounds_the_kernels_share():
+    assert pace(0.002, 0.05) == 0.1  # cheap: every sample (10 Hz)
+    assert pace(0.010, 0.05) == pytest.approx(0.2)  # 10 ms: 5 Hz, 5 % of the time
+    assert pace(0.090, 0.05) == pytest.approx(1.8)
+    assert pace(5.0, 0.05) == INFO_MAX_EVERY  # but never rarer than that
 
 
 def test_panel_series_takes_the_first_path_present():
