@@ -18,6 +18,37 @@ MODULES = ("lab.experiments.storm", "lab.experiments.cache_vs_anon")
 
 EXPERIMENTS: dict[str, type["Experiment"]] = {}
 
+# --quick: 8 MiB of memory; advisory's 3,000-page hard limit is more than half of it,
+# so its limits are scaled (kernel.config)
+QUICK_KERNEL = {"physical_pages": 2048, "advisory_scale_limits": True}
+MIB = 1 << 20
+
+
+def physical_pages(kernel: dict) -> int:
+    """The physical memory a [kernel] table gives (the kernel's default if unset)."""
+    from kernel.config import KernelConfig
+
+    return int(kernel.get("physical_pages", KernelConfig().physical_pages))
+
+
+def image_mib(pages: int, factor: float) -> int:
+    """An ext2 image that holds ``factor`` x ``pages`` of file data with room for
+    metadata (block maps, directories) to spare."""
+    from protocol.vm_param import PAGE_SIZE
+
+    return int(factor * pages * PAGE_SIZE / MIB * 1.25) + 32
+
+
+def ext2fs_servers(config: "Configuration", size_mib: int, *args: str) -> list[dict]:
+    """The default pager and ext2fs (a fresh image of ``size_mib``, statistics every
+    second, ``args``, the configuration's own arguments and thread model)."""
+    a = ["--size-mib", str(size_mib), "--stats-interval", "1", *args, *config.ext2fs_args]
+    if "--threads" not in a:
+        a += ["--threads", config.threads]
+    return [{"name": "defpager", "module": "translators.defpager", "args": [],
+             "role": "default-pager"},
+            {"name": "ext2fs", "module": "translators.ext2fs", "args": a, "role": "server"}]
+
 
 @dataclass(frozen=True)
 class Claim:
@@ -88,8 +119,9 @@ class Experiment:
         raise NotImplementedError
 
     def kernel_base(self, quick: bool) -> dict:
-        """The [kernel] keys every configuration shares (memory size, ...)."""
-        raise NotImplementedError
+        """The [kernel] keys every configuration shares: by default the kernel's own
+        memory size, QUICK_KERNEL with --quick."""
+        return dict(QUICK_KERNEL) if quick else {}
 
     def servers(self, config: Configuration, quick: bool) -> list[dict]:
         """The cluster's servers, ``{name, module, args, role}`` each (lab.config)."""
@@ -130,10 +162,13 @@ def experiment(cls):
 
 
 def experiments() -> dict[str, type[Experiment]]:
-    """Every experiment class by name, in ``list`` order."""
+    """Every experiment class by name, in ``list`` order (MODULES', whichever was
+    imported first)."""
     for m in MODULES:
         importlib.import_module(m)
-    return EXPERIMENTS
+    rank = {m: i for i, m in enumerate(MODULES)}
+    return dict(sorted(EXPERIMENTS.items(),
+                       key=lambda kv: rank.get(kv[1].__module__, len(rank))))
 
 
 def find(name: str) -> type[Experiment] | None:

@@ -14,8 +14,16 @@ short: the file cache goes before any anonymous page.
 
 from __future__ import annotations
 
-from lab.experiments.base import Claim, Configuration, Experiment, Step, experiment
-from lab.experiments.storm import physical_pages
+from lab.experiments.base import (
+    Claim,
+    Configuration,
+    Experiment,
+    Step,
+    experiment,
+    ext2fs_servers,
+    image_mib,
+    physical_pages,
+)
 from lab.experiments.summary import counter, counter_sum, first_anon_pageout, value
 from protocol.vm_param import PAGE_SIZE
 
@@ -23,7 +31,6 @@ MIB = 1 << 20
 CACHE_FACTOR, ANON_FACTOR = 0.75, 0.5
 READ_PASSES = 2
 READERS, WRITERS = 2, 2
-QUICK_PAGES = 2048
 ANON_PATH = "vm.pageout.returned_internal"
 FREED_PATHS = ("vm.pageout.freed_clean", "vm.pageout.freed_clean_external")
 
@@ -90,21 +97,9 @@ class CacheVsAnon(Experiment):
     def timeout(self, quick: bool) -> float:
         return 150.0 if quick else 900.0
 
-    def kernel_base(self, quick: bool) -> dict:
-        if quick:
-            return {"physical_pages": QUICK_PAGES, "advisory_scale_limits": True}
-        return {}
-
     def servers(self, config, quick):
         phys = physical_pages(self.kernel_base(quick))
-        size = int(CACHE_FACTOR * phys * PAGE_SIZE / MIB * 1.25) + 32
-        args = ["--size-mib", str(size), "--stats-interval", "1", *config.ext2fs_args]
-        if "--threads" not in args:
-            args += ["--threads", config.threads]
-        return [{"name": "defpager", "module": "translators.defpager", "args": [],
-                 "role": "default-pager"},
-                {"name": "ext2fs", "module": "translators.ext2fs", "args": args,
-                 "role": "server"}]
+        return ext2fs_servers(config, image_mib(phys, CACHE_FACTOR))
 
     def steps(self, config, quick):
         return [Step("cachemix", "cachemix", (

@@ -13,10 +13,19 @@ the ``workers`` model caps the threads whatever the kernel sends.
 from __future__ import annotations
 
 from kernel.config import KernelConfig
-from lab.experiments.base import Claim, Configuration, Experiment, Step, experiment
+from lab.experiments.base import (
+    QUICK_KERNEL,
+    Claim,
+    Configuration,
+    Experiment,
+    Step,
+    experiment,
+    ext2fs_servers,
+    image_mib,
+    physical_pages,
+)
 from lab.experiments.summary import delta, peak, rounded, sum_peak
 from lab.loadgen.storm import MIN_WRITERS
-from protocol.vm_param import PAGE_SIZE
 
 DISK_LATENCY_MS = 5.0
 TASKS, THREADS = 4, 8
@@ -24,19 +33,7 @@ FACTOR = 4.0
 WORKERS = 10  # the Hurd's libpager workers since c8344d90 (libports DEFAULT_WORKERS)
 # --quick: a smaller memory (the same 32 writers and 5 ms disk), so that five
 # configurations fit in about three minutes and the storm still builds
-QUICK_PAGES, QUICK_FACTOR = 2048, 3.0
-
-
-def image_mib(physical_pages: int, factor: float) -> int:
-    """An ext2 image that holds ``factor`` x ``physical_pages`` of file data with room
-    for metadata (block maps, directories) to spare."""
-    data = factor * physical_pages * PAGE_SIZE / (1 << 20)
-    return int(data * 1.25) + 32
-
-
-def physical_pages(kernel: dict) -> int:
-    """The physical memory a [kernel] table gives (the kernel's default if unset)."""
-    return int(kernel.get("physical_pages", KernelConfig().physical_pages))
+QUICK_FACTOR = 3.0
 
 
 def hard_limit(kernel: dict) -> int | None:
@@ -75,7 +72,7 @@ class Storm(Experiment):
     )
     workload = (f"storm: {TASKS} tasks x {THREADS} writers, each writing its own file "
                 f"through ext2fs (io_write, 16 KiB), together {FACTOR:g}x physical "
-                f"memory ({QUICK_FACTOR:g}x of {QUICK_PAGES} pages with --quick), then "
+                f"memory ({QUICK_FACTOR:g}x of {QUICK_KERNEL['physical_pages']} pages with --quick), then "
                 f"every byte read back and compared; ext2fs multithread with "
                 f"--disk-latency-ms {DISK_LATENCY_MS:g}")
     samples = ("ext2fs threads and RSS (psutil), the kernel's vm_statistics (potentially "
@@ -107,26 +104,13 @@ class Storm(Experiment):
     def timeout(self, quick: bool) -> float:
         return 150.0 if quick else 1200.0
 
-    def kernel_base(self, quick: bool) -> dict:
-        if quick:
-            # advisory's 3,000-page hard limit is more than half of 2,048 pages: scaled
-            return {"physical_pages": QUICK_PAGES, "advisory_scale_limits": True}
-        return {}
-
     def factor(self, quick: bool) -> float:
         return QUICK_FACTOR if quick else FACTOR
 
     def servers(self, config: Configuration, quick: bool) -> list[dict]:
         phys = physical_pages(self.kernel_base(quick))
-        args = ["--size-mib", str(image_mib(phys, self.factor(quick))),
-                "--disk-latency-ms", f"{DISK_LATENCY_MS:g}", "--stats-interval", "1",
-                *config.ext2fs_args]
-        if "--threads" not in args:
-            args += ["--threads", config.threads]
-        return [{"name": "defpager", "module": "translators.defpager", "args": [],
-                 "role": "default-pager"},
-                {"name": "ext2fs", "module": "translators.ext2fs", "args": args,
-                 "role": "server"}]
+        return ext2fs_servers(config, image_mib(phys, self.factor(quick)),
+                              "--disk-latency-ms", f"{DISK_LATENCY_MS:g}")
 
     def steps(self, config: Configuration, quick: bool) -> list[Step]:
         return [Step("storm", "storm", ("--tasks", str(TASKS), "--threads", str(THREADS),

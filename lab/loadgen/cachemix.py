@@ -26,7 +26,7 @@ import threading
 import time
 
 from lab.client import ClusterError
-from lab.loadgen.ext2 import Ext2File, Ext2Workload, file_bytes
+from lab.loadgen.ext2 import Ext2File, WholeFileWorkload, file_chunks
 from lab.loadgen.pages import MIB, check_pages, page_pattern
 from lab.loadgen.table import dash
 from lab.loadgen.workload import positive_float, positive_int, workload
@@ -43,7 +43,7 @@ def shares(total_pages: int, parts: int) -> int:
 
 
 @workload
-class CacheMix(Ext2Workload):
+class CacheMix(WholeFileWorkload):
     """Clean file cache (readers of ext2fs files, re-reading) against anonymous memory
     (writers of vm_allocated memory), both larger than their share."""
 
@@ -116,9 +116,8 @@ class CacheMix(Ext2Workload):
     def reader_steps(self, rt, args, st, task, thread):
         """Write the file, sync (one reader per task), read it once; let the writers
         fill their memory; then re-read it --read-passes times while their pages lie idle."""
-        pages, ch = st.prepared["file_pages"], args.chunk_pages
         f = Ext2File(st.nonce, task, thread, 0)
-        chunks = [(first, min(ch, pages - first)) for first in range(0, pages, ch)]
+        chunks = file_chunks(st.prepared["file_pages"], args.chunk_pages)
 
         def sync():
             self.meet(args, st, st.readers)
@@ -128,26 +127,14 @@ class CacheMix(Ext2Workload):
                 st.add(syncfs=1, syncfs_s=time.perf_counter() - t0)
             self.meet(args, st, st.readers)
 
-        def read_pass():
-            for first, n in chunks:
-                if f.failed:
-                    return
-                yield lambda first=first, n=n: self.read_verify(
-                    rt, args, st, f, first * PAGE, file_bytes(st.nonce, task, thread,
-                                                              first, n))
-
         yield lambda: self.open(rt, args, st, f)
-        for first, n in chunks:
-            if f.failed:
-                break
-            yield lambda first=first, n=n: self.write(
-                rt, args, st, f, first * PAGE, file_bytes(st.nonce, task, thread, first, n))
+        yield from self.write_steps(rt, args, st, f, task, thread, chunks)
         yield sync
-        yield from read_pass()
+        yield from self.read_steps(rt, args, st, f, task, thread, chunks)
         yield lambda: self.phase(args, st, "anon_start")
         yield lambda: self.phase(args, st, "reread_start")
         for _ in range(args.read_passes):
-            yield from read_pass()
+            yield from self.read_steps(rt, args, st, f, task, thread, chunks)
             st.add(rereads=1)
         yield lambda: self.phase(args, st, "reread_end")
         yield lambda: self.close(rt, args, st, f)
@@ -186,7 +173,7 @@ class CacheMix(Ext2Workload):
             if region["addr"]:
                 V.vm_deallocate(me, region["addr"], pages * PAGE, timeout=timeout, rt=rt)
 
-        chunks = [(first, min(ch, pages - first)) for first in range(0, pages, ch)]
+        chunks = file_chunks(pages, ch)
         yield start
         for c in chunks:
             yield lambda c=c: write(*c)  # a failed write is counted; the rest still runs

@@ -16,19 +16,14 @@ from __future__ import annotations
 import pytest
 
 from lab.experiments.cache_vs_anon import CacheVsAnon
-from tests.integration.test_experiment_storm import (  # noqa: F401 (fixture)
-    RUN_TIMEOUT,
-    check_common,
-    out,
-    run_experiment,
-)
+from tests.integration.test_experiment_storm import RUN_TIMEOUT, check_common, run_experiment
 
 
 @pytest.mark.timeout(RUN_TIMEOUT + 60)
-def test_cache_vs_anon_quick(out):  # noqa: F811
-    code, obj, err = run_experiment(out, "cache_vs_anon")
+def test_cache_vs_anon_quick(run_dir):
+    code, obj, err = run_experiment(run_dir, "cache_vs_anon")
     assert code == 0, err[-3000:]
-    by = check_common(out, obj, "cache_vs_anon", CacheVsAnon)
+    by = check_common(run_dir, obj, "cache_vs_anon", CacheVsAnon)
     ran = {c: r for c, r in by.items() if r["status"] == "ok"}
     for c, r in ran.items():
         row = r["row"]

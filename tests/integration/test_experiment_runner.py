@@ -5,9 +5,6 @@ kernel's counters, the port queues and every process while a workload runs."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -54,22 +51,15 @@ class Tiny(Experiment):
                 "ok": (results.get("flood") or {}).get("ok")}
 
 
-@pytest.fixture
-def out():
-    d = tempfile.mkdtemp(prefix="mxr", dir="/tmp")
-    yield Path(d)
-    if not os.environ.get("MACHEMU_KEEP_RUN_DIR"):
-        shutil.rmtree(d, ignore_errors=True)
-
 
 def kernel_gone(run_dir: Path) -> bool:
     return not RunDir(run_dir).kernel_listening()
 
 
 @pytest.mark.timeout(180)
-def test_a_run_past_its_bound_is_stopped_and_reported(out):
+def test_a_run_past_its_bound_is_stopped_and_reported(run_dir):
     t0 = time.monotonic()
-    r = ConfigRun(Tiny(duration=600), Tiny.configurations[0], out, quick=True).run()
+    r = ConfigRun(Tiny(duration=600), Tiny.configurations[0], run_dir, quick=True).run()
     took = time.monotonic() - t0
     assert r["status"] == TIMED_OUT, r
     assert "bound" in r["reason"]
@@ -81,8 +71,7 @@ def test_a_run_past_its_bound_is_stopped_and_reported(out):
     samples = load_samples(run_dir / "samples.jsonl")
     assert len(samples) == r["samples"] > 10
     # the recorder followed the kernel, the demo server and the workload's tasks
-    # vm_statistics at the 10 Hz pace on so small a memory, but for a slow call or two
-    assert sum("vm" in s for s in samples) >= len(samples) * 0.8
+    assert all("vm" in s for s in samples)
     assert any("ports" in s for s in samples)
     labels = set().union(*(s["procs"] for s in samples))
     assert {"kernel", "demo", "loadgen"} <= labels
@@ -91,8 +80,8 @@ def test_a_run_past_its_bound_is_stopped_and_reported(out):
 
 
 @pytest.mark.timeout(180)
-def test_a_finished_run_is_ok_and_leaves_nothing_running(out):
-    r = ConfigRun(Tiny(duration=2), Tiny.configurations[0], out, quick=True).run()
+def test_a_finished_run_is_ok_and_leaves_nothing_running(run_dir):
+    r = ConfigRun(Tiny(duration=2), Tiny.configurations[0], run_dir, quick=True).run()
     assert r["status"] == OK, r
     assert r["results"]["flood"]["ok"] > 0 and r["row"]["ok"] > 0
     run_dir = Path(r["run_dir"])
@@ -102,9 +91,9 @@ def test_a_finished_run_is_ok_and_leaves_nothing_running(out):
 
 
 @pytest.mark.timeout(180)
-def test_a_cluster_that_cannot_start_is_reported(out):
+def test_a_cluster_that_cannot_start_is_reported(run_dir):
     r = ConfigRun(Tiny(2, module="translators.no_such_server"), Tiny.configurations[0],
-                  out, quick=True).run()
+                  run_dir, quick=True).run()
     assert r["status"] == FAILED
     assert "cluster did not start" in r["reason"] and "demo" in r["reason"]
     assert kernel_gone(Path(r["run_dir"]))

@@ -12,11 +12,8 @@ ends skipped saying which were not, after everything else has been asserted.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -28,13 +25,6 @@ from lab.process import ROOT, child_env
 # five configurations of at most 150 s each, their clusters started and stopped
 RUN_TIMEOUT = 5 * 150 + 240
 
-
-@pytest.fixture
-def out():
-    d = tempfile.mkdtemp(prefix="mxe", dir="/tmp")
-    yield Path(d)
-    if not os.environ.get("MACHEMU_KEEP_RUN_DIR"):
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def run_experiment(out: Path, name: str) -> tuple[int, dict, str]:
@@ -72,10 +62,10 @@ def threads_growth(run_dir: str) -> int:
 
 
 @pytest.mark.timeout(RUN_TIMEOUT + 60)
-def test_storm_quick(out):
-    code, obj, err = run_experiment(out, "storm")
+def test_storm_quick(run_dir):
+    code, obj, err = run_experiment(run_dir, "storm")
     assert code == 0, err[-3000:]
-    by = check_common(out, obj, "storm", Storm)
+    by = check_common(run_dir, obj, "storm", Storm)
     ran = {c: r for c, r in by.items() if r["status"] == "ok"}
     assert ran, "no configuration could run"
     for c, r in ran.items():

@@ -11,12 +11,12 @@ import json
 import pytest
 
 from lab.experiments import features, report
-from lab.experiments.base import Configuration, experiments, find
+from lab.experiments.base import Configuration, experiments, find, image_mib
 from lab.experiments.cache_vs_anon import CacheVsAnon
 from lab.experiments.plot import PlotUnavailable, panel_series, plot_runs
 from lab.experiments.recorder import INFO_MAX_EVERY, pace, port_summary
 from lab.experiments.runner import UNAVAILABLE, ConfigRun, loadgen_argv
-from lab.experiments.storm import Storm, hard_limit, image_mib
+from lab.experiments.storm import Storm, hard_limit
 from lab.experiments.summary import (
     between,
     counter,
@@ -360,10 +360,10 @@ def test_port_summary_counts_only_the_servers_pager_ports():
 
 
 def test_sampling_pace_bounds_the_kernels_share():
-    assert pace(0.002, 0.05) == 0.1  # cheap: every sample (10 Hz)
-    assert pace(0.010, 0.05) == pytest.approx(0.2)  # 10 ms: 5 Hz, 5 % of the time
-    assert pace(0.090, 0.05) == pytest.approx(1.8)
-    assert pace(5.0, 0.05) == INFO_MAX_EVERY  # but never rarer than that
+    assert pace(0.002, 0.1) == 0.1  # cheap: every sample (10 Hz)
+    assert pace(0.020, 0.1) == pytest.approx(0.2)  # 20 ms: 5 Hz, 10 % of the time
+    assert pace(0.090, 0.1) == pytest.approx(0.9)
+    assert pace(5.0, 0.1) == INFO_MAX_EVERY  # but never rarer than that
 
 
 def test_panel_series_takes_the_first_path_present():
