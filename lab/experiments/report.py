@@ -47,7 +47,7 @@ def table_rows(exp, results: list[dict]) -> tuple[list[str], list[list[str]]]:
 
 def plain_table(headers: list[str], rows: list[list[str]]) -> str:
     """Aligned columns, a rule under the headers."""
-    w = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    w = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
     line = "  ".join(h.ljust(w[i]) for i, h in enumerate(headers))
     out = [line, "  ".join("-" * x for x in w)]
     out += ["  ".join(c.ljust(w[i]) if i == 0 else c.rjust(w[i]) for i, c in enumerate(r))

@@ -302,6 +302,7 @@ def test_tables_have_every_configuration():
     assert dict(zip(headers, rows[2]))["status"] == "timed out"
     text = report.plain_table(headers, rows)
     assert len(text.splitlines()) == 5 and "not available" in text
+    assert report.plain_table(headers, []).count("\n") == 1  # an experiment not reached
     md = report.markdown_table(headers, rows)
     assert md.count("\n") == 4 and md.startswith("| config |")
 
