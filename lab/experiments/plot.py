@@ -41,7 +41,9 @@ def plot_runs(title: str, panels, results: list[dict], path: Path) -> Path | Non
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as e:
-        raise PlotUnavailable(f"matplotlib is not installed ({e}): no plot") from None
+        raise PlotUnavailable(f"matplotlib is not installed ({e}): no plot; draw it later "
+                              "with `python3 -m lab.experiments.plot OUT` (or scripts/"
+                              "experiment plot OUT) where matplotlib is") from None
     runs = [(r["config"], load_samples(Path(r["run_dir"]) / "samples.jsonl"))
             for r in results if r.get("run_dir")]
     runs = [(c, s) for c, s in runs if s]
