@@ -445,3 +445,16 @@ def test_workload_order_does_not_depend_on_import_order():
                        timeout=60, env=child_env(), cwd=ROOT)
     assert r.stdout.split() == ["flood", "anon", "mmap", "seqwrite", "randwrite", "churn",
                                 "dirtystorm", "storm", "cachemix"], r.stderr
+
+
+def test_cli_list_and_unknown_names(capsys, tmp_path):
+    from lab.experiments.cli import main
+
+    assert main(["list", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [e["name"] for e in listed] == ["storm", "cache_vs_anon"]
+    assert listed[0]["plots"][0] == [["procs.ext2fs.threads"], "ext2fs threads"]
+    assert main(["run", "E9", "--out", str(tmp_path / "o")]) == 2
+    assert "no experiment 'E9'" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # refused before anything was made
+    assert main(["plot", str(tmp_path)]) == 1  # no summary.json there
