@@ -26,10 +26,29 @@ from protocol.kern_return import KernReturn, MachError
 from protocol.mig import Demux
 
 
+def resident_pages(mem) -> dict:
+    """The resident pages by kind: of internal (anonymous) and external (pager-backed)
+    objects, and how many of each are dirty; what a recorder follows over time to see
+    which kind the pageout daemon takes first."""
+    out = {"internal": 0, "external": 0, "internal_dirty": 0, "external_dirty": 0}
+    for p in mem.pages:
+        obj = p.object
+        if obj is None:
+            continue
+        kind = "internal" if obj.internal else "external"
+        out[kind] += 1
+        if p.dirty:
+            out[kind + "_dirty"] += 1
+    return out
+
+
 def kernel_info(k, only_task: int | None = None) -> dict:
     """Tasks, ports with receive rights held by tasks (queue depth, waiting receivers,
-    blocked senders), counters and the kernel's own RSS.  ``only_task``: list only the
-    task of that id and its ports (what the plain host port tells)."""
+    blocked senders; ``pager``: the port is a memory object's pager, so its queue holds
+    the kernel's data_returns and data_requests to it), counters, the resident pages by
+    kind and the kernel's own RSS.  ``only_task``: list only the task of that id and its
+    ports (what the plain host port tells)."""
+    pagers = k.vm.pager_objects
     tasks, ports = [], []
     for t in k.tasks.values():
         if only_task is not None and t.id != only_task:
@@ -48,7 +67,8 @@ def kernel_info(k, only_task: int | None = None) -> dict:
                     ports.append({"task": t.name, "task_id": t.id, "name": name,
                                   "label": p.label, "depth": depth, "qlimit": mq.qlimit,
                                   "waiting_receivers": waiting, "blocked_senders": blocked,
-                                  "srights": p.srights, "in_set": p.pset is not None})
+                                  "srights": p.srights, "in_set": p.pset is not None,
+                                  "pager": p.id in pagers})
         tasks.append({"id": t.id, "name": t.name, "role": t.role, "pid": t.pid,
                       "names": len(t.space.table), "receive_rights": receive,
                       "suspended": len(t.waiters), "blocked_bytes": t.blocked_bytes,
@@ -56,7 +76,7 @@ def kernel_info(k, only_task: int | None = None) -> dict:
                       "map_entries": t.map.nentries if t.map is not None else 0})
     proc = psutil.Process(os.getpid())
     return {"tasks": tasks, "ports": ports, "stats": dict(k.stats),
-            "vm": vm_statistics(k.vm),
+            "vm": vm_statistics(k.vm), "resident": resident_pages(k.vm.mem),
             "kernel": {"pid": os.getpid(), "rss": proc.memory_info().rss,
                        "endpoint": k.endpoint, "uptime": round(time.time() - k.started, 1),
                        "netnames": sorted(k.netname.names)}}

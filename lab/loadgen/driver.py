@@ -128,7 +128,8 @@ def _run_task(wl, rt, args, index, quotas, state, q, stop):
         "errors": dict(errors), "mismatches": sum(m.mismatches for m in meters),
         "verified": sum(m.verified for m in meters),
         "t_start": t_start, "t_end": t_end, "latencies": lat.to_wire(),
-        "pid": os.getpid(), "threads": len(quotas), "counters": counters}))
+        "pid": os.getpid(), "threads": len(quotas), "counters": counters,
+        "extra": wl.task_extra(state)}))
 
 
 def _thread_main(wl, rt, args, state, task, thread, meter, quota, deadline, local_stop):
@@ -408,6 +409,9 @@ def run(wl: Workload, args) -> tuple[dict, int]:
     summary["kernel"]["rss_start"] = ki0["kernel"]["rss"] if ki0 else None
     if ki1:
         summary["kernel"]["stats"] = ki1.get("stats", {})
+    # What tasks reported beyond summed counters, for the workload's own summary.
+    prepared["task_extra"] = [r["extra"] for r in pool.results.values()
+                              if r.get("extra") is not None]
     wl.summarize(summary, args, prepared)
     code, failure = exit_status(wl, summary, kernel_answered=ki1 is not None)
     if failure:

@@ -231,32 +231,45 @@ def file_bytes(nonce: int, task: int, thread: int, first_page: int, npages: int)
                     for pg in range(first_page, first_page + npages))
 
 
+def file_chunks(pages: int, chunk_pages: int) -> list[tuple[int, int]]:
+    """(first page, pages) of each chunk of a file of ``pages`` pages."""
+    return [(first, min(chunk_pages, pages - first)) for first in range(0, pages, chunk_pages)]
+
+
 class WholeFileWorkload(Ext2Workload):
     """seqwrite and dirtystorm: each task thread writes a file of --file-mib from start to
     end in --chunk-kib io_writes, then reads it back through io_read and verifies it."""
 
-    def whole_file_steps(self, rt, args, st, task, thread, between=None):
+    def whole_file_steps(self, rt, args, st, task, thread, between=None, pages=None):
         """The steps of one thread: open, one io_write per chunk, ``between`` (if given,
         even after a failure), one io_read per chunk, close; a failed file's remaining
-        writes and reads are skipped."""
-        pages = pages_of(args.file_mib)
-        ch = args.chunk_pages
+        writes and reads are skipped.  The file has ``pages`` pages (default
+        --file-mib)."""
+        pages = pages_of(args.file_mib) if pages is None else pages
         f = Ext2File(st.nonce, task, thread, 0)
-        chunks = [(first, min(ch, pages - first)) for first in range(0, pages, ch)]
+        chunks = file_chunks(pages, args.chunk_pages)
         yield lambda: self.open(rt, args, st, f)
+        yield from self.write_steps(rt, args, st, f, task, thread, chunks)
+        if between is not None:
+            yield between
+        yield from self.read_steps(rt, args, st, f, task, thread, chunks)
+        yield lambda: self.close(rt, args, st, f)
+
+    def write_steps(self, rt, args, st, f, task, thread, chunks):
+        """One io_write per chunk of (task, thread)'s file pattern, until ``f`` fails."""
         for first, n in chunks:
             if f.failed:
                 break
             yield lambda first=first, n=n: self.write(
                 rt, args, st, f, first * PAGE, file_bytes(st.nonce, task, thread, first, n))
-        if between is not None:
-            yield between
+
+    def read_steps(self, rt, args, st, f, task, thread, chunks):
+        """One io_read and compare per chunk, until ``f`` fails."""
         for first, n in chunks:
             if f.failed:
                 break
             yield lambda first=first, n=n: self.read_verify(
                 rt, args, st, f, first * PAGE, file_bytes(st.nonce, task, thread, first, n))
-        yield lambda: self.close(rt, args, st, f)
 
     def summarize_files(self, s, args, prepared):
         """summarize_ext2, and the files' size and number."""

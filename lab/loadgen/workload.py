@@ -15,7 +15,8 @@ from protocol.defs.netname import netname_look_up
 from protocol.kern_return import MachError, MachMsgReturn
 
 # The workload families, in the order the command line lists their workloads.
-FAMILIES = ("lab.loadgen.ipc", "lab.loadgen.vm", "lab.loadgen.ext2")
+FAMILIES = ("lab.loadgen.ipc", "lab.loadgen.vm", "lab.loadgen.ext2", "lab.loadgen.storm",
+            "lab.loadgen.cachemix")
 
 WORKLOADS: dict[str, type["Workload"]] = {}
 
@@ -27,11 +28,14 @@ def workload(cls):
 
 
 def workloads() -> dict[str, type["Workload"]]:
-    """Every workload class by name, in the command line's order (importing the
-    families registers them)."""
+    """Every workload class by name, in the command line's order: by family, then in
+    the order each family defines them, whichever module was imported first (importing
+    the families registers them)."""
     for module in FAMILIES:
         importlib.import_module(module)
-    return WORKLOADS
+    rank = {m: i for i, m in enumerate(FAMILIES)}
+    return dict(sorted(WORKLOADS.items(),
+                       key=lambda kv: rank.get(kv[1].__module__, len(rank))))
 
 
 class VerifyError(Exception):
@@ -119,6 +123,12 @@ class Workload:
         """Task side, after its threads ended: numbers summed over tasks into
         summary["counters"]."""
         return {}
+
+    def task_extra(self, state) -> dict | None:
+        """Task side, after its threads ended: a picklable dict that is not summed (its
+        latencies of one kind of operation, times); the parent's ``summarize`` finds the
+        tasks' in ``prepared["task_extra"]``.  None: nothing."""
+        return None
 
     def task_progress(self, state) -> int | None:
         """Task side: the progress count shown (None: operations)."""

@@ -1,0 +1,173 @@
+"""E1, the thread storm: the ``storm`` workload (lab.loadgen.storm: 4 tasks x 8 writers
+dirtying 4x physical memory through ext2fs, every byte verified) under each pageout
+policy and under the workers thread model.
+
+Under ``classic`` every dirty page the daemon finds goes to ext2fs as its own
+data_return, nothing bounds how many are outstanding, and a multithread ext2fs makes a
+thread for each message no thread waits for: the Hurd's storm.  ``advisory`` leaves
+dirty file pages to their pager and puts writers to sleep above its hard limit;
+``modern`` bounds laundry and evictions per round; ``throttle`` makes the writer pay;
+the ``workers`` model caps the threads whatever the kernel sends.
+"""
+
+from __future__ import annotations
+
+from kernel.config import KernelConfig
+from lab.experiments.base import (
+    QUICK_KERNEL,
+    Claim,
+    Configuration,
+    Experiment,
+    Step,
+    experiment,
+    ext2fs_servers,
+    image_mib,
+    physical_pages,
+)
+from lab.experiments.summary import delta, peak, rounded, sum_peak
+from lab.loadgen.storm import MIN_WRITERS
+
+DISK_LATENCY_MS = 5.0
+TASKS, THREADS = 4, 8
+FACTOR = 4.0
+WORKERS = 10  # the Hurd's libpager workers since c8344d90 (libports DEFAULT_WORKERS)
+# --quick: a smaller memory (the same 32 writers and 5 ms disk), so that five
+# configurations fit in about three minutes and the storm still builds
+QUICK_FACTOR = 3.0
+
+
+def hard_limit(kernel: dict) -> int | None:
+    """The advisory policy's hard dirty limit under ``kernel`` (after scaling), None
+    under other policies."""
+    if kernel.get("pageout_policy") != "advisory":
+        return None
+    from kernel.vm_pageout_advisory import advisory_limits
+
+    return advisory_limits(KernelConfig.load(**kernel))[1]
+
+
+@experiment
+class Storm(Experiment):
+    name = "storm"
+    aliases = ("E1",)
+    title = "E1 thread storm: dirty-page floods make ext2fs spawn threads; the cures"
+    claim = Claim(
+        text="Under a flood of dirty file pages the multithread ext2fs spawns a thread "
+             "per data_return, hundreds to thousands of them; advisory pageout (writers "
+             "sleep above a dirty limit, pagers clean their own pages) keeps it to a few "
+             "dozen.",
+        source="Sergio Lopez, advisory pageout for GNU Mach, 666299d0 (2011), and the "
+               "Hurd's reports of thread storms (MACH-FACTS §libpager and libports)",
+        figure="hundreds to thousands of threads (/hurd/fifo at 10,118; '72 tasks, "
+               "2090 threads'); a kernel panic near 3,000")
+    configurations = (
+        Configuration("classic-page", "classic, ext2fs page writes (one write_page per "
+                      "page), data_return_cluster 1", "classic",
+                      {"data_return_cluster": 1}, ("--write-mode", "page")),
+        Configuration("advisory", "advisory pageout (666299d0)", "advisory"),
+        Configuration("modern", "modern pageout (GNU Mach >= 1.8)", "modern"),
+        Configuration("throttle", "Linux-style dirty throttling at the writer", "throttle"),
+        Configuration("classic-workers", f"classic, ext2fs workers model ({WORKERS} "
+                      "workers)", "classic", {}, ("--workers", str(WORKERS)), "workers"),
+    )
+    workload = (f"storm: {TASKS} tasks x {THREADS} writers, each writing its own file "
+                f"through ext2fs (io_write, 16 KiB), together {FACTOR:g}x physical "
+                f"memory ({QUICK_FACTOR:g}x of {QUICK_KERNEL['physical_pages']} pages with --quick), then "
+                f"every byte read back and compared; ext2fs multithread with "
+                f"--disk-latency-ms {DISK_LATENCY_MS:g}")
+    samples = ("ext2fs threads and RSS (psutil), the kernel's vm_statistics (potentially "
+               "dirty pages, writer sleeps and pauses, laundry, returns_in_flight where "
+               "the kernel has it), the depth of ext2fs's pager port queues "
+               "(machemu_kernel_info)")
+    columns = (
+        ("threads_peak", "ext2fs threads peak"),
+        ("returns_in_flight_peak", "data_returns in flight peak"),
+        ("returns_queued_peak", "queued at pager ports peak"),
+        ("potentially_dirty_peak", "potentially dirty peak"),
+        ("hard_limit", "hard limit"),
+        ("writer_sleeps", "writer sleeps"),
+        ("writer_sleep_s", "sleep s"),
+        ("writer_pauses", "writer pauses"),
+        ("laundry_peak", "laundry peak"),
+        ("laundry_external_peak", "ext. laundry peak"),
+        ("mib_per_s", "write MiB/s"),
+        ("p99_write_ms", "p99 write ms"),
+        ("bytes_verified", "bytes verified"),
+        ("wall_s", "wall s"),
+        ("status", "status"),
+    )
+    plots = (
+        (("procs.ext2fs.threads",), "ext2fs threads"),
+        (("vm.returns_in_flight", "ports.pager_depth"), "data_returns in flight / queued"),
+    )
+
+    def timeout(self, quick: bool) -> float:
+        return 150.0 if quick else 1200.0
+
+    def factor(self, quick: bool) -> float:
+        return QUICK_FACTOR if quick else FACTOR
+
+    def servers(self, config: Configuration, quick: bool) -> list[dict]:
+        phys = physical_pages(self.kernel_base(quick))
+        return ext2fs_servers(config, image_mib(phys, self.factor(quick)),
+                              "--disk-latency-ms", f"{DISK_LATENCY_MS:g}")
+
+    def steps(self, config: Configuration, quick: bool) -> list[Step]:
+        return [Step("storm", "storm", ("--tasks", str(TASKS), "--threads", str(THREADS),
+                                        "--factor", f"{self.factor(quick):g}",
+                                        "--min-writers", str(MIN_WRITERS),
+                                        "--call-timeout", "300"))]
+
+    def row(self, config, samples, results, kernel) -> dict:
+        s = results.get("storm") or {}
+        lat = s.get("write_latency_ms") or {}
+        expected = s.get("files", 0) * s.get("file_bytes", 0)
+        return {
+            "threads_peak": peak(samples, "procs.ext2fs.threads"),
+            "returns_in_flight_peak": peak(samples, "vm.returns_in_flight"),
+            "returns_queued_peak": peak(samples, "ports.pager_depth"),
+            "potentially_dirty_peak": peak(samples, "vm.potentially_dirty"),
+            "hard_limit": hard_limit(kernel),
+            "writer_sleeps": delta(samples, "vm.dirty_sleeps"),
+            "writer_sleep_s": rounded(delta(samples, "vm.dirty_sleep_seconds")),
+            "writer_pauses": delta(samples, "vm.dirty_pauses"),
+            "writer_pause_ms": rounded(delta(samples, "vm.dirty_pause_ms")),
+            "laundry_peak": peak(samples, "vm.laundry_count"),
+            "laundry_internal_peak": peak(samples, "vm.laundry_internal"),
+            "laundry_external_peak": peak(samples, "vm.laundry_external"),
+            "dirty_peak": peak(samples, "vm.dirty_count"),
+            "ext2fs_rss_peak": peak(samples, "procs.ext2fs.rss"),
+            "loadgen_threads_peak": sum_peak(samples, "loadgen", "threads"),
+            "writers": TASKS * THREADS,
+            "workers": WORKERS if config.threads == "workers" else None,
+            "mib_per_s": s.get("write_phase_mib_per_s"),
+            "p50_write_ms": rounded(lat.get("p50")),
+            "p99_write_ms": rounded(lat.get("p99")),
+            "bytes_written": s.get("bytes_written"),
+            "bytes_verified": s.get("bytes_verified"),
+            "bytes_expected": expected or None,
+            "verified_all": bool(expected) and s.get("bytes_verified") == expected
+                            and s.get("mismatches") == 0,
+            "physical_pages": s.get("physical_pages") or physical_pages(kernel),
+        }
+
+    def findings(self, results: list[dict]) -> list[str]:
+        """The issue's acceptance, checked against the rows that ran."""
+        rows = {r["config"]: r for r in results if r.get("status") == "ok"}
+        out = []
+        if c := rows.get("classic-page"):
+            out.append(f"classic + page writes: ext2fs peaked at "
+                       f"{c['row'].get('threads_peak')} threads (claim: >= 300)")
+        if a := rows.get("advisory"):
+            r = a["row"]
+            over = (None if r.get("potentially_dirty_peak") is None or r.get("hard_limit")
+                    is None else r["potentially_dirty_peak"] - r["hard_limit"])
+            out.append(f"advisory: ext2fs peaked at {r.get('threads_peak')} threads "
+                       f"(claim: <= 40); potentially dirty peak "
+                       f"{r.get('potentially_dirty_peak')} vs hard limit "
+                       f"{r.get('hard_limit')} (over by {over}; writers in flight at "
+                       f"most {r.get('writers')}); {r.get('writer_sleeps')} writer sleeps")
+        if w := rows.get("classic-workers"):
+            out.append(f"workers model: ext2fs peaked at {w['row'].get('threads_peak')} "
+                       f"threads (claim: <= {WORKERS} workers + 4)")
+        return out
