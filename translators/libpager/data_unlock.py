@@ -6,11 +6,10 @@ still write-locked and the next write-access data_request for it gets the error.
 The advisory pageout patch (GNU Mach 666299d0, 2011) has the kernel ask for writeback
 by sending a length of PAGE_SIZE + 1 once potentially dirty pages pass its soft limit;
 the Hurd half of that patch is lost.  What this libpager does with the hint: the page is
-unlocked as usual (the length rounded down to whole pages), then the whole object's
-dirty and precious pages are asked back without waiting (pager_sync(wait=False), as
-diskfs_sync_everything(0) does), so they are written and become clean, which is what
-brings the kernel's count down.  Hints are counted (``writeback_hints``).  The pages
-of that writeback come back as data_returns like any others: held in our map (the
+unlocked as usual (the length rounded down to whole pages), then the pager is queued for
+the process's writeback thread, which writes the object back one data_return's worth at
+a time (writeback.py says why).  Hints are counted (``writeback_hints``).  The pages of
+that writeback come back as data_returns like any others: held in our map (the
 kernel's laundry) until written, then deallocated (data_return.py)."""
 
 from __future__ import annotations
@@ -28,7 +27,7 @@ from translators.libpager.pager import (
     _pager_wait_for_seqno,
     error_code,
 )
-from translators.libpager.pager_sync import pager_sync
+from translators.libpager.writeback import pager_writeback_hint
 
 log = structlog.get_logger("libpager")
 
@@ -64,7 +63,7 @@ def _pager_S_memory_object_data_unlock(p: Pager, seqno: int, control: int, offse
                            V.VM_PROT_NONE, False)
         if hint:
             p.count("writeback_hints")
-            pager_sync(p, wait=False)
+            pager_writeback_hint(p)
         return False
     p.count("unlock_errors")
     with p.lock:

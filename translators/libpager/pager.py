@@ -46,7 +46,8 @@ STAT_KEYS = ("data_requests", "data_returns", "pages_returned", "clean_returns",
              "pagein_waits", "unlocks", "unlock_errors", "evictions", "lock_requests",
              "lock_completed", "supply_completed", "change_completed", "inits",
              "terminates", "dropped", "handler_errors", "reply_timeouts", "seqno_gaps",
-             "writeback_hints", "ool_deallocated", "ool_dealloc_errors")
+             "writeback_hints", "writeback_hints_merged", "writebacks", "writeback_windows",
+             "writeback_timeouts", "ool_deallocated", "ool_dealloc_errors")
 
 
 class PagerOps:
