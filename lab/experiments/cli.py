@@ -1,7 +1,7 @@
 """The experiment runner's command line (scripts/experiment).
 
     experiment list [--json]
-    experiment run [NAME...] [--quick] [--out DIR] [--json] [--keep-images]
+    experiment run [NAME...] [--quick] [--out DIR] [--json] [--keep-images] [--config C]...
     experiment plot DIR
 
 ``run`` runs every configuration of each named experiment (all of them without a name;
@@ -77,6 +77,12 @@ def cmd_run(args) -> int:
             return 2
         if cls.name not in (e.name for e in exps):
             exps.append(cls())
+    only = set(args.config or ())
+    known = {c.name for e in exps for c in e.configurations}
+    if only - known:
+        say(f"experiment: no configuration {', '.join(sorted(only - known))} in "
+            f"{', '.join(e.name for e in exps)} (scripts/experiment list)")
+        return 2
     out = Path(args.out).resolve() if args.out else default_out()
     out.mkdir(parents=True, exist_ok=True)
     log = logs.setup("experiment", out / "experiment.log")
@@ -89,6 +95,8 @@ def cmd_run(args) -> int:
         for config in exp.configurations:
             if interrupted:
                 break
+            if only and config.name not in only:
+                continue
             say(f"experiment {exp.name}: configuration {config.name}: {config.description}")
             r = ConfigRun(exp, config, out, args.quick, keep_big=args.keep_images,
                           say=say, log=log).run()
@@ -139,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--keep-images", action="store_true",
                    help="keep each run's ext2 image and swap file")
+    p.add_argument("--config", action="append", metavar="NAME",
+                   help="run only this configuration (repeatable; default: all)")
     p.set_defaults(fn=cmd_run)
     p = sub.add_parser("plot", help="draw the PNGs of an earlier run from its samples")
     p.add_argument("dir", metavar="DIR")
