@@ -22,8 +22,8 @@ from lab.experiments.storm import Storm
 from lab.experiments.summary import load_samples, peak, series
 from lab.process import ROOT, child_env
 
-# five configurations of at most 150 s each, their clusters started and stopped
-RUN_TIMEOUT = 5 * 150 + 240
+# five configurations of at most 240 s each, their clusters started and stopped
+RUN_TIMEOUT = 5 * 240 + 240
 
 
 
