@@ -80,7 +80,9 @@ def test_storm_quick(run_dir):
     # --- the effect: depends on the other pieces of issue 9 ---
     if "classic-page" in ran and "advisory" in ran:
         c, a = ran["classic-page"]["row"], ran["advisory"]["row"]
-        assert c["threads_peak"] > a["threads_peak"], (c, a)
+        # the storm (about 1,300 threads quiet) and its cure (about 80)
+        assert c["threads_peak"] >= 300, c
+        assert c["threads_peak"] >= 4 * a["threads_peak"], (c, a)
     if (a := ran.get("advisory")) is not None:
         row = a["row"]
         # potentially dirty pages never pass the hard limit by more than the writers in
