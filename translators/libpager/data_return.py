@@ -34,6 +34,7 @@ from translators.libpager.pagemap import (
     PM_INVALID,
     PM_PAGEINWAIT,
     PM_PAGINGOUT,
+    PM_UNLOCKED,
     PM_WRITEWAIT,
     SET_PM_ERROR,
     SET_PM_NEXTERROR,
@@ -160,7 +161,8 @@ def _write_run(p: Pager, control: int, offset: int, data, kernel_copy: bool,
                     # Give errors when it is read from now on (the data is lost).
                     e = SET_PM_ERROR(e | PM_INVALID, page_error(err))
             else:
-                e = SET_PM_NEXTERROR(SET_PM_ERROR((e & ~PM_INVALID) | PM_INIT, 0), 0)
+                e = SET_PM_NEXTERROR(SET_PM_ERROR((e & ~(PM_INVALID | PM_UNLOCKED))
+                                                  | PM_INIT, 0), 0)
             if e & PM_PAGEINWAIT:
                 supply.append(i)
                 e |= PM_INCORE

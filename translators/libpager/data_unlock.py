@@ -19,7 +19,7 @@ import structlog
 from protocol.defs import mach as V
 from protocol.vm_param import PAGE_SIZE
 from translators.libpager.lock_object import _pager_lock_object
-from translators.libpager.pagemap import SET_PM_NEXTERROR, page_error
+from translators.libpager.pagemap import PM_UNLOCKED, SET_PM_NEXTERROR, page_error
 from translators.libpager.pager import (
     NORMAL,
     Pager,
@@ -59,6 +59,9 @@ def _pager_S_memory_object_data_unlock(p: Pager, seqno: int, control: int, offse
             log.warning("unlock_page failed", port=p.port_right, offset=offset, code=err,
                         error=str(exc))
     if not err:
+        with p.lock:  # the pages the kernel may now dirty: what a hinted writeback asks
+            for idx in range(offset // P, (offset + length) // P):
+                p.pagemap.set(idx, PM_UNLOCKED)
         _pager_lock_object(p, offset, length, V.MEMORY_OBJECT_RETURN_NONE, False,
                            V.VM_PROT_NONE, False)
         if hint:

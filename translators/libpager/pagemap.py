@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from protocol.defs.fs import EDQUOT, EIO, ENOSPC
 
+PM_UNLOCKED = 0x0400   # machemu: write-unlocked since last written (writeback.py)
 PM_WRITEWAIT = 0x0200  # wake the waiters once the write is done
 PM_INIT = 0x0100       # data has been written (the backing store holds it)
 PM_INCORE = 0x0080     # the kernel might have a copy
@@ -27,7 +28,7 @@ PAGE_EIO = 2
 PAGE_EDQUOT = 3
 _pager_page_errors = (0, ENOSPC, EIO, EDQUOT)
 
-FLAG_NAMES = ((PM_WRITEWAIT, "writewait"), (PM_INIT, "init"), (PM_INCORE, "incore"),
+FLAG_NAMES = ((PM_UNLOCKED, "unlocked"), (PM_WRITEWAIT, "writewait"), (PM_INIT, "init"), (PM_INCORE, "incore"),
               (PM_PAGINGOUT, "pagingout"), (PM_PAGEINWAIT, "pageinwait"),
               (PM_INVALID, "invalid"))
 

@@ -5,8 +5,9 @@ the soft limit).  The Hurd half of that patch is lost; this is the choice made h
 A hint queues its pager for writeback; one writeback thread per translator process (one
 disk behind it, as Linux has one flusher per backing device) takes the queued pagers in
 the order their first hint came and writes each back in windows of DATA_WRITE_MAX pages:
-pager_sync_some over each window holding pages the kernel has (PM_INCORE), waiting for
-the window's pages to be written before asking for the next.  So a hinted writeback has
+pager_sync_some over each window holding a page write-unlocked since it was last written
+(PM_UNLOCKED, set by data_unlock: the pages the kernel counts as potentially dirty),
+waiting for the window's pages to be written before asking for the next.  So a hinted writeback has
 one data_return in flight at a time, the thread count stays what the writers need, and
 the disk is kept busy at its own pace; more hints for a pager already queued are only
 counted (``writeback_hints_merged``).  A writeback that gets no answer from the kernel
@@ -25,7 +26,7 @@ import threading
 import structlog
 
 from protocol.vm_param import PAGE_SIZE
-from translators.libpager.pagemap import PM_INCORE
+from translators.libpager.pagemap import PM_UNLOCKED
 from translators.libpager.pager import NORMAL, Pager
 from translators.libpager.pager_sync import pager_sync_some
 
@@ -70,12 +71,14 @@ class Writeback:
 
 def write_back(p: Pager) -> int:
     """One hinted writeback of ``p``: pager_sync_some, waiting, over each window of
-    DATA_WRITE_MAX pages that holds a page the kernel has.  Returns the windows asked."""
+    DATA_WRITE_MAX pages holding a page write-unlocked since it was last written
+    (PM_UNLOCKED: what the kernel counts as potentially dirty; data_return clears it
+    when the page is written).  Returns the windows asked."""
     P = PAGE_SIZE
     with p.lock:
         if p.pager_state != NORMAL:
             return 0
-        pages = p.pagemap.indices(0, 1 << 62, PM_INCORE)
+        pages = p.pagemap.indices(0, 1 << 62, PM_UNLOCKED)
     windows = sorted({i // DATA_WRITE_MAX for i in pages})
     for w in windows:
         if p.pager_state != NORMAL:
