@@ -16,6 +16,8 @@ under any [kernel] table of --config), then three workloads one after the other,
 memory written, paged out to the default pager, paged back and verified), ``mmap``
 (memfs files mapped, written, verified through io_read and a fresh mapping) and ``flood``
 (RPCs to the demo server for --duration seconds).  It fails if any workload fails.
+Then the headline experiment (--experiment, default storm: E1) runs --quick, each
+configuration on a fresh cluster of its own, and prints its table and findings.
 
 ``stop`` signals the launcher of DIR/launch.pid; without one (or if it does not finish)
 it stops the processes of DIR/cluster.json itself.  ``status``: lab.status.
@@ -146,7 +148,8 @@ def run_jobs(args, run_dir) -> list[tuple[str, list[str], float | None]]:
 def cmd_run(args) -> int:
     """The main job: the default cluster with a small memory, then the anon workload
     (memory pressure through the default pager), the mmap workload (memfs files through
-    the kernel's page cache) and the flood workload (RPCs)."""
+    the kernel's page cache) and the flood workload (RPCs); then, if they all passed,
+    the headline experiment (run_headline).  Returns the first failure's status."""
     loadgen = ROOT / "scripts" / "loadgen"
     if not loadgen.exists():
         raise LaunchError(f"{loadgen} not found")
@@ -177,7 +180,27 @@ def cmd_run(args) -> int:
         warn_failures("workloads succeeded but cluster processes died:", cl.failures)
         return 1
     say("cluster stopped")
+    if status == 0 and args.experiment:
+        status = run_headline(args, cl.run_dir)
     return status
+
+
+def run_headline(args, run_dir) -> int:
+    """The main job's last part: ``scripts/experiment run NAME --quick`` (each of its
+    configurations on a cluster of its own), results under RUN_DIR/experiment, its
+    table and findings printed as they come; its exit status."""
+    import subprocess
+
+    out = run_dir / "experiment"
+    argv = [sys.executable, str(ROOT / "scripts" / "experiment"), "run", args.experiment,
+            "--quick", "--out", str(out)]
+    say(f"experiment {args.experiment} (--quick): " + " ".join(argv[1:]))
+    try:
+        code = subprocess.call(argv, cwd=ROOT)
+    except KeyboardInterrupt:
+        code = 130
+    say(f"experiment {args.experiment}: {describe_exit(code)}; report {out / 'report.md'}")
+    return code if code >= 0 else 128 - code
 
 
 # ---------------------------------------------------------------- stop, status
@@ -277,7 +300,8 @@ def main(argv=None) -> int:
     p.set_defaults(fn=cmd_status)
 
     p = sub.add_parser("run", help="start the default cluster (small memory), run the anon,"
-                                   " mmap and flood workloads, stop")
+                                   " mmap and flood workloads, stop; then the headline "
+                                   "experiment (E1, --quick)")
     run_dir_arg(p, "a fresh ./run")
     p.add_argument("--duration", type=float, default=4.0,
                    help="seconds of flood (default 4)")
@@ -285,6 +309,11 @@ def main(argv=None) -> int:
     p.add_argument("--anon-factor", type=float, default=2.0, metavar="F",
                    help="anon uses F x the kernel's physical memory (default 2; 0: no anon)")
     p.add_argument("--config", help="cluster TOML, as for cluster")
+    p.add_argument("--experiment", default="storm", metavar="NAME",
+                   help="the headline experiment run --quick after the workloads "
+                        "(default storm, E1; see scripts/experiment list)")
+    p.add_argument("--no-experiment", dest="experiment", action="store_const", const="",
+                   help="stop after the workloads")
     threads_arg(p)
     p.set_defaults(fn=cmd_run)
 

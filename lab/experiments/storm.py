@@ -24,7 +24,7 @@ from lab.experiments.base import (
     image_mib,
     physical_pages,
 )
-from lab.experiments.summary import delta, peak, rounded, sum_peak
+from lab.experiments.summary import delta, peak, rounded, sum_peak, value
 from lab.loadgen.storm import MIN_WRITERS
 
 DISK_LATENCY_MS = 5.0
@@ -124,6 +124,9 @@ class Storm(Experiment):
         expected = s.get("files", 0) * s.get("file_bytes", 0)
         return {
             "threads_peak": peak(samples, "procs.ext2fs.threads"),
+            "threads_start": next((v for v in (value(x, "procs.ext2fs.threads")
+                                               for x in samples) if v is not None), None),
+            "writers_sleeping_peak": peak(samples, "vm.dirty_sleeping"),
             "returns_in_flight_peak": peak(samples, "vm.returns_in_flight"),
             "returns_queued_peak": peak(samples, "ports.pager_depth"),
             "potentially_dirty_peak": peak(samples, "vm.potentially_dirty"),
@@ -166,8 +169,16 @@ class Storm(Experiment):
                        f"(claim: <= 40); potentially dirty peak "
                        f"{r.get('potentially_dirty_peak')} vs hard limit "
                        f"{r.get('hard_limit')} (over by {over}; writers in flight at "
-                       f"most {r.get('writers')}); {r.get('writer_sleeps')} writer sleeps")
+                       f"most {r.get('writers')}); {r.get('writer_sleeps')} writer sleeps; "
+                       f"at most {r.get('writers_sleeping_peak')} writers asleep at once "
+                       f"on the dirty limit, each holding an ext2fs thread (its io_write "
+                       f"faults in ext2fs's own task, as pager_memcpy's did)")
         if w := rows.get("classic-workers"):
-            out.append(f"workers model: ext2fs peaked at {w['row'].get('threads_peak')} "
-                       f"threads (claim: <= {WORKERS} workers + 4)")
+            r = w["row"]
+            grown = (None if r.get("threads_start") is None or r.get("threads_peak") is None
+                     else r["threads_peak"] - r["threads_start"])
+            out.append(f"workers model: ext2fs peaked at {r.get('threads_peak')} threads, "
+                       f"{r.get('threads_start')} when the run began (grew by {grown}); "
+                       f"claim: <= {WORKERS} workers + 4, where ext2fs has two pools of "
+                       f"{WORKERS} (file and pager requests) with a receiver each")
         return out

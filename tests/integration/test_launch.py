@@ -168,7 +168,7 @@ def test_status_and_stop_without_cluster(run_dir):
 @pytest.mark.timeout(300)
 def test_run_main_job(run_dir, procs):
     p = procs.python([LAUNCH, "run", "--run-dir", str(run_dir), "--duration", "2",
-                      "--tasks", "2"], name="run")
+                      "--tasks", "2", "--no-experiment"], name="run")
     assert p.p.wait(240) == 0, p.output()
     out = p.output()
     assert "workload: exit status 0" in out and "cluster stopped" in out, out
