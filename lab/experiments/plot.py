@@ -185,7 +185,7 @@ def plot_latency(title: str, declared, results: list[dict], path: Path) -> Path 
         for config, i, pts, lat in lines:
             xs = [x for x, _ in pts]
             ys = [q for _, q in pts]
-            tag = (f"{config} (p50 {lat.get('p50'):.3g}, p99 {lat.get('p99'):.3g} ms)"
+            tag = (f"{config} (p50 {short(lat['p50'])}, p99 {short(lat['p99'])} ms)"
                    if i == 0 and is_number(lat.get("p50")) and is_number(lat.get("p99"))
                    else config if i == 0 else None)
             ax.step(xs, ys, where="post", color=colour[config], label=tag,
@@ -198,7 +198,7 @@ def plot_latency(title: str, declared, results: list[dict], path: Path) -> Path 
         ax.set_ylabel("fraction of operations", fontsize=8)
         ax.set_title(label, fontsize=9)
         ax.grid(True, alpha=0.3, which="both")
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="upper left")  # a CDF leaves that corner empty
     return save(fig, plt, title, path)
 
 
@@ -214,14 +214,16 @@ def short(v) -> str:
 def plot_bars(title: str, bars, results: list[dict], path: Path) -> Path | None:
     """A bar chart per figure of ``bars`` ([row key, label] each): one bar per
     configuration at its (median) value, the min-max of its runs as an error bar, the
-    value written above it; figures no configuration has are left out.  None if there
-    is no figure to draw."""
+    value written above it, every configuration in the same place in every chart (one
+    without the figure leaves its place empty); figures no configuration has are left
+    out.  None if there is no figure to draw."""
     plt = pyplot()
+    names = [r["config"] for r in results]
     panels = []
     for key, label in bars:
-        vals = [(r["config"], (r.get("row") or {}).get(key),
-                 (r.get("spread") or {}).get(key)) for r in results]
-        vals = [(c, v, sp) for c, v, sp in vals if is_number(v)]
+        vals = [(i, r["config"], (r.get("row") or {}).get(key),
+                 (r.get("spread") or {}).get(key)) for i, r in enumerate(results)]
+        vals = [x for x in vals if is_number(x[2])]
         if vals:
             panels.append((label, vals))
     if not panels:
@@ -229,15 +231,15 @@ def plot_bars(title: str, bars, results: list[dict], path: Path) -> Path | None:
     colour = colours(results)
     fig, axes = grid(plt, len(panels), BAR_COLUMNS, 2.9, 3.3, sharex=False)
     for ax, (label, vals) in zip(axes, panels):
-        names = [c for c, _, _ in vals]
-        heights = [v for _, v, _ in vals]
-        lo = [v - sp[0] if sp else 0 for _, v, sp in vals]
-        hi = [sp[1] - v if sp else 0 for _, v, sp in vals]
+        heights = [v for _, _, v, _ in vals]
+        lo = [v - sp[0] if sp else 0 for _, _, v, sp in vals]
+        hi = [sp[1] - v if sp else 0 for _, _, v, sp in vals]
         err = [lo, hi] if any(lo) or any(hi) else None
-        bars_ = ax.bar(range(len(vals)), heights, color=[colour[c] for c in names],
-                       yerr=err, capsize=3 if err else 0)
-        ax.bar_label(bars_, labels=[short(v) for v in heights], fontsize=7)
-        ax.set_xticks(range(len(vals)), names, rotation=30, ha="right", fontsize=7)
+        drawn = ax.bar([i for i, *_ in vals], heights, yerr=err, capsize=3 if err else 0,
+                       color=[colour[c] for _, c, _, _ in vals])
+        ax.bar_label(drawn, labels=[short(v) for v in heights], fontsize=7)
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=7)
+        ax.set_xlim(-0.6, len(names) - 0.4)
         ax.set_title(label, fontsize=8)
         ax.tick_params(axis="y", labelsize=7)
         ax.margins(y=0.15)
