@@ -73,6 +73,17 @@ def grid(plt, n: int, columns: int, height: float, width: float, sharex: bool):
     return fig, flat[:n]
 
 
+def figure(plt, panels: list[tuple[str, list]], columns: int, height: float,
+           width: float):
+    """(figure, [(axes, panel)]) for the ``panels`` (label, what to draw) that have
+    something to draw; None if none has."""
+    panels = [p for p in panels if p[1]]
+    if not panels:
+        return None
+    fig, axes = grid(plt, len(panels), columns, height, width, sharex=False)
+    return fig, list(zip(axes, panels))
+
+
 def save(fig, plt, title: str, path: Path) -> Path:
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -165,23 +176,22 @@ def plot_latency(title: str, declared, results: list[dict], path: Path) -> Path 
     """The CDF of each latency (``latency_specs``) of the runs of ``results`` into
     ``path``: fraction of operations at or below x ms; None if no run has one."""
     plt = pyplot()
-    specs = latency_specs(declared, results)
-    panels = []
-    for step, key, label in specs:
-        lines = []
+    def curves(step, key):
+        """(config, run index, CDF points, the latency summary) of each run."""
         for r in results:
             for i, run in enumerate(runs_of(r)):
                 lat = ((run.get("results") or {}).get(step) or {}).get(key) or {}
                 pts = [(x, q) for x, q in lat.get("cdf") or () if x > 0]
                 if pts:
-                    lines.append((r["config"], i, pts, lat))
-        if lines:
-            panels.append((label, lines))
-    if not panels:
+                    yield r["config"], i, pts, lat
+
+    panels = [(label, list(curves(step, key)))
+              for step, key, label in latency_specs(declared, results)]
+    if not (drawn := figure(plt, panels, GRID_COLUMNS, 3.6, 6.5)):
         return None
+    fig, pairs = drawn
     colour = colours(results)
-    fig, axes = grid(plt, len(panels), GRID_COLUMNS, 3.6, 6.5, sharex=False)
-    for ax, (label, lines) in zip(axes, panels):
+    for ax, (label, lines) in pairs:
         for config, i, pts, lat in lines:
             xs = [x for x, _ in pts]
             ys = [q for _, q in pts]
@@ -219,18 +229,15 @@ def plot_bars(title: str, bars, results: list[dict], path: Path) -> Path | None:
     out.  None if there is no figure to draw."""
     plt = pyplot()
     names = [r["config"] for r in results]
-    panels = []
-    for key, label in bars:
-        vals = [(i, r["config"], (r.get("row") or {}).get(key),
-                 (r.get("spread") or {}).get(key)) for i, r in enumerate(results)]
-        vals = [x for x in vals if is_number(x[2])]
-        if vals:
-            panels.append((label, vals))
-    if not panels:
+    panels = [(label, [(i, r["config"], r["row"][key], (r.get("spread") or {}).get(key))
+                       for i, r in enumerate(results)
+                       if is_number((r.get("row") or {}).get(key))])
+              for key, label in bars]
+    if not (drawn := figure(plt, panels, BAR_COLUMNS, 2.9, 3.3)):
         return None
+    fig, pairs = drawn
     colour = colours(results)
-    fig, axes = grid(plt, len(panels), BAR_COLUMNS, 2.9, 3.3, sharex=False)
-    for ax, (label, vals) in zip(axes, panels):
+    for ax, (label, vals) in pairs:
         heights = [v for _, _, v, _ in vals]
         lo = [v - sp[0] if sp else 0 for _, _, v, sp in vals]
         hi = [sp[1] - v if sp else 0 for _, _, v, sp in vals]

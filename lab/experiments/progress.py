@@ -115,8 +115,9 @@ class Rich(Plain):
             TimeElapsedColumn,
         )
 
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(),
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(bar_width=24),
                                  MofNCompleteColumn(), TimeElapsedColumn(),
+                                 TextColumn("{task.fields[live]}"),
                                  console=Console(file=self.stream), transient=True)
         self.all = self.current = None
 
@@ -126,23 +127,22 @@ class Rich(Plain):
     def begin(self, total: int):
         super().begin(total)
         self.progress.start()
-        self.all = self.progress.add_task("runs", total=total)
+        self.all = self.progress.add_task("runs", total=total, live="")
 
     def run_started(self, exp, config, run, repeat):
         Quiet.run_started(self, exp, config, run, repeat)
         self.name = run_name(exp, config, run, repeat)
         self.say(f"experiment [{self.done + 1}/{self.total}] {self.name}: "
                  f"{config.description}")
-        self.current = self.progress.add_task(self.name, total=None)
+        self.current = self.progress.add_task(self.name, total=None, live="")
 
     def tick(self, info: dict):
         if self.current is None:
             return
-        nums = live_numbers(info.get("sample"), self.exp.server)
         self.progress.update(self.current, total=round(info["timeout_s"]),
                              completed=round(info["elapsed_s"]),
-                             description=f"{self.name}: {info['step']}"
-                                         + (f" [{nums}]" if nums else ""))
+                             description=f"{self.name}: {info['step']}",
+                             live=live_numbers(info.get("sample"), self.exp.server))
 
     def run_finished(self, result: dict):
         Plain.run_finished(self, result)

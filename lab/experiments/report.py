@@ -98,8 +98,9 @@ def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
 
 
 def print_tables(exps: list, by_exp: dict[str, list[dict]], stream=None):
-    """Print each experiment's table: rich on a terminal if it is installed, plain
-    otherwise; then its findings and the reasons of runs that did not succeed."""
+    """Print each experiment's table: rich on a terminal if it is installed and the
+    table fits its width (rich would cut every heading short), plain otherwise; then
+    its findings and the reasons of runs that did not succeed."""
     stream = stream or sys.stdout
     console = None
     if stream.isatty():
@@ -114,13 +115,16 @@ def print_tables(exps: list, by_exp: dict[str, list[dict]], stream=None):
         results = by_exp.get(exp.name, [])
         headers, rows = table_rows(exp, results)
         print(f"\n{exp.title}", file=stream)
-        if console is not None:
+        plain = plain_table(headers, rows)
+        # rich draws a border and padding: 3 more columns a cell
+        if console is not None and len(plain.splitlines()[0]) + len(headers) * 3 \
+                <= console.width:
             t = Table(*headers)
             for r in rows:
                 t.add_row(*r)
             console.print(t)
         else:
-            print(plain_table(headers, rows), file=stream)
+            print(plain, file=stream)
         for r in results:
             if r["status"] != "ok":
                 print(f"  {r['config']}: {r['status']}: {r.get('reason', '')}", file=stream)

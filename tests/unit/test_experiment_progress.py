@@ -51,3 +51,25 @@ def test_plain_lines(monkeypatch):
         "  e/c: s 31 s of 100 s; free 5",
         "experiment e: c run 1: failed (step s: exit 1), 40 s"]
     assert p.done == 2
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_rich_bars_on_a_terminal():
+    pytest.importorskip("rich")
+    out = Terminal()
+    p = reporter(out)
+    assert isinstance(p, progress.Rich)
+    p.begin(1)
+    p.run_started(Exp(), Configuration("c", "the c"), None, 1)
+    p.tick({"experiment": "e", "config": "c", "step": "s", "elapsed_s": 3, "timeout_s": 9,
+            "sample": {"procs": {"ext2fs": {"threads": 42}}}})
+    p.run_finished({"experiment": "e", "config": "c", "run": None, "status": "ok",
+                    "wall_s": 4.0})
+    p.close()
+    text = out.getvalue()
+    assert "experiment [1/1] e/c: the c" in text and "experiment e: c: ok, 4 s" in text
+    assert p.done == 1 and p.current is None
