@@ -64,8 +64,9 @@ def aggregate(runs: list[dict]) -> dict:
     order they ran): a run's own result when there is one; else ``row`` and ``spread``
     (``aggregate_rows`` of the runs that succeeded, or of all if none did), ``status``
     ok only if every run was ok (else the first failure's, its reason naming the run),
-    ``wall_s`` the median, ``samples`` the total, ``runs`` every run's result and
-    ``repeat`` their number.  The first run's other fields (config, kernel ...)."""
+    ``wall_s`` the median, ``samples`` the total, ``disk`` the medians of the runs'
+    disk statistics, ``runs`` every run's result, ``repeat`` their number and
+    ``runs_ok`` how many succeeded.  The first run's other fields (config, kernel ...)."""
     if len(runs) == 1:
         return runs[0]
     good = [r for r in runs if r["status"] == OK]

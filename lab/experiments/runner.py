@@ -31,6 +31,7 @@ from lab.client import ClusterError as ClientError
 from lab.cluster import KILL_TIMEOUT, SERVER_STOP_TIMEOUT, Cluster, ClusterError
 from lab.experiments import calibration, features
 from lab.experiments.base import Configuration, Experiment, Step
+from lab.experiments.progress import Quiet
 from lab.experiments.recorder import ProcessSet, Recorder
 from lab.experiments.repeat import aggregate, schedule
 from lab.experiments.summary import load_samples
@@ -202,8 +203,6 @@ def run_experiments(exps: list[Experiment], out: Path, quick: bool, *, repeat: i
     (experiment -> one result per configuration in declared order, aggregated over its
     runs; whether an interrupt stopped the invocation).  A configuration "not
     available" is tried once."""
-    from lab.experiments.progress import Quiet
-
     progress = progress or Quiet()
     plan = []
     for exp in exps:
