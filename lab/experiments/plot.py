@@ -84,6 +84,13 @@ def figure(plt, panels: list[tuple[str, list]], columns: int, height: float,
     return fig, list(zip(axes, panels))
 
 
+def repeated(title: str, results: list[dict]) -> str:
+    """The title, saying what the thinner lines are when a configuration ran twice or
+    more."""
+    return title + ("  (thin lines: the later runs)"
+                    if any(len(runs_of(r)) > 1 for r in results) else "")
+
+
 def save(fig, plt, title: str, path: Path) -> Path:
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -152,7 +159,7 @@ def plot_runs(title: str, panels, results: list[dict], path: Path) -> Path | Non
             ax.legend(fontsize=7, loc="best")
     for ax in axes[-min(len(axes), GRID_COLUMNS if len(drawn) > 3 else 1):]:
         ax.set_xlabel("seconds since the recorder started", fontsize=8)
-    return save(fig, plt, title, path)
+    return save(fig, plt, repeated(title, results), path)
 
 
 # ---------------------------------------------------------------- latency CDFs
@@ -209,7 +216,7 @@ def plot_latency(title: str, declared, results: list[dict], path: Path) -> Path 
         ax.set_title(label, fontsize=9)
         ax.grid(True, alpha=0.3, which="both")
         ax.legend(fontsize=7, loc="upper left")  # a CDF leaves that corner empty
-    return save(fig, plt, title, path)
+    return save(fig, plt, repeated(title, results), path)
 
 
 # ---------------------------------------------------------------- bars
