@@ -87,12 +87,12 @@ def figure(plt, panels: list[tuple[str, list]], columns: int, height: float,
 def repeated(title: str, results: list[dict]) -> str:
     """The title, saying what the thinner lines are when a configuration ran twice or
     more."""
-    return title + ("  (thin lines: the later runs)"
+    return title + ("\n(thin lines: the later runs)"
                     if any(len(runs_of(r)) > 1 for r in results) else "")
 
 
 def save(fig, plt, title: str, path: Path) -> Path:
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(title, fontsize=10, wrap=True)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
