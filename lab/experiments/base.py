@@ -5,7 +5,9 @@ registered with ``@experiment``: its claim (one sentence, its source, the publis
 figure), its configurations (data: pageout policy, [kernel] keys, ext2fs arguments and
 thread model), its workload (loadgen steps, sized from the configuration and --quick),
 what it samples, and how a configuration's samples and workload summaries become a row
-of its table.
+of its table.  What it draws has defaults, so an experiment declares only what it adds:
+time series (its own ``plots``, then the standard panels that have data), the bars of
+its table's numeric columns, the CDF of every latency its steps' summaries carry.
 """
 
 from __future__ import annotations
@@ -48,6 +50,22 @@ def ext2fs_servers(config: "Configuration", size_mib: int, *args: str) -> list[d
     return [{"name": "defpager", "module": "translators.defpager", "args": [],
              "role": "default-pager"},
             {"name": "ext2fs", "module": "translators.ext2fs", "args": a, "role": "server"}]
+
+
+# Columns never drawn as bars: they say whether the run was sound, not what it measured.
+BAR_SKIP = ("status", "wall_s", "bytes_verified", "bytes_expected", "verified_all")
+
+
+def standard_panels(server: str) -> tuple[tuple[tuple[str, ...], str], ...]:
+    """The time series every experiment gets beside its own (each dropped where no run
+    has a non-zero value): the pager's threads, free, dirty and potentially dirty
+    pages, data_returns in flight (else queued at the pager's ports), map entries."""
+    return ((("procs.%s.threads" % server,), f"{server} threads"),
+            (("vm.free_count",), "free pages"),
+            (("vm.dirty_count",), "dirty pages"),
+            (("vm.potentially_dirty",), "potentially dirty pages"),
+            (("vm.returns_in_flight", "ports.pager_depth"), "data_returns in flight / queued"),
+            (("map_entries.%s" % server,), f"{server} map entries"))
 
 
 @dataclass(frozen=True)
@@ -111,6 +129,12 @@ class Experiment:
     columns: tuple[tuple[str, str], ...] = ()
     # the plot's panels: (sample paths, the first a run has wins; y label)
     plots: tuple[tuple[tuple[str, ...], str], ...] = ()
+    standard_plots = True  # the standard panels (standard_panels) after its own
+    # (key of a row, label) drawn as bars; () = every numeric column but BAR_SKIP's
+    bars: tuple[tuple[str, str], ...] = ()
+    # (step, key of its summary, label) drawn as CDFs; () = every "*latency_ms" with a
+    # "cdf" in any step's summary
+    latencies: tuple[tuple[str, str, str], ...] = ()
     server = "ext2fs"  # the pager whose threads and port queues the recorder follows
 
     def timeout(self, quick: bool) -> float:
@@ -142,6 +166,20 @@ class Experiment:
         """Sentences setting the measured results beside the claim (default none)."""
         return []
 
+    def timeseries(self) -> list[list]:
+        """The time-series panels: [paths, label, optional] each, its own ``plots``
+        (always drawn) then the standard panels whose paths it does not plot already
+        (optional: drawn only where a run has a non-zero value)."""
+        own = [[list(paths), label, False] for paths, label in self.plots]
+        seen = {p for paths, _, _ in own for p in paths}
+        extra = ([[list(paths), label, True] for paths, label in standard_panels(self.server)
+                  if not seen & set(paths)] if self.standard_plots else [])
+        return own + extra
+
+    def bar_columns(self) -> list[list[str]]:
+        """[key, label] of each figure drawn as a bar (``bars``, else the columns)."""
+        return [[k, h] for k, h in (self.bars or self.columns) if k not in BAR_SKIP]
+
     def describe(self) -> dict:
         """What ``list`` prints: names, claim, configurations, workload, samples."""
         return {"name": self.name, "aliases": list(self.aliases), "title": self.title,
@@ -152,7 +190,10 @@ class Experiment:
                                     "ext2fs_args": list(c.ext2fs_args), "threads": c.threads}
                                    for c in self.configurations],
                 "workload": self.workload, "samples": self.samples,
-                "plots": [[list(paths), label] for paths, label in self.plots]}
+                "plots": [[list(paths), label] for paths, label in self.plots],
+                "timeseries": self.timeseries(), "bars": self.bar_columns(),
+                "latencies": [list(x) for x in self.latencies],
+                "columns": [list(c) for c in self.columns], "server": self.server}
 
 
 def experiment(cls):

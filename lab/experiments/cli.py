@@ -1,17 +1,22 @@
 """The experiment runner's command line (scripts/experiment).
 
     experiment list [--json]
-    experiment run [NAME...] [--quick] [--out DIR] [--json] [--keep-images] [--config C]...
+    experiment run [NAME...] [--quick] [--repeat N] [--out DIR] [--json] [--keep-images]
+                   [--config C]... [--no-calibration]
     experiment plot DIR
 
-``run`` runs every configuration of each named experiment (all of them without a name;
+``run`` measures the calibration (transport floor, kernel null RPC: a few seconds),
+then runs every configuration of each named experiment (all of them without a name;
 names or aliases such as E1), one after the other, each on a fresh real cluster in
-OUT/EXPERIMENT/CONFIG, bounded in time; then prints one table per experiment (``--json``:
-one JSON object instead) and writes OUT/summary.json, OUT/report.md and
-OUT/EXPERIMENT.png.  OUT defaults to a new directory under the system temp dir
-($TMPDIR, else /tmp), short enough for the kernels' Unix sockets, and is printed.
-Progress goes to stderr.  Exit status: 0 when every configuration that could run ran
-ok (those "not available" in this tree are skipped), 1 otherwise, 2 for a usage error.
+OUT/EXPERIMENT/CONFIG, bounded in time; with ``--repeat N`` each configuration N times
+in alternating order (ABC CBA ABC ...), each run in OUT/EXPERIMENT/CONFIG/rK, the
+medians reported.  Then it prints one table per experiment (``--json``: one JSON
+object instead) and writes OUT/summary.json, OUT/report.md, OUT/index.html and the
+PNGs (OUT/EXPERIMENT.png, -latency.png, -bars.png).  OUT defaults to a new directory
+under the system temp dir ($TMPDIR, else /tmp), short enough for the kernels' Unix
+sockets, and is printed.  Progress goes to stderr: live bars on a terminal, plain
+lines otherwise.  Exit status: 0 when every configuration that could run ran ok
+(those "not available" in this tree are skipped), 1 otherwise, 2 for a usage error.
 ``plot DIR`` draws the PNGs of an earlier run from its recorded samples.
 """
 
@@ -24,10 +29,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from lab.experiments import report
+from lab.experiments import calibration, report
 from lab.experiments.base import experiments, find
-from lab.experiments.plot import PlotUnavailable, plot_runs, plot_summary
-from lab.experiments.runner import OK, UNAVAILABLE, ConfigRun
+from lab.experiments.plot import PlotUnavailable, plot_experiment, plot_summary
+from lab.experiments.progress import reporter
+from lab.experiments.runner import OK, UNAVAILABLE, run_experiments
 from protocol import logs
 
 
@@ -47,24 +53,53 @@ def cmd_list(args) -> int:
         print(json.dumps([e.describe() for e in exps], indent=1))
         return 0
     for e in exps:
+        d = e.describe()
         print(f"{e.name} ({', '.join(e.aliases)}): {e.title}")
         print(f"  claim: {e.claim.text}")
         print(f"  source: {e.claim.source}; published: {e.claim.figure}")
         print(f"  workload: {e.workload}")
         print(f"  samples: {e.samples}")
+        print(f"  time series: {', '.join(label for _, label, _ in d['timeseries'])}")
+        print(f"  figures: {', '.join(label for _, label in d['bars'])}")
+        print(f"  bound per configuration: {e.timeout(True):.0f} s with --quick, "
+              f"{e.timeout(False):.0f} s without")
+        print("  configurations:")
         for c in e.configurations:
             print(f"  - {c.name}: {c.description}")
     return 0
 
 
-def draw(exp, results: list[dict], out: Path) -> str | None:
-    """The experiment's PNG, or None (why said)."""
+def draw(exp, results: list[dict], out: Path) -> dict[str, str]:
+    """The experiment's PNGs (kind -> path), none without matplotlib (why said)."""
     try:
-        p = plot_runs(exp.title, exp.plots, results, out / f"{exp.name}.png")
+        return plot_experiment(exp.describe(), results, out)
     except PlotUnavailable as e:
         say(f"experiment: {exp.name}: {e}")
-        return None
-    return str(p) if p else None
+        return {}
+
+
+def invoke(exps: list, out: Path, *, quick: bool = False, repeat: int = 1, only=(),
+           keep_images: bool = False, calibrate: bool = True, progress=None,
+           log=None) -> tuple[dict, dict[str, list[dict]]]:
+    """One invocation: the calibration, every run, the plots and the report files in
+    ``out``; returns (the summary object (summary.json's), the results by
+    experiment)."""
+    progress = progress or reporter()
+    started = time.time()
+    try:
+        cal = (calibration.measure(out / "calibration", say=progress.say)
+               if calibrate else None)
+        if cal and cal.get("error"):
+            progress.say(f"experiment: calibration failed: {cal['error']}")
+        by_exp, _ = run_experiments(exps, out, quick, repeat=repeat, only=only,
+                                    keep_big=keep_images, progress=progress, log=log)
+    finally:
+        progress.close()
+    plots = {exp.name: draw(exp, by_exp.get(exp.name, []), out) for exp in exps}
+    obj = report.summary_object(out, quick, exps, by_exp, plots, started, time.time(),
+                                repeat=repeat, calibration=cal)
+    report.write_report(out, obj, exps, by_exp)
+    return obj, by_exp
 
 
 def cmd_run(args) -> int:
@@ -87,33 +122,15 @@ def cmd_run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     log = logs.setup("experiment", out / "experiment.log")
     say(f"experiment: results in {out}")
-    started = time.time()
-    by_exp: dict[str, list[dict]] = {}
-    interrupted = False
-    for exp in exps:
-        results = by_exp.setdefault(exp.name, [])
-        for config in exp.configurations:
-            if interrupted:
-                break
-            if only and config.name not in only:
-                continue
-            say(f"experiment {exp.name}: configuration {config.name}: {config.description}")
-            r = ConfigRun(exp, config, out, args.quick, keep_big=args.keep_images,
-                          say=say, log=log).run()
-            results.append(r)
-            say(f"experiment {exp.name}: {config.name}: {r['status']}"
-                + (f" ({r['reason']})" if r.get("reason") else "")
-                + (f", {r['wall_s']:.0f} s" if r.get("wall_s") is not None else ""))
-            interrupted = r["status"] == "interrupted"
-    plots = {exp.name: draw(exp, by_exp.get(exp.name, []), out) for exp in exps}
-    obj = report.summary_object(out, args.quick, exps, by_exp, plots, started, time.time())
-    report.write_summary(out, obj)
-    (out / "report.md").write_text(report.markdown(obj, exps, by_exp))
+    obj, by_exp = invoke(exps, out, quick=args.quick, repeat=args.repeat, only=only,
+                         keep_images=args.keep_images, calibrate=not args.no_calibration,
+                         log=log)
     if args.json:
         print(json.dumps(obj, default=str))
     else:
         report.print_tables(exps, by_exp)
-        print(f"\nreport: {out / 'report.md'}  summary: {out / 'summary.json'}")
+        print(f"\nreport: {out / 'report.md'}  page: {out / 'index.html'}  "
+              f"summary: {out / 'summary.json'}")
     bad = [r for rs in by_exp.values() for r in rs if r["status"] not in (OK, UNAVAILABLE)]
     return 1 if bad else 0
 
@@ -128,6 +145,13 @@ def cmd_plot(args) -> int:
     for p in made:
         print(p)
     return 0 if made else 1
+
+
+def positive(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return n
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,6 +173,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="keep each run's ext2 image and swap file")
     p.add_argument("--config", action="append", metavar="NAME",
                    help="run only this configuration (repeatable; default: all)")
+    p.add_argument("--repeat", type=positive, default=1, metavar="N",
+                   help="run every configuration N times, in alternating order "
+                        "(ABC CBA ...), and report the medians (default 1)")
+    p.add_argument("--no-calibration", action="store_true",
+                   help="skip measuring the transport floor and the kernel's null RPC")
     p.set_defaults(fn=cmd_run)
     p = sub.add_parser("plot", help="draw the PNGs of an earlier run from its samples")
     p.add_argument("dir", metavar="DIR")

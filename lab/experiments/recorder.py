@@ -12,8 +12,11 @@ Each sample has ``t`` (seconds since the recorder started) and ``time`` (Unix ti
   ports whose receive right the pager task (ext2fs) holds: ``depth`` (queued messages,
   all its ports), ``pager_depth`` (on its memory objects' pager ports: data_returns and
   data_requests the kernel queued), ``pager_ports``, ``busy`` (the deepest pager ports,
-  name -> depth, at most BUSY_MAX); ``resident`` (pages by kind: internal / external,
-  dirty); ``map_entries`` (per task); ``info_ms``.
+  name -> depth, at most BUSY_MAX); ``pagers`` — the same for every task that holds a
+  pager port (ext2fs, the default pager, memfs ...), with the messages pending beside
+  the queues: ``blocked_senders`` (sends waiting for room in a full queue) and
+  ``waiting_receivers`` (threads waiting in mach_msg for one); ``resident`` (pages by
+  kind: internal / external, dirty); ``map_entries`` (per task); ``info_ms``.
 
 Kernel-side numbers come only through kernel calls, never from logs.  Their cost is
 kept bounded: ``vm_statistics`` walks every page frame (about 3 ms for 2,048 frames and
@@ -73,6 +76,30 @@ def port_summary(ports: list[dict], task: str) -> dict:
             "pager_depth": sum(p["depth"] for p in pagers),
             "pager_ports": len(pagers), "ports": len(mine),
             "busy": {str(p["name"]): p["depth"] for p in busy}}
+
+
+def pager_summary(ports: list[dict]) -> dict[str, dict]:
+    """Per task holding pager ports (machemu_kernel_info's ``ports`` flagged ``pager``):
+    ``ports``, ``depth`` (messages queued on them), ``blocked_senders``,
+    ``waiting_receivers`` and ``busy`` (the deepest, name -> depth, at most
+    BUSY_MAX)."""
+    out: dict[str, dict] = {}
+    for p in ports:
+        if not p.get("pager"):
+            continue
+        t = out.setdefault(p.get("task", "?"), {"ports": 0, "depth": 0,
+                                                "blocked_senders": 0,
+                                                "waiting_receivers": 0, "busy": []})
+        t["ports"] += 1
+        t["depth"] += p["depth"]
+        t["blocked_senders"] += p.get("blocked_senders", 0)
+        t["waiting_receivers"] += p.get("waiting_receivers", 0)
+        if p["depth"]:
+            t["busy"].append(p)
+    for t in out.values():
+        t["busy"] = {str(p["name"]): p["depth"]
+                     for p in sorted(t["busy"], key=lambda p: -p["depth"])[:BUSY_MAX]}
+    return out
 
 
 def proc_sample(p: psutil.Process) -> dict | None:
@@ -229,6 +256,7 @@ class Recorder(threading.Thread):
             if ki is not None:
                 s["info_ms"] = round(cost * 1000, 2)
                 s["ports"] = port_summary(ki.get("ports", []), self.server)
+                s["pagers"] = pager_summary(ki.get("ports", []))
                 s["resident"] = ki.get("resident")
                 s["map_entries"] = {t["name"]: t.get("map_entries", 0)
                                     for t in ki.get("tasks", [])}

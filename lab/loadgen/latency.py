@@ -2,7 +2,9 @@
 
 Latencies stay bounded in every process: exact samples up to a cap, and a log-bucket
 histogram (1 % wide buckets) that is always kept and is what percentiles come from once
-the cap is passed.  Tasks send theirs to the parent as ``to_wire`` dicts.
+the cap is passed.  Tasks send theirs to the parent as ``to_wire`` dicts.  A summary
+carries a CDF of at most len(CDF_FRACTIONS) points, so a report can draw the whole
+distribution from the JSON without the samples.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from array import array
 
 EXACT_CAP_TASK = 100_000      # exact latency samples kept per task process
 EXACT_CAP_TOTAL = 1_000_000   # ... and in the parent, over all tasks
+# The CDF's fractions: every percent, then the tail (p99.5 ... p99.99), then the max.
+CDF_FRACTIONS = (*(i / 100 for i in range(1, 100)), 0.995, 0.999, 0.9999, 1.0)
 
 
 class Latencies:
@@ -94,32 +98,55 @@ class Latencies:
     def quantile(self, q: float) -> float | None:
         """Nearest-rank quantile: exact while every sample is kept, else from buckets;
         None without samples."""
+        return self.quantiles((q,))[0]
+
+    def quantiles(self, qs) -> list[float | None]:
+        """``quantile`` of each of ``qs``, from one sort or one walk of the buckets."""
         if self.n == 0:
-            return None
-        rank = max(1, math.ceil(q * self.n - 1e-9))  # 1e-9: 0.9 * 5000 is 4500.000...1
-        if rank >= self.n:
-            return self.max
+            return [None] * len(qs)
+        # 1e-9: 0.9 * 5000 is 4500.000...1
+        ranks = [max(1, math.ceil(q * self.n - 1e-9)) for q in qs]
         if self.exact is not None and len(self.exact) == self.n:
-            return sorted(self.exact)[rank - 1]
-        seen = 0
+            srt = sorted(self.exact)
+            return [self.max if r >= self.n else srt[r - 1] for r in ranks]
+        found: dict[int, float] = {}
+        want = sorted({r for r in ranks if r < self.n})
+        j = seen = 0
         for i in sorted(self.hist):
+            if j == len(want):
+                break
             seen += self.hist[i]
-            if seen >= rank:
-                return min(max(self._bucket_value(i), self.min), self.max)
-        return self.max
+            while j < len(want) and seen >= want[j]:
+                found[want[j]] = min(max(self._bucket_value(i), self.min), self.max)
+                j += 1
+        return [found.get(r, self.max) for r in ranks]
+
+    def cdf_ms(self) -> list[list[float]]:
+        """[latency ms, fraction of operations at or below it] at CDF_FRACTIONS, the
+        minimum first; [] without samples."""
+        if self.n == 0:
+            return []
+        vals = self.quantiles(CDF_FRACTIONS)
+        return [[round(self.min * 1000, 4), round(1 / self.n, 6)],
+                *([round(v * 1000, 4), f] for v, f in zip(vals, CDF_FRACTIONS))]
 
     def summary_ms(self) -> dict:
         """p50, p90, p99, max, min and mean in milliseconds (None without samples), the
-        sample count, and whether the percentiles are exact."""
+        sample count, whether the percentiles are exact, and with samples ``cdf``
+        (``cdf_ms``)."""
         def ms(v):
             return None if v is None else round(v * 1000, 4)
 
         exact = self.exact is not None and len(self.exact) == self.n
-        return {"p50": ms(self.quantile(0.50)), "p90": ms(self.quantile(0.90)),
-                "p99": ms(self.quantile(0.99)), "max": ms(self.max if self.n else None),
-                "min": ms(self.min if self.n else None),
-                "mean": ms(self.sum / self.n if self.n else None),
-                "samples": self.n, "exact": exact}
+        p50, p90, p99 = self.quantiles((0.50, 0.90, 0.99))
+        out = {"p50": ms(p50), "p90": ms(p90), "p99": ms(p99),
+               "max": ms(self.max if self.n else None),
+               "min": ms(self.min if self.n else None),
+               "mean": ms(self.sum / self.n if self.n else None),
+               "samples": self.n, "exact": exact}
+        if self.n:
+            out["cdf"] = self.cdf_ms()
+        return out
 
 
 class Meter:

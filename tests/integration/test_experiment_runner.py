@@ -1,10 +1,14 @@
 """The experiment runner on real clusters: a configuration that outlives its time bound
 is stopped and reported "timed out" (never hangs), its cluster stopped and its samples
 kept; a cluster that cannot start is reported "failed"; the recorder samples the
-kernel's counters, the port queues and every process while a workload runs."""
+kernel's counters, the port queues and every process while a workload runs.  A whole
+invocation of a two-configuration experiment with --repeat 2: the alternating order,
+a directory per run, medians and spreads, the calibration, the latency CDFs, the
+plots, report.md and index.html."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -12,11 +16,14 @@ import psutil
 import pytest
 
 from lab.experiments.base import Claim, Configuration, Experiment, Step
+from lab.experiments.cli import invoke
+from lab.experiments.progress import Quiet
 from lab.experiments.runner import FAILED, OK, TIMED_OUT, ConfigRun
 from lab.experiments.summary import load_samples, peak
 from lab.rundir import RunDir
 
 BOUND = 25.0
+SLEEP_MS = 3
 
 
 class Tiny(Experiment):
@@ -97,3 +104,100 @@ def test_a_cluster_that_cannot_start_is_reported(run_dir):
     assert r["status"] == FAILED
     assert "cluster did not start" in r["reason"] and "demo" in r["reason"]
     assert kernel_gone(Path(r["run_dir"]))
+
+
+# ---------------------------------------------------------------- an invocation
+
+class TwoRpcs(Tiny):
+    """Two configurations of the flood: null RPCs, and demo_sleep RPCs that hold a
+    server thread SLEEP_MS each (a latency the CDF must show)."""
+
+    name = "tworpcs"
+    title = "tworpcs: null against sleeping RPCs"
+    server = "demo"
+    configurations = (Configuration("null", "demo_null"),
+                      Configuration("sleep", f"demo_sleep {SLEEP_MS} ms"))
+    columns = (("threads_peak", "demo threads"), ("calls_per_s", "calls/s"),
+               ("p50_ms", "p50 ms"), ("wall_s", "wall s"), ("status", "status"))
+
+    def steps(self, config, quick):
+        rpc = ("--rpc", "sleep", "--sleep-ms", str(SLEEP_MS)) if config.name == "sleep" else ()
+        return [Step("flood", "flood", ("--server", "demo", "--tasks", "1", "--threads", "2",
+                                        "--duration", f"{self.duration:g}", *rpc))]
+
+    def row(self, config, samples, results, kernel):
+        s = results.get("flood") or {}
+        return {"threads_peak": peak(samples, "procs.demo.threads"),
+                "calls_per_s": s.get("calls_per_s"),
+                "p50_ms": (s.get("latency_ms") or {}).get("p50"), "ok": s.get("ok")}
+
+
+class Order(Quiet):
+    """Records the order the runs start in."""
+
+    def __init__(self):
+        self.started = []
+
+    def run_started(self, exp, config, run, repeat):
+        super().run_started(exp, config, run, repeat)
+        self.started.append((config.name, run))
+
+
+def is_png(path: Path) -> bool:
+    return path.exists() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" \
+        and path.stat().st_size > 5000
+
+
+@pytest.mark.timeout(420)
+def test_an_invocation_with_repeat_calibration_report_and_plots(run_dir):
+    order = Order()
+    obj, by = invoke([TwoRpcs(duration=2)], run_dir, quick=True, repeat=2, progress=order)
+    # alternating order, each run in its own directory
+    assert order.started == [("null", 1), ("sleep", 1), ("sleep", 2), ("null", 2)]
+    results = {r["config"]: r for r in by["tworpcs"]}
+    assert list(results) == ["null", "sleep"]
+    for name, r in results.items():
+        assert r["status"] == OK and r["repeat"] == 2 and r["runs_ok"] == 2, r
+        dirs = [Path(x["run_dir"]) for x in r["runs"]]
+        assert dirs == [run_dir / "tworpcs" / name / "r1", run_dir / "tworpcs" / name / "r2"]
+        assert all(load_samples(d / "samples.jsonl") for d in dirs)
+        # the row is the median (of two: their mean) and the spread their min-max
+        vals = [x["row"]["calls_per_s"] for x in r["runs"]]
+        assert r["row"]["calls_per_s"] == pytest.approx(sum(vals) / 2, rel=1e-3)
+        if vals[0] != vals[1]:
+            assert r["spread"]["calls_per_s"] == [min(vals), max(vals)]
+    # the sleeping RPCs are slower, in the rows and in the CDFs the loadgen wrote
+    null, sleep = results["null"], results["sleep"]
+    assert sleep["row"]["p50_ms"] >= SLEEP_MS > null["row"]["p50_ms"], (sleep, null)
+    cdf = {n: r["runs"][0]["results"]["flood"]["latency_ms"]["cdf"]
+           for n, r in results.items()}
+    half = {n: next(x for x, q in c if q >= 0.5) for n, c in cdf.items()}
+    assert half["sleep"] >= SLEEP_MS > half["null"], half
+    # summary.json keeps every run's row and the CDFs
+    saved = json.loads((run_dir / "summary.json").read_text())
+    assert saved["repeat"] == 2
+    s = {r["config"]: r for r in saved["experiments"]["tworpcs"]["results"]}
+    assert [x["row"]["calls_per_s"] for x in s["sleep"]["runs"]] == [
+        x["row"]["calls_per_s"] for x in sleep["runs"]]
+    assert s["sleep"]["runs"][1]["results"]["flood"]["latency_ms"]["cdf"]
+    # the calibration, measured at the start
+    cal = saved["calibration"]
+    assert "error" not in cal, cal
+    assert 0 < cal["floor_rtt_us"]["p50"] <= cal["floor_rtt_us"]["p99"]
+    assert cal["null_rpc_us"]["p50"] > 0 and cal["null_rpc_floor_ratio"] > 0
+    assert cal["host"]["cores"] >= 1 and cal["host"]["memory_bytes"] > 0
+    # the plots, and the report in both forms, the same content
+    figs = saved["experiments"]["tworpcs"]["figures"]
+    assert set(figs) == {"timeseries", "latency", "bars"}
+    for p in figs.values():
+        assert is_png(Path(p)), p
+    md = (run_dir / "report.md").read_text()
+    page = (run_dir / "index.html").read_text()
+    for text in (TwoRpcs.claim.text, "transport floor", "kernel null RPC", "1024 pages"):
+        assert text in md and text in page, text
+    assert "| null |" in md and "ok, 2/2 ok" in md
+    assert md.count("![tworpcs") == 3 and page.count('src="data:image/png;base64,') == 3
+    # tables: the calibration, the claim beside the result, the measured, the runs'
+    # calibration; no script, nothing fetched from outside the page
+    assert page.count("<table") == 4
+    assert "<script" not in page and "http" not in page
