@@ -33,7 +33,7 @@ FACTOR = 4.0
 WORKERS = 10  # the Hurd's libpager workers since c8344d90 (libports DEFAULT_WORKERS)
 # --quick: a smaller memory (the same 32 writers and 5 ms disk), so that five
 # configurations fit in about three minutes and the storm still builds
-QUICK_FACTOR = 3.0
+QUICK_FACTOR = 2.0
 
 
 def hard_limit(kernel: dict) -> int | None:
