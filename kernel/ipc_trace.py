@@ -27,7 +27,13 @@ from collections import deque
 import structlog
 
 import protocol.defs  # noqa: F401  every subsystem registered: names for every id
-from kernel.ipc_port import KERNEL, IPCPort, ipc_port_destroy, ipc_port_make_send, ipc_port_make_sonce
+from kernel.ipc_port import (
+    KERNEL,
+    IPCPort,
+    ipc_port_destroy,
+    ipc_port_make_send,
+    ipc_port_make_sonce,
+)
 from kernel.ipc_right import PORT_SEND
 from protocol import message as M
 from protocol.defs import machemu as X

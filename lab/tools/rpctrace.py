@@ -498,7 +498,9 @@ def print_summary(summary: Summary, secs: float, out, as_json: bool):
         out.write(json.dumps({"summary": rows, "messages": summary.messages,
                               "dropped": summary.dropped, "seconds": round(secs, 3)}) + "\n")
         return
-    ms = (lambda v: "-" if v is None else f"{v:.3f}")
+    def ms(v):
+        return "-" if v is None else f"{v:.3f}"
+
     headers = ["routine", "count", "answered", "errors", "mean ms", "p99 ms", "ool pages"]
     table = [[r["routine"], str(r["count"]), str(r["answered"]), str(r["errors"]),
               ms(r["mean_ms"]), ms(r["p99_ms"]), str(r["ool_pages"])] for r in rows]
@@ -617,3 +619,7 @@ def main(argv: list[str] | None = None, out=None, err=None) -> int:
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+
+
+if __name__ == "__main__":  # python -m lab.tools.rpctrace (as scripts/bench runs it)
+    sys.exit(main())

@@ -5,6 +5,9 @@ no processes."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+
 import pytest
 
 from kernel import ipc_trace as T
@@ -17,10 +20,21 @@ from protocol.defs import notify as N
 from protocol.kern_return import KernReturn as K
 from protocol.kern_return import MachMsgReturn as R
 from protocol.kern_return import MigReturn
-from tests.unit.test_host_priv import SECRET, HelloTask, k  # noqa: F401  (fixture)
+from tests.unit.test_host_priv import SECRET, HelloTask, SecretKernel
 from tests.unit.test_kernel_ipc import MAKE_SEND, MAKE_SO, MOVE_SO, got, msg
 
 pytestmark = pytest.mark.timeout(30)
+
+
+@pytest.fixture
+def k():
+    d = tempfile.mkdtemp(prefix="mk", dir="/tmp")
+    kern = SecretKernel(f"ipc://{d}/k.sock")
+    yield kern
+    for t in list(kern.tasks.values()):
+        kern.task_destroy(t, "test over")
+    kern.close()
+    shutil.rmtree(d, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- pure helpers
@@ -177,7 +191,7 @@ def test_the_ring_keeps_the_newest_and_counts_what_was_lost(k):
     port = server_port(a)
     session, info = start(tracer, {"ring": 16, "ports": [a.space.lookup(port).object.id]})
     assert info["ring"] == 16
-    for i in range(40):
+    for _ in range(40):
         assert a.send(msg(port, msgh_id=D.demo_send.msgh_id)) == 0
         assert got(a.receive(port))
     assert len(k.trace.sessions[0].ring) == 16
