@@ -542,7 +542,8 @@ def trace(client: ClusterClient, args, stop: threading.Event, out, err) -> int:
             hint = (" (tracing needs the privileged host port: run as the cluster's owner,"
                     f" with {client.run_dir.file('host_priv.secret')} readable)")
         err.write(f"rpctrace: machemu_trace_start refused: {err_name(e.code)}{hint}\n")
-        return EXIT_CLUSTER
+        bad_port = e.code in (KernReturn.KERN_INVALID_NAME, KernReturn.KERN_INVALID_TASK)
+        return EXIT_USAGE if bad_port and rt.host_priv else EXIT_CLUSTER
     fields = sinfo["fields"]
     what = ", ".join(f"{k} {v}" for k, v in sinfo["filter"].items() if v is not None)
     err.write(f"rpctrace: tracing {what or 'every message'}; ring {sinfo['ring']}"
