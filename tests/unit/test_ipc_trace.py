@@ -5,11 +5,9 @@ no processes."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-
 import pytest
 
+import tests.unit.test_host_priv as HP
 from kernel import ipc_trace as T
 from protocol import message as M
 from protocol.defs import demo as D
@@ -20,21 +18,13 @@ from protocol.defs import notify as N
 from protocol.kern_return import KernReturn as K
 from protocol.kern_return import MachMsgReturn as R
 from protocol.kern_return import MigReturn
-from tests.unit.test_host_priv import SECRET, HelloTask, SecretKernel
+from tests.unit.test_host_priv import SECRET, HelloTask
 from tests.unit.test_kernel_ipc import MAKE_SEND, MAKE_SO, MOVE_SO, got, msg
 
 pytestmark = pytest.mark.timeout(30)
 
 
-@pytest.fixture
-def k():
-    d = tempfile.mkdtemp(prefix="mk", dir="/tmp")
-    kern = SecretKernel(f"ipc://{d}/k.sock")
-    yield kern
-    for t in list(kern.tasks.values()):
-        kern.task_destroy(t, "test over")
-    kern.close()
-    shutil.rmtree(d, ignore_errors=True)
+k = HP.k  # the in-process kernel with an owner's secret (a fixture)
 
 
 # ---------------------------------------------------------------- pure helpers
@@ -111,6 +101,15 @@ def server_port_in(owner, port, other):
     return other.ok(NS.netname_look_up, "", key, dest=other.name_server)
 
 
+def client_server(k):
+    """A tracer (host_priv), a client and a server task, the server's receive right and
+    the client's send right to it."""
+    tracer = HelloTask(k, "tracer", SECRET)
+    cl, srv = HelloTask(k, "client"), HelloTask(k, "server")
+    sport = srv.port()
+    return tracer, cl, srv, sport, server_port_in(srv, sport, cl)
+
+
 def rpc_through(client, server, sport, to_server, routine, body=b"\x90", ool=(),
                 reply_vals=()):
     """``client`` calls ``routine`` on ``server``'s port by hand: request with a reply
@@ -140,10 +139,7 @@ def test_only_host_priv_may_trace_and_nothing_is_recorded_before(k):
 
 
 def test_a_user_rpc_is_recorded_with_its_reply_matched(k):
-    tracer = HelloTask(k, "tracer", SECRET)
-    cl, srv = HelloTask(k, "client"), HelloTask(k, "server")
-    sport = srv.port()
-    to_srv = server_port_in(srv, sport, cl)
+    tracer, cl, srv, sport, to_srv = client_server(k)
     session, _ = start(tracer)
     page = b"p" * 4096
     body, _, ool = FS.io_write.encode_request([page, 8192])
@@ -228,10 +224,7 @@ def test_filters_by_task_port_and_id_range(k):
 
 
 def test_a_reply_is_recorded_when_its_request_was_even_outside_the_filter(k):
-    tracer = HelloTask(k, "tracer", SECRET)
-    cl, srv = HelloTask(k, "client"), HelloTask(k, "server")
-    sport = srv.port()
-    to_srv = server_port_in(srv, sport, cl)
+    tracer, cl, srv, sport, to_srv = client_server(k)
     session, _ = start(tracer, {"ids": [[D.demo_null.msgh_id, D.demo_null.msgh_id]]})
     rpc_through(cl, srv, sport, to_srv, D.demo_null)
     recs = read(tracer, session)[0]
@@ -240,10 +233,7 @@ def test_a_reply_is_recorded_when_its_request_was_even_outside_the_filter(k):
 
 
 def test_a_server_dying_answers_the_request_with_a_send_once_notification(k):
-    tracer = HelloTask(k, "tracer", SECRET)
-    cl, srv = HelloTask(k, "client"), HelloTask(k, "server")
-    sport = srv.port()
-    to_srv = server_port_in(srv, sport, cl)
+    tracer, cl, srv, sport, to_srv = client_server(k)
     session, _ = start(tracer)
     m = M.Message(D.demo_null.msgh_id, to_srv, M.MACH_MSG_TYPE_COPY_SEND, cl.reply_port(),
                   MAKE_SO, [], b"\x90", [])
