@@ -288,7 +288,9 @@ class Entry:
         r = self.rec
         rt = REGISTRY.get(r["msgh_id"])
         vals, complete = decode_prefix(r["body"])
-        if rt is None or r["kind"] == "reply":
+        if r["kind"] == "reply":  # its request came before the trace: values go after "="
+            return []
+        if rt is None:
             return [("", v) for v in vals] + ([] if complete else [("", MISSING)])
         return field_values(rt.request, vals, complete, r["ool_bytes"])
 
@@ -328,7 +330,9 @@ def routine_of(r: dict) -> str:
 def text_line(e: Entry, t0: float, open_reply: bool = False) -> str:
     r = e.rec
     args = " ".join(text_value(v) for _, v in e.request_fields())
-    line = f"{r['t'] + t0:11.6f} {who(r)} {where(r)}->{routine_of(r)} ({args})"
+    line = f"{r['t'] + t0:11.6f} {who(r)} {where(r)}->{routine_of(r)}"
+    if r["kind"] != "reply":
+        line += f" ({args})"
     if r["kind"] == "refused":
         return line + f" = {code_text(r['code'])}"
     if open_reply:
