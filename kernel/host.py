@@ -15,6 +15,7 @@ import time
 
 import psutil
 
+from kernel import ipc_trace
 from kernel.ipc_port import ipc_port_copy_send
 from kernel.ipc_right import PORT_SEND
 from kernel.ipc_space import T_RECEIVE
@@ -120,5 +121,6 @@ def make_handlers(k, priv: bool) -> Demux:
         k.sched.thread_wakeup(PAGEOUT_EVENT)
         return (old, PORT_SEND) if old is not None else (None, 0)
 
-    return Demux({X.machemu_kernel_info: info, X.machemu_shutdown: shutdown,
-                  MD.vm_set_default_memory_manager: vm_set_default_memory_manager})
+    return ipc_trace.host_routines(k, Demux({
+        X.machemu_kernel_info: info, X.machemu_shutdown: shutdown,
+        MD.vm_set_default_memory_manager: vm_set_default_memory_manager}), need_priv)

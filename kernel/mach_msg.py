@@ -40,10 +40,14 @@ def mach_msg_trap(k, task, h, frames):
                                      h[H_LOCAL], h[H_LOCAL_DISP], h[H_DESCS], frames[2],
                                      frames[3:])
         if code:
+            if k.trace is not None:
+                k.trace.refused(task, tid, h[H_ID], h[H_REMOTE], code)
             k.reply_result(task, tid, seq, code)
             return
         kmsg.sender = task.id  # the trailer: who sent it, whatever the message says
         k.stats["msgs_sent"] += 1
+        if k.trace is not None:  # rpctrace (kernel.ipc_trace); off: this test only
+            k.trace.record(kmsg, task, tid, h[H_REMOTE])
         if ipc_mqueue_send(k, kmsg) == FULL:
             ipc_mqueue_send_block(k, task, tid, seq, kmsg,
                                   h[H_SEND_TIMEOUT] if option & M.MACH_SEND_TIMEOUT else -1,

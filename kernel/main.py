@@ -22,7 +22,7 @@ import psutil
 import structlog
 import zmq
 
-from kernel import host, mach_port, memory_object, netname, vm_user
+from kernel import host, ipc_trace, mach_port, memory_object, netname, vm_user
 from kernel.config import KernelConfig
 from kernel.ipc_kmsg import IPCKmsg
 from kernel.ipc_mqueue import ipc_mqueue_send, waiter_timeout
@@ -168,10 +168,12 @@ class Kernel:
                         "memory_object_control": memory_object.make_handlers(self),
                         "host": host.make_handlers(self, priv=False),
                         "host_priv": host.make_handlers(self, priv=True),
-                        "netname": self.netname.demux()}
+                        "netname": self.netname.demux(),
+                        "trace": ipc_trace.session_demux(self)}
         self.poller = zmq.Poller()
         self.poller.register(s, zmq.POLLIN)
         self.current_kmsg = None
+        self.trace = None  # kernel.ipc_trace.IPCTrace while a session is open
 
     # ------------------------------------------------------------ helpers for ipc_*
 
@@ -204,6 +206,8 @@ class Kernel:
     def kernel_send(self, kmsg: IPCKmsg):
         """mach_msg_send_from_kernel: MACH_SEND_ALWAYS, no queue limit."""
         self.stats["kernel_msgs"] += 1
+        if self.trace is not None:
+            self.trace.record(kmsg, None, 0)
         ipc_mqueue_send(self, kmsg, always=True)
 
     def deadline(self, timeout_ms: int):

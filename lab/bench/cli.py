@@ -4,8 +4,10 @@ The floor (DESIGN section 9) is two bare processes exchanging msgpack-encoded 4 
 over the kernel's own transport (ZeroMQ DEALER <-> ROUTER on ipc://).  Then a real kernel,
 a bare server task and client tasks measure, through the kernel: a null RPC (demo_null),
 a 4 KiB RPC (demo_echo), one-way messages routed per second (demo_send from several tasks
-and threads), and a kernel-served RPC (mach_port_type on the task port, one hop).  Every
-kernel path is printed with its ratio to the floor measured in the same run.
+and threads), and a kernel-served RPC (mach_port_type on the task port, one hop); then
+the same RPCs while rpctrace traces every message, and untraced again (the null RPC
+traced, and its ratio to untraced).  Every kernel path is printed with its ratio to the
+floor measured in the same run.
 
 The VM rows, in the same run: vm_read of a resident 4 KiB page; a cold fault (the first
 vm_read of a page of a fresh memfs file mapped with io_map + vm_map: the kernel's
@@ -137,6 +139,14 @@ def table(rows, args) -> str:
     out.append(f"tree lookup growth 100 -> 100k entries: {g:.2f}x; log ratio "
                f"ln(100k)/ln(100) = 2.50 -> {g / 2.5:.2f} of logarithmic (linear: 1000x); "
                f"list growth {by['vm.map_lookup_list_100k']['value'] / by['vm.map_lookup_list_100']['value']:.0f}x")
+    if "info.trace_overhead_null_p50" in by:
+        out.append(f"rpctrace on (every message, {by['info.traced_messages']['value']:.0f} "
+                   f"traced, {by['info.trace_dropped']['value']:.0f} lost): null RPC p50 "
+                   f"{by['kernel.null_rpc_traced_p50']['value']:.1f} us vs "
+                   f"{by['kernel.null_rpc_p50']['value']:.1f} us off before, "
+                   f"{by['info.null_rpc_untraced_after_p50']['value']:.1f} us after = "
+                   f"{by['info.trace_overhead_null_p50']['value']:.2f}x (p99 "
+                   f"{by['info.trace_overhead_null_p99']['value']:.2f}x)")
     m = args.ext2_mib
     ratio = by[f"ext2.seqwrite_{m}m_disk_write_ratio"]["value"]
     out.append(f"ext2 seqwrite {m} MiB, {args.ext2_pages} pages of memory: disk writes "

@@ -154,6 +154,7 @@ class Bench:
         self.ready(fs, self.rd, "floor-server", 30)
         floor = [self.floor_half(0)]
         kern, routed = self.kernel_paths()
+        traced = self.trace_cost()
         vm = self.vm_paths()
         floor.append(self.floor_half(1))
         lookups = self.map_lookups()
@@ -163,6 +164,7 @@ class Bench:
         fr, rate = rows.floor_summary(floor)
         return [*rows.floor_rows(fr, rate),
                 *rows.kernel_rows(fr, rate, kern, routed, os.cpu_count() or 1),
+                *rows.trace_rows(fr, kern, traced),
                 *rows.vm_rows(fr, vm, lookups, rss),
                 *rows.ext2_rows(ext2, a.ext2_mib)]
 
@@ -218,6 +220,34 @@ class Bench:
         cpu = cpu_used(watched, wall)
         return kern, {"sent": total, "wall": wall, "kernel_cpu": cpu["kernel"],
                       "server_cpu": cpu["server"], "senders_cpu_s": sender_cpu}
+
+    def trace_cost(self) -> dict:
+        """The client's RPCs again while rpctrace (lab.tools.rpctrace --json, every
+        message) traces the kernel, then once more untraced (the load on the host may
+        have changed since the first run): the traced report, with rpctrace's summary
+        as "trace" and the untraced report after it as "after"."""
+        rd = self.rd
+        self.progress("kernel: the same RPCs while rpctrace traces every message, then "
+                      "untraced again")
+        tp = self.start("rpctrace", python_argv("lab.tools.rpctrace", "--run-dir", rd.path,
+                                                "--json"))
+        wait_ready([tp], 30, ready=lambda c: "rpctrace: tracing" in c.output())
+        r = self.client_run("client-traced")
+        tp.send_signal(signal.SIGINT)  # rpctrace stops its session and sums up
+        self.finish(tp, 60)
+        summary = [ln for ln in tp.output().splitlines() if ln.startswith('{"summary"')]
+        if not summary:
+            raise BenchError(f"rpctrace printed no summary:\n{tp.output(20)}")
+        r["trace"] = json.loads(summary[-1])
+        r["after"] = self.client_run("client-after")
+        return r
+
+    def client_run(self, name: str) -> dict:
+        """The client role's report (null, echo, kobject latencies) as task ``name``."""
+        a, rd = self.args, self.rd
+        out = rd.file(f"{name}.json")
+        return self.result(self.role(name, "client", rd.path, name, SERVER_NAME, a.rounds,
+                                     out), out, a.timeout)
 
     def vm_paths(self) -> dict:
         """memfs (a pager) on the same kernel and a VM client: the client's report."""

@@ -63,6 +63,23 @@ def kernel_rows(fr: dict, rate: float, kern: dict, routed: dict, cores: int) -> 
     ]
 
 
+def trace_rows(fr: dict, kern: dict, traced: dict) -> list[dict]:
+    """The null RPC while rpctrace traces every message (``traced``: the client's report
+    then, rpctrace's summary as "trace", the untraced run just after as "after") against
+    the floor; its ratio to the null RPC untraced (the mean of ``kern``'s, before, and
+    the one after); the messages the trace saw and lost."""
+    on = traced["null"]
+    off = {q: (kern["null"][q] + traced["after"]["null"][q]) / 2 for q in ("p50_us", "p99_us")}
+    return [
+        *_vs_floor("kernel.null_rpc_traced", on, fr),
+        row("info.null_rpc_untraced_after_p50", traced["after"]["null"]["p50_us"], "us"),
+        row("info.trace_overhead_null_p50", on["p50_us"] / off["p50_us"], "x"),
+        row("info.trace_overhead_null_p99", on["p99_us"] / off["p99_us"], "x"),
+        row("info.traced_messages", traced["trace"]["messages"], "msgs"),
+        row("info.trace_dropped", traced["trace"]["dropped"], "msgs"),
+    ]
+
+
 def vm_rows(fr: dict, vm: dict, lookups: dict, rss: dict) -> list[dict]:
     """VM paths: resident read and cold fault against the floor (``vm``: the vmclient's
     report), map lookups (``lookups``: the maplookup role's), kernel RSS per page

@@ -23,6 +23,7 @@ KERNEL = {
     "kernel.echo_4k_rpc_p50": "us", "kernel.echo_4k_rpc_p99": "us",
     "kernel.routed_rate": "msg/s",
     "kernel.kobject_rpc_p50": "us", "kernel.kobject_rpc_p99": "us",
+    "kernel.null_rpc_traced_p50": "us", "kernel.null_rpc_traced_p99": "us",
 }
 # VM rows with a ratio to the floor's round trip (p50 to p50, p99 to p99).
 VM_RATIO = {
@@ -77,6 +78,9 @@ def test_quick_json_shape():
     # machine, is off by up to 0.0005 however exact its computation)
     assert math.isclose(null["floor_ratio"], null["value"] / floor["value"], rel_tol=0.01,
                         abs_tol=0.0006)
+    # rpctrace saw every RPC of the traced client (100 timed, 50 warm-up, three kinds)
+    assert by["info.traced_messages"]["value"] >= 3 * 150
+    assert by["info.trace_overhead_null_p50"]["value"] > 0
     routed, frate = by["kernel.routed_rate"], by["floor.pipelined_rate"]
     assert math.isclose(routed["floor_ratio"], routed["value"] / frate["value"], rel_tol=0.01,
                         abs_tol=0.0006)

@@ -280,3 +280,23 @@ def test_read_line(tmp_path):
         assert read_line(c, 30) == ""  # it exited: end of the pipe
     finally:
         c.stop(5)
+
+
+def test_trace_rows_against_the_mean_of_the_untraced_runs():
+    fr = {"p50_us": 100.0, "p99_us": 200.0}
+    kern = {"null": {"p50_us": 200.0, "p99_us": 400.0}}
+    traced = {"null": {"p50_us": 330.0, "p99_us": 900.0},
+              "after": {"null": {"p50_us": 240.0, "p99_us": 500.0}},
+              "trace": {"messages": 450, "dropped": 3}}
+    trows = rows.trace_rows(fr, kern, traced)
+    by = {r["name"]: r for r in trows}
+    assert by["kernel.null_rpc_traced_p50"]["floor_ratio"] == 3.3
+    assert by["kernel.null_rpc_traced_p99"]["floor_ratio"] == 4.5
+    assert by["info.trace_overhead_null_p50"]["value"] == 1.5  # 330 / mean(200, 240)
+    assert by["info.trace_overhead_null_p99"]["value"] == 2.0  # 900 / mean(400, 500)
+    assert by["info.traced_messages"]["value"] == 450 and by["info.trace_dropped"]["value"] == 3
+    out = cli.table([*_rows(), *trows], cli.parse(["--quick"]))
+    line = next(ln for ln in out.splitlines() if ln.startswith("rpctrace on"))
+    assert line.startswith("rpctrace on (every message, 450 traced, 3 lost): null RPC p50 "
+                           "330.0 us vs ")
+    assert line.endswith(" us off before, 240.0 us after = 1.50x (p99 2.00x)")
