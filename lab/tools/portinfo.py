@@ -76,7 +76,7 @@ def port_row(session: Session, task_port: int, name: int, ptype: int,
              ident: dict | None) -> dict:
     """Everything portinfo shows of ``name`` (of type ``ptype``) in the task: rights,
     user references, receive status and queue, port-set members, what it denotes.
-    A name that went away meanwhile is marked ``gone``."""
+    A name that went away meanwhile is marked ``gone`` (its Mach error code)."""
     rt = session.rt
 
     def call(routine, *args):
@@ -133,8 +133,6 @@ def line(row: dict, hexa: bool, details: bool) -> str:
     out = fmt_name(row["name"], hexa) + ": " + ", ".join(row["rights"])
     if not details:
         return out
-    if "gone" in row:
-        return out + " (gone)"
     st = row.get("receive")
     if st is not None:
         parts = []
@@ -294,10 +292,15 @@ def main(argv=None) -> int:
                     rows.append(r)
         else:
             rows = [port_row(session, port, n, t, ids.get(n)) for n, t in names]
+    gone = [r for r in rows if "gone" in r]
+    rows = [r for r in rows if "gone" not in r]
     if args.json:
         print_json({"task": task, "translate": other, "names": rows,
-                    "total_names": len(ids)})
+                    "total_names": len(ids), "gone": len(gone)})
         return 0
+    if gone:  # reply ports and the like, made and used up while we looked
+        print(f"portinfo: {len(gone)} names went away while being listed",
+              file=sys.stderr)
     if terminal():
         headers = (["FROM"] if xlate is not None else []) + HEADERS
         title = f"{task['name']} (task {task['id']}, pid {task['pid']})" + (
