@@ -6,6 +6,7 @@ and a non-zero exit status).
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from pathlib import Path
@@ -113,6 +114,21 @@ class Session:
                             "machemu_kernel_info")
         return info
 
+    def pages(self, routine, task_port: int, count: int):
+        """Every reply of a paged host_priv routine on a task (machemu_vm_map_info,
+        machemu_space_info: ``count`` items each), following its ``next`` from 0."""
+        cursor = 0
+        while True:
+            try:
+                info = routine(self.rt.host_priv, task_port, cursor, count,
+                               timeout=CALL_TIMEOUT, rt=self.rt)
+            except MachError as e:
+                raise mach_error(e, routine.name) from None
+            yield info
+            cursor = info["next"]
+            if not cursor:
+                return
+
     def tasks(self) -> list[dict]:
         """The kernel's tasks (id, name, role, pid, names, map_entries...), this
         session's own task left out."""
@@ -155,6 +171,23 @@ def resolve_task(tasks: list[dict], spec: str) -> dict:
         shown = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
         raise ToolError(f"no task {spec!r} in the kernel (tasks: {shown or 'none'})")
     return max(found, key=lambda t: t["id"])
+
+
+TASK_HELP = "TASK: a task name (the newest of that name), a pid, a task id, or pid:N / id:N."
+
+
+def tool_parser(prog: str, description: str, epilog: str = "", task: bool = False,
+                json_help: str = "one JSON object") -> argparse.ArgumentParser:
+    """The argument parser of a tool with what all of them take: --run-dir, --json and,
+    if ``task``, TASK first (its forms said in the epilog)."""
+    ap = argparse.ArgumentParser(prog=prog, description=description,
+                                 epilog=" ".join(filter(None, (TASK_HELP if task else "",
+                                                               epilog))))
+    if task:
+        ap.add_argument("task", metavar="TASK")
+    ap.add_argument("--run-dir", help="run directory (default ./run, or $MACHEMU_RUN_DIR)")
+    ap.add_argument("--json", action="store_true", help=json_help)
+    return ap
 
 
 def run_tool(prog: str, main, argv=None) -> int:

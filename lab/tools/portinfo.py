@@ -23,10 +23,9 @@ no-senders accounting).
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from lab.tools.common import CALL_TIMEOUT, Session, ToolError, mach_error, run_tool
+from lab.tools.common import CALL_TIMEOUT, Session, ToolError, mach_error, run_tool, tool_parser
 from lab.tools.output import print_json, print_table, terminal
 from protocol import message as M
 from protocol.defs import mach_port as P
@@ -49,18 +48,9 @@ def rights_of(ptype: int) -> list[str]:
 
 def space_identities(session: Session, task_port: int) -> dict[int, dict]:
     """machemu_space_info, every page: {name: what it denotes}."""
-    rt, out, after = session.rt, {}, 0
-    while True:
-        try:
-            info = X.machemu_space_info(rt.host_priv, task_port, after, X.SPACE_INFO_MAX,
-                                        timeout=CALL_TIMEOUT, rt=rt)
-        except MachError as e:
-            raise mach_error(e, "machemu_space_info") from None
-        for r in info["names"]:
-            out[r["name"]] = r
-        after = info["next"]
-        if not after:
-            return out
+    return {r["name"]: r for info in session.pages(X.machemu_space_info, task_port,
+                                                    X.SPACE_INFO_MAX)
+            for r in info["names"]}
 
 
 def port_names(session: Session, task_port: int) -> list[tuple[int, int]]:
@@ -225,16 +215,12 @@ def translate(from_ids: dict[int, dict], from_names: list[tuple[int, int]],
     return out
 
 
-def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog="portinfo", description="Show information about the port NAMEs (default "
-        "all) of task TASK.",
-        epilog="TASK and OTHER: a task name (the newest of that name), a pid, a task id, "
-        "or pid:N / id:N.  NAMEs may be given in hexadecimal (0x...).  With --translate "
-        "only the ports common to both tasks are listed.")
-    ap.add_argument("task", metavar="TASK")
+def parser():
+    ap = tool_parser(
+        "portinfo", "Show information about the port NAMEs (default all) of task TASK.",
+        "OTHER likewise.  NAMEs may be given in hexadecimal (0x...).  With --translate "
+        "only the ports common to both tasks are listed.", task=True)
     ap.add_argument("names", nargs="*", metavar="NAME")
-    ap.add_argument("--run-dir", help="run directory (default ./run)")
     ap.add_argument("--verbose", "-v", action="store_true",
                     help="give more detailed information")
     ap.add_argument("--hex-names", "-x", action="store_true",
@@ -248,7 +234,6 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--port-sets", "-p", action="store_true", help="port sets")
     ap.add_argument("--translate", "-t", metavar="OTHER",
                     help="translate port names to task OTHER")
-    ap.add_argument("--json", action="store_true", help="one JSON object")
     return ap
 
 

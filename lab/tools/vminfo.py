@@ -15,10 +15,9 @@ mode, tree height and the merge and clip counters the map keeps.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from lab.tools.common import CALL_TIMEOUT, Session, ToolError, mach_error, run_tool
+from lab.tools.common import CALL_TIMEOUT, Session, ToolError, mach_error, run_tool, tool_parser
 from lab.tools.output import human_bytes, print_json, print_table, terminal
 from protocol.defs import mach as V
 from protocol.defs import machemu as X
@@ -95,15 +94,8 @@ def regions(session: Session, task_port: int, addr: int, max_addr: int) -> list[
 def map_info(session: Session, task_port: int) -> dict:
     """machemu_vm_map_info, every page of entries: the summary, {start: object id} of
     the entries (``objects_at``) and the objects' rows by id (``objects``)."""
-    rt = session.rt
     at, objects, summary = {}, {}, None
-    address = 0
-    while True:
-        try:
-            info = X.machemu_vm_map_info(rt.host_priv, task_port, address, X.MAP_INFO_MAX,
-                                         timeout=CALL_TIMEOUT, rt=rt)
-        except MachError as e:
-            raise mach_error(e, "machemu_vm_map_info") from None
+    for info in session.pages(X.machemu_vm_map_info, task_port, X.MAP_INFO_MAX):
         summary = summary or {k: v for k, v in info.items()
                               if k not in ("entries", "objects", "next")}
         for e in info["entries"]:
@@ -111,9 +103,6 @@ def map_info(session: Session, task_port: int) -> dict:
         for o in info["objects"]:
             objects[o[0]] = dict(zip(("id", "kind", "pager", "resident", "size",
                                       "ref_count", "cached", "label"), o))
-        address = info["next"]
-        if not address:
-            break
     summary["objects_at"] = at
     summary["objects"] = objects
     return summary
@@ -137,23 +126,19 @@ def summary_text(task: dict, s: dict, regs: list[dict]) -> list[tuple[str, str]]
     return rows
 
 
-def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog="vminfo", description="Show the virtual memory regions of task TASK, one "
-        "line per map entry (the summary goes to stderr).",
-        epilog="TASK: a task name (the newest of that name), a pid, a task id, or "
-        "pid:N / id:N.  If ADDR, and possibly SIZE, are given only regions enclosing the "
-        "range ADDR to ADDR+SIZE are shown (SIZE defaults to 0).")
-    ap.add_argument("task", metavar="TASK")
+def parser():
+    ap = tool_parser(
+        "vminfo", "Show the virtual memory regions of task TASK, one line per map entry "
+        "(the summary goes to stderr).",
+        "If ADDR, and possibly SIZE, are given only regions enclosing the range ADDR to "
+        "ADDR+SIZE are shown (SIZE defaults to 0).", task=True,
+        json_help="one JSON object: task, summary, regions, objects")
     ap.add_argument("addr", nargs="?", metavar="ADDR")
     ap.add_argument("size", nargs="?", metavar="SIZE")
-    ap.add_argument("--run-dir", help="run directory (default ./run)")
     ap.add_argument("--holes", "-H", action="store_true",
                     help="show holes between regions explicitly")
     ap.add_argument("--decimal", "-d", action="store_true", help="numbers in decimal")
     ap.add_argument("--no-summary", action="store_true", help="no summary on stderr")
-    ap.add_argument("--json", action="store_true",
-                    help="one JSON object: task, summary, regions")
     return ap
 
 

@@ -16,14 +16,13 @@ statistics record in its log (DIR/defpager.log): machemu's default pager has no
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from dataclasses import dataclass
 from typing import Callable
 
 from lab.loadgen.logstats import server_stats
-from lab.tools.common import CALL_TIMEOUT, Session, ToolError, mach_error, run_tool
+from lab.tools.common import CALL_TIMEOUT, Session, ToolError, mach_error, run_tool, tool_parser
 from lab.tools.output import print_json, print_json_line, print_table, terminal, vmstat_size
 from protocol.defs import mach as V
 from protocol.kern_return import MachError
@@ -259,18 +258,18 @@ def json_sample(fields: list[Field], s: dict, prev: dict | None) -> dict:
     return out
 
 
-def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog="vmstat", description="Show the kernel's virtual memory statistics (the "
-        "Hurd's vmstat fields, then machemu's own).",
-        epilog="With INTERVAL the output is terse: a line every INTERVAL seconds, "
-        "cumulative fields as the change since the line before; COUNT lines (0 or none: "
-        "until Ctrl-C), the header again every HEADER_INTERVAL lines.")
+def parser():
+    ap = tool_parser(
+        "vmstat", "Show the kernel's virtual memory statistics (the Hurd's vmstat fields, "
+        "then machemu's own).",
+        "With INTERVAL the output is terse: a line every INTERVAL seconds, cumulative "
+        "fields as the change since the line before; COUNT lines (0 or none: until "
+        "Ctrl-C), the header again every HEADER_INTERVAL lines.",
+        json_help="JSON (a line per interval)")
     ap.add_argument("interval", nargs="?", type=float, metavar="INTERVAL")
     ap.add_argument("count", nargs="?", type=int, metavar="COUNT")
     ap.add_argument("hdr_interval", nargs="?", type=int, default=HEADER_INTERVAL,
                     metavar="HEADER_INTERVAL")
-    ap.add_argument("--run-dir", help="run directory (default ./run)")
     ap.add_argument("--all", "-a", action="store_true",
                     help="every field, not only the standard ones")
     ap.add_argument("--terse", "-t", action="store_true", help="one-line output")
@@ -283,7 +282,6 @@ def parser() -> argparse.ArgumentParser:
                        help="sizes in bytes")
     ap.add_argument("--defpager", default="defpager", metavar="NAME",
                     help="the default pager whose log gives the swap (default defpager)")
-    ap.add_argument("--json", action="store_true", help="JSON (a line per interval)")
     ap.set_defaults(units="auto")
     return ap
 

@@ -13,9 +13,7 @@ from __future__ import annotations
 import sys
 import time
 
-import psutil
-
-from lab.experiments.recorder import proc_sample
+from lab.experiments.recorder import ProcessSet, proc_sample
 from lab.tools.common import Session, run_tool
 from lab.tools.output import human_bytes, print_json_line, terminal
 
@@ -28,33 +26,31 @@ PAGEOUT_KEYS = ("free_count", "active_count", "inactive_count", "wire_count", "d
 
 
 class Processes:
-    """psutil handles of the tasks' processes, kept between refreshes so that CPU% is
-    the share since the last one."""
+    """The tasks' processes (a recorder ProcessSet, its psutil handles kept between
+    refreshes) and their CPU seconds, so that CPU% is the share since the last one."""
 
     def __init__(self):
-        self.handles: dict[int, psutil.Process] = {}
+        self.set = ProcessSet()
         self.last: dict[int, tuple[float, float]] = {}  # pid -> (cpu seconds, when)
 
     def sample(self, pids: set[int]) -> dict[int, dict]:
-        out = {}
+        for label in set(self.set.fixed) - {str(p) for p in pids}:
+            self.set.remove(label)
         for pid in pids:
-            h = self.handles.get(pid)
-            if h is None:
-                try:
-                    h = self.handles[pid] = psutil.Process(pid)
-                except psutil.Error:
-                    continue
+            self.set.add(str(pid), pid)
+        out = {}
+        for h in self.set.current().values():
             d = proc_sample(h)
             if d is None:
                 continue
             now = time.monotonic()
-            prev = self.last.get(pid)
+            prev = self.last.get(h.pid)
             d["cpu_percent"] = (round(100 * (d["cpu"] - prev[0]) / (now - prev[1]), 1)
                                 if prev and now > prev[1] else None)
-            self.last[pid] = (d["cpu"], now)
-            out[pid] = d
-        for pid in set(self.handles) - pids:
-            self.handles.pop(pid, None)
+            self.last[h.pid] = (d["cpu"], now)
+            out[h.pid] = d
+        for pid in set(self.set.handles) - pids:  # tasks gone: forget their processes
+            self.set.handles.pop(pid, None)
             self.last.pop(pid, None)
         return out
 
