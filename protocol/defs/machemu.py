@@ -52,5 +52,5 @@ machemu_space_info = machemu.routine(
     "machemu_space_info", 5,
     [("task", mach_port_send_t), ("after", mach_port_name_t), ("count", natural_t)],
     [("info", Blob())])
-MAP_INFO_MAX = 4096    # entries per machemu_vm_map_info reply at most
-SPACE_INFO_MAX = 4096  # names per machemu_space_info reply at most
+MAP_INFO_MAX = 1024    # entries per machemu_vm_map_info reply at most (about 100 KiB)
+SPACE_INFO_MAX = 1024  # names per machemu_space_info reply at most (about 150 KiB)
