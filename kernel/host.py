@@ -4,20 +4,22 @@ tasks (DESIGN §8a).
 
 On the host port: machemu_kernel_info about the kernel and the caller's own task.  On
 host_priv, as well: every task's and port's kernel info, the launcher's clean stop
-(machemu_shutdown) and vm_set_default_memory_manager.  A host_priv routine sent to the
-plain host port gets KERN_INVALID_HOST, as GNU Mach's convert_port_to_host_priv makes
-it.  A host_priv port serves every host routine (convert_port_to_host takes both)."""
+(machemu_shutdown), vm_set_default_memory_manager, and what the inspection tools need
+(machemu_task_for_id, machemu_vm_map_info, machemu_space_info).  A host_priv routine
+sent to the plain host port gets KERN_INVALID_HOST, as GNU Mach's
+convert_port_to_host_priv makes it.  A host_priv port serves every host routine (convert_port_to_host takes both)."""
 
 from __future__ import annotations
 
+import heapq
 import os
 import time
 
 import psutil
 
 from kernel import ipc_trace
-from kernel.ipc_port import ipc_port_copy_send
-from kernel.ipc_right import PORT_SEND
+from kernel.ipc_port import KERNEL, IPCPort, ipc_port_copy_send, ipc_port_make_send
+from kernel.ipc_right import PORT_SEND, release_right
 from kernel.ipc_space import T_RECEIVE
 from kernel.vm_page import PAGEOUT_EVENT
 from kernel.vm_user import vm_statistics
@@ -83,6 +85,125 @@ def kernel_info(k, only_task: int | None = None) -> dict:
                        "netnames": sorted(k.netname.names)}}
 
 
+def task_of(task_right):
+    """convert_port_to_task: the live task whose kernel port ``task_right`` (a request's
+    (port, type) pair) is; KERN_INVALID_ARGUMENT for anything else.  The caller releases
+    the right once it succeeds (on an error the kernel releases it)."""
+    port = task_right[0]
+    if port is None or port.kotype != "task" or not port.active or not port.kobject.alive:
+        raise MachError(KernReturn.KERN_INVALID_ARGUMENT, "not a task port")
+    return port.kobject
+
+
+def find_task(k, ident: int, flavor: int):
+    """The task machemu_task_for_id names: by kernel task id, or the newest task of a
+    process id; KERN_INVALID_ARGUMENT when there is none (or for an unknown flavor)."""
+    if flavor == X.TASK_BY_ID:
+        found = [t for t in k.tasks.values() if t.id == ident]
+    elif flavor == X.TASK_BY_PID:
+        found = [t for t in k.tasks.values() if t.pid == ident]
+    else:
+        raise MachError(KernReturn.KERN_INVALID_ARGUMENT, "unknown flavor")
+    found = [t for t in found if t.alive]
+    if not found:
+        raise MachError(KernReturn.KERN_INVALID_ARGUMENT, "no such task")
+    return max(found, key=lambda t: t.id)
+
+
+def _object_row(obj) -> list:
+    """[id, kind, pager's task, resident pages, size, ref_count, cached, label] of a VM
+    object, as machemu_vm_map_info lists the objects its entries map."""
+    holder = ""
+    if obj.pager is not None:
+        holder = _holder(obj.pager)[1]
+    return [obj.id, "internal" if obj.internal else "external", holder, len(obj.resident),
+            obj.size, obj.ref_count, bool(obj.cached), obj.label]
+
+
+def vm_map_info(vmap, address: int, count: int) -> dict:
+    """machemu_vm_map_info of one map: the summary (vm_map's nentries, size, bounds,
+    lookup structure, merge mode, tree height, the merge and clip counters it keeps) and
+    at most ``count`` entries from the one vm_region(``address``) finds on, each [start,
+    end, protection, max_protection, inheritance, object id (0: none), offset,
+    wired_count, is_shared], with ``objects`` (rows of _object_row) and ``next``."""
+    counters = {}
+    stats = getattr(vmap, "stats", None)
+    if isinstance(stats, dict):
+        counters.update({str(key): v for key, v in stats.items()})
+    for key in ("merges", "clips", "coalesces"):
+        v = getattr(vmap, key, None)
+        if isinstance(v, int):
+            counters[key] = v
+    out = {"nentries": vmap.nentries, "size": vmap.size, "min_offset": vmap.min_offset,
+           "max_offset": vmap.max_offset, "lookup": vmap.lookup, "merge": vmap.merge,
+           "tree_height": vmap.tree_height(), "counters": counters,
+           "entries": [], "objects": [], "next": 0}
+    count = min(count, X.MAP_INFO_MAX)
+    if count == 0 or vmap.nentries == 0:
+        return out
+    try:
+        e = vmap.vm_region(address)
+    except MachError:  # KERN_NO_SPACE: nothing at or above address
+        return out
+    objects = {}
+    while True:
+        obj = e.object
+        if obj is not None and obj.id not in objects:
+            objects[obj.id] = _object_row(obj)
+        out["entries"].append([e.vme_start, e.vme_end, e.protection, e.max_protection,
+                               e.inheritance, obj.id if obj is not None else 0, e.offset,
+                               e.wired_count, bool(e.is_shared)])
+        nxt = e.vme_next
+        if nxt.vme_start <= e.vme_start:  # back at the map's header: the last entry
+            break
+        if len(out["entries"]) >= count:
+            out["next"] = nxt.vme_start
+            break
+        e = nxt
+    out["objects"] = list(objects.values())
+    return out
+
+
+def _holder(port) -> tuple[int, str]:
+    """(task id, task name) holding ``port``'s receive right: (0, "kernel") for a
+    kernel-served port, (-1, "") while in transit or dead."""
+    r = port.receiver
+    if r is KERNEL:
+        return 0, "kernel"
+    if r is None or r.task is None:
+        return -1, ""
+    return r.task.id, r.task.name
+
+
+def space_info(k, space, after: int, count: int) -> dict:
+    """machemu_space_info of one IPC space: at most ``count`` names above ``after`` in
+    order, each {name, what (port, pset, dead), id (the kernel's port or set id, 0 for
+    a dead name), receiver and receiver_name (who holds the receive right: 0 "kernel"),
+    kotype and label (a kernel port's kind), object (the VM object whose pager, control
+    or name port it is; 0 for none)}; ``total`` names and ``next``."""
+    count = min(count, X.SPACE_INFO_MAX)
+    names = heapq.nsmallest(count + 1, (n for n in space.table if n > after))
+    rows = []
+    for n in names[:count]:
+        e = space.table[n]
+        obj = e.object
+        row = {"name": n, "what": "dead", "id": 0, "receiver": -1, "receiver_name": "",
+               "kotype": "", "label": "", "object": 0}
+        if isinstance(obj, IPCPort):
+            rid, rname = _holder(obj)
+            vmo = k.vm.pager_objects.get(obj.id)
+            if vmo is None and obj.kotype in ("memory_object_control", "memory_object_name"):
+                vmo = obj.kobject
+            row.update(what="port", id=obj.id, receiver=rid, receiver_name=rname,
+                       kotype=obj.kotype or "", label=obj.label or "",
+                       object=vmo.id if vmo is not None else 0)
+        elif obj is not None:
+            row.update(what="pset", id=obj.id)
+        rows.append(row)
+    nxt = names[count - 1] if len(names) > count else 0
+    return {"names": rows, "total": len(space.table), "next": nxt}
+
+
 def make_handlers(k, priv: bool) -> Demux:
     """The host server of the plain host port (``priv`` False) or of host_priv."""
 
@@ -121,6 +242,34 @@ def make_handlers(k, priv: bool) -> Demux:
         k.sched.thread_wakeup(PAGEOUT_EVENT)
         return (old, PORT_SEND) if old is not None else (None, 0)
 
+    def task_for_id(_host, ident, flavor):
+        """machemu_task_for_id (host_priv): a send right to the kernel port of the task
+        ``ident`` names (the Hurd's proc_pid2task, for the inspection tools)."""
+        need_priv("machemu_task_for_id")
+        t = find_task(k, ident, flavor)
+        ipc_port_make_send(t.port)
+        return (t.port, PORT_SEND)
+
+    def map_info(_host, task_right, address, count):
+        """machemu_vm_map_info (host_priv): a task's map, summary and entries."""
+        need_priv("machemu_vm_map_info")
+        t = task_of(task_right)
+        out = vm_map_info(t.map, address, count)
+        out["task"] = t.id
+        release_right(k, *task_right)
+        return out
+
+    def space(_host, task_right, after, count):
+        """machemu_space_info (host_priv): what a task's names denote."""
+        need_priv("machemu_space_info")
+        t = task_of(task_right)
+        out = space_info(k, t.space, after, count)
+        out["task"] = t.id
+        release_right(k, *task_right)
+        return out
+
     return ipc_trace.host_routines(k, Demux({
         X.machemu_kernel_info: info, X.machemu_shutdown: shutdown,
-        MD.vm_set_default_memory_manager: vm_set_default_memory_manager}), need_priv)
+        MD.vm_set_default_memory_manager: vm_set_default_memory_manager,
+        X.machemu_task_for_id: task_for_id, X.machemu_vm_map_info: map_info,
+        X.machemu_space_info: space}), need_priv)

@@ -305,7 +305,9 @@ def make_handlers(k):
         return {"seqno": port.seqno, "mscount": port.mscount, "qlimit": mq.qlimit,
                 "msgcount": len(mq.messages), "waiting_receivers": waiting,
                 "blocked_senders": mq.blocked_senders(), "srights": port.srights,
-                "sorights": port.sorights, "in_set": port.pset is not None}
+                "sorights": port.sorights, "in_set": port.pset is not None,
+                "dnrequests": len(port.dnrequests), "nsrequest": port.nsrequest is not None,
+                "pdrequest": port.pdrequest is not None}
 
     return Demux({
         P.mach_port_names: names,

@@ -1,7 +1,7 @@
 """machemu cluster launcher: start a kernel and its servers, supervise them, stop them.
 
   launch cluster [--run-dir DIR] [--config cluster.toml] [--threads multithread|workers]
-  launch status  [--run-dir DIR] [--all] [--json]
+  launch status  [--run-dir DIR] [--all] [--json] [--watch]
   launch stop    [--run-dir DIR]
   launch run     [--run-dir DIR] [--duration S] [--tasks N] [--anon-factor F]
                  [--config F] [--threads T]
@@ -20,7 +20,8 @@ Then the headline experiment (--experiment, default storm: E1) runs --quick, eac
 configuration on a fresh cluster of its own, and prints its table and findings.
 
 ``stop`` signals the launcher of DIR/launch.pid; without one (or if it does not finish)
-it stops the processes of DIR/cluster.json itself.  ``status``: lab.status.
+it stops the processes of DIR/cluster.json itself.  ``status``: lab.status; its live
+view (``--watch``): lab.tools.watch.
 """
 
 from __future__ import annotations
@@ -256,6 +257,10 @@ def cmd_stop(args) -> int:
 
 
 def cmd_status(args) -> int:
+    if args.watch:
+        from lab.tools.watch import cli_watch
+
+        return cli_watch(args.run_dir, args.interval, args.count, args.json)
     rd = RunDir.resolve(args.run_dir)
     logs.setup("launch-status", os.devnull)  # failures are reported below, on stderr
     try:
@@ -297,6 +302,10 @@ def main(argv=None) -> int:
     run_dir_arg(p)
     p.add_argument("--all", action="store_true", help="list idle ports too")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--watch", action="store_true",
+                   help="a live view refreshed every --interval seconds (Ctrl-C quits)")
+    p.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
+    p.add_argument("--count", type=int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(fn=cmd_status)
 
     p = sub.add_parser("run", help="start the default cluster (small memory), run the anon,"

@@ -12,6 +12,7 @@ from pathlib import Path
 import psutil
 
 from lab.rundir import RunDir, unix_listening
+from lab.tools.output import human_bytes
 from protocol.host_secret import HostSecretError
 
 
@@ -72,16 +73,6 @@ def proc_info(entries: list[dict]) -> list[dict]:
         except psutil.NoSuchProcess:
             row["alive"] = False
     return out
-
-
-def human_bytes(n) -> str:
-    """A byte count as "512 B", "1.5 MiB"."""
-    n = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 def collect(rd: RunDir, all_ports: bool = False) -> dict:
