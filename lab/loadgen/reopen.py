@@ -30,14 +30,12 @@ import time
 import psutil
 
 from lab.loadgen.ext2 import Ext2File, Ext2Workload, file_bytes, file_chunks
-from lab.loadgen.files import create_file
-from lab.loadgen.pages import MIB
+from lab.loadgen.files import call_all, create_file
 from lab.loadgen.table import dash
 from lab.loadgen.workload import positive_int, workload
 from protocol.defs import fs as F
 from protocol.defs import mach as V
 from protocol.defs.mach_port import mach_port_deallocate
-from protocol.kern_return import MachError
 from protocol.vm_param import PAGE_SIZE as PAGE
 
 SETS = ("reopen", "held")
@@ -155,6 +153,8 @@ class Reopen(Ext2Workload):
             st.add(closes=1)
 
     def steps(self, rt, args, st, task):
+        """The task's steps: make and write every file, sync, close the reopened set;
+        the passes (each set's reads between two vm_statistics); close and unlink."""
         reopen, held = self.files(st, task, args)
         pages = args.file_pages
         for f in reopen + held:
@@ -168,8 +168,9 @@ class Reopen(Ext2Workload):
             t0 = time.perf_counter()
             F.fsys_syncfs(st.root, 1, 0, timeout=args.call_timeout, rt=rt)
             st.add(syncfs=1, syncfs_s=time.perf_counter() - t0)
-            for f in reopen:
-                self.drop_port(rt, args, st, f)
+            err = call_all([lambda f=f: self.drop_port(rt, args, st, f) for f in reopen])
+            if err is not None:
+                raise err
 
         def mark(what):
             st.marks.setdefault(what, time.time())
@@ -209,8 +210,10 @@ class Reopen(Ext2Workload):
     def account(self, rt, args, st, name, box, counts, pages: int):
         """The kernel's deltas over one set's reads (``pages`` pages read), added to the
         set's sums."""
+        before = box.get("before")
+        if before is None:
+            return  # its snapshot failed (counted as an error): nothing to add
         after = self.stats(rt, args)
-        before = box["before"]
         d = {k: after.get(k, 0) - before.get(k, 0) for k in KERNEL_KEYS}
         d["pages_read"] = pages
         with st.lock:
@@ -219,16 +222,10 @@ class Reopen(Ext2Workload):
         counts.append(d["data_requests"])
 
     def close(self, rt, args, st, f):
-        """Drop what is still open and (unless --keep-files) unlink the file."""
+        """Unlink the file (unless --keep-files) and drop its port if still open."""
         calls = [] if args.keep_files else [
             lambda: F.dir_unlink(st.root, f.name, timeout=args.call_timeout, rt=rt)]
-        first_err = None
-        for call in calls:
-            try:
-                call()
-            except MachError as e:
-                first_err = e
-        self.drop_port(rt, args, st, f)
+        first_err = call_all(calls + [lambda: self.drop_port(rt, args, st, f)])
         st.add(files_closed=1)
         if first_err is not None:
             raise first_err

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import pytest
 
+from lab.rundir import RunDir
 from protocol.defs import fs as F
 from protocol.defs import mach as VM
+from protocol.runtime import TaskRuntime
 from tests.conftest import start_kernel, start_server, wait_for
 from tests.integration.test_ext2fs_translator import RW, Client, last_stats, pattern
 
@@ -22,9 +24,7 @@ def vmstat(rt):
 
 
 def cluster(run_dir, procs, deactivate: bool):
-    from protocol.runtime import TaskRuntime
-    from lab.rundir import RunDir
-
+    """A kernel of 4,096 pages and ext2fs (no periodic sync); a task of the owner."""
     endpoint = start_kernel(run_dir, procs, physical_pages=4096,
                             deactivate_on_cache=deactivate)
     start_server(procs, run_dir, "translators.ext2fs", "ext2fs", "--stats-interval", "0.2",
@@ -32,11 +32,20 @@ def cluster(run_dir, procs, deactivate: bool):
     return TaskRuntime(endpoint, "client", secret=RunDir(run_dir).host_secret())
 
 
-def write_file(c, name, data):
+def written(c, name, seed):
+    """A file of SIZE bytes made, synced (its pages clean) and read back once: (its
+    open port, its bytes)."""
+    data = pattern(SIZE, seed=seed)
     port = c.open(name, RW | F.O_CREAT)
     assert c.call(F.io_write, port, data, 0) == len(data)
-    c.call(F.fsys_syncfs, port, 1, 0)  # clean pages
-    return port
+    c.call(F.fsys_syncfs, port, 1, 0)
+    assert c.read_all(port, SIZE) == data
+    return port, data
+
+
+def stats_when(rt, pred, what):
+    """vm_statistics once ``pred`` holds of it."""
+    return wait_for(lambda: (lambda v: v if pred(v) else None)(vmstat(rt)), T, what=what)
 
 
 @pytest.mark.timeout(180)
@@ -45,16 +54,14 @@ def test_last_close_caches_and_reopen_hits(run_dir, procs, deactivate):
     rt = cluster(run_dir, procs, deactivate)
     try:
         c = Client(rt)
-        data = pattern(SIZE, seed=7)
-        port = write_file(c, "f", data)
-        assert c.read_all(port, SIZE) == data
+        port, data = written(c, "f", 7)
         before = vmstat(rt)
         # a second open of the same file, closed (in either order, one entry comes)
         extra = c.open("f", F.O_READ)
         c.close(extra)
         c.close(port)  # the last open: ext2fs unmaps its window, the object is cached
-        s = wait_for(lambda: (lambda v: v if v["cache_entered"] > before["cache_entered"]
-                              else None)(vmstat(rt)), T, what="the object entering the cache")
+        s = stats_when(rt, lambda v: v["cache_entered"] > before["cache_entered"],
+                       "the object entering the cache")
         assert s["cache_entered"] == before["cache_entered"] + 1, s  # once: the last close
         assert s["cached_objects"] >= 1
         if deactivate:
@@ -79,8 +86,8 @@ def test_last_close_caches_and_reopen_hits(run_dir, procs, deactivate):
         else:
             assert react == 0, (s, a)
         c.close(port)
-        wait_for(lambda: vmstat(rt)["cache_entered"] == s["cache_entered"] + 1, T,
-                 what="the second entry")
+        stats_when(rt, lambda v: v["cache_entered"] == s["cache_entered"] + 1,
+                   "the second entry")
     finally:
         rt.close()
 
@@ -91,9 +98,7 @@ def test_open_file_keeps_its_object(run_dir, procs):
     rt = cluster(run_dir, procs, True)
     try:
         c = Client(rt)
-        data = pattern(SIZE, seed=3)
-        port = write_file(c, "g", data)
-        assert c.read_all(port, SIZE) == data
+        port, data = written(c, "g", 3)
         before = vmstat(rt)
         other = c.open("g", F.O_READ)
         assert c.read_all(other, SIZE) == data

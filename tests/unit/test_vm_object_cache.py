@@ -30,20 +30,21 @@ def kernel(**cfg):
     return k, d
 
 
-@pytest.fixture
-def deact():
-    k, d = kernel(deactivate_on_cache=True)
+def a_kernel(deactivate: bool):
+    k, d = kernel(deactivate_on_cache=deactivate)
     yield k
     k.close()
     shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def deact():
+    yield from a_kernel(True)
 
 
 @pytest.fixture
 def keep():
-    k, d = kernel(deactivate_on_cache=False)
-    yield k
-    k.close()
-    shutil.rmtree(d, ignore_errors=True)
+    yield from a_kernel(False)
 
 
 def pager_object(k, npages, queue="active", referenced=True):
