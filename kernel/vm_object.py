@@ -12,6 +12,7 @@ The vm_object_* routines take the VM system (``kernel.vm_init.VMSystem``) first.
 from __future__ import annotations
 
 import itertools
+import time
 from collections import OrderedDict
 
 from kernel import memory_object_user as MOU
@@ -78,8 +79,9 @@ class VMObjectCache:
     Counters (``statistics``): ``lookups`` and ``hits`` are vm_statistics' object
     cache lookups (vm_object_enter) and hits (the object was found in the cache);
     ``entered`` objects vm_object_deallocate cached, ``deactivated`` pages
-    vm_object_deactivate_pages moved to the inactive queue as their object entered,
-    ``overflowed`` objects terminated because the cache was over its limit."""
+    vm_object_deactivate_pages moved to the inactive queue as their object entered
+    (``deactivate_seconds`` the time those calls took), ``overflowed`` objects
+    terminated because the cache was over its limit."""
 
     def __init__(self, max_objects: int | None):
         self.objects: OrderedDict[int, VMObject] = OrderedDict()
@@ -90,6 +92,7 @@ class VMObjectCache:
         self.hits = 0
         self.entered = 0
         self.deactivated = 0
+        self.deactivate_seconds = 0.0
         self.overflowed = 0
 
     def __len__(self):
@@ -100,7 +103,9 @@ class VMObjectCache:
         vm_statistics' own names)."""
         return {"lookups": self.lookups, "hits": self.hits,
                 "cached_objects": len(self.objects), "cache_entered": self.entered,
-                "cache_deactivated": self.deactivated, "cache_overflowed": self.overflowed}
+                "cache_deactivated": self.deactivated,
+                "cache_deactivate_ms": round(self.deactivate_seconds * 1000, 3),
+                "cache_overflowed": self.overflowed}
 
     def enter(self, obj: VMObject):
         obj.cached = True
@@ -164,7 +169,9 @@ def vm_object_deallocate(vm, obj):
             and (obj.resident or cache.keep_empty)):
         cache.enter(obj)
         if cache.deactivate and vm.config.deactivate_on_cache:
+            t0 = time.perf_counter()
             cache.deactivated += vm_object_deactivate_pages(vm, obj)
+            cache.deactivate_seconds += time.perf_counter() - t0
         for old in vm.cache.overflow():
             vm_object_terminate(vm, old)
         return

@@ -41,7 +41,7 @@ from protocol.vm_param import PAGE_SIZE as PAGE
 SETS = ("reopen", "held")
 # vm_statistics counters whose deltas are summed per set
 KERNEL_KEYS = ("data_requests", "pageins", "reactivations", "cache_entered",
-               "cache_deactivated", "lookups", "hits")
+               "cache_deactivated", "cache_deactivate_ms", "lookups", "hits")
 HELD_INDEX = 1 << 20  # held files' index (in names and page keys) starts here
 MAX_FILES = 4096  # per task and set: the ports a task holds stay bounded
 
@@ -257,6 +257,7 @@ class Reopen(Ext2Workload):
                     per_set[name][k] = per_set[name].get(k, 0) + v
         for name in SETS:
             d = per_set[name]
+            d["cache_deactivate_ms"] = round(d["cache_deactivate_ms"], 3)
             # a page read that the kernel had to ask ext2fs for again was not resident
             d["page_hit_rate"] = (None if not d["pages_read"] else
                                   round(1 - d["data_requests"] / d["pages_read"], 4))
@@ -277,6 +278,10 @@ class Reopen(Ext2Workload):
         s["kernel_cpu_per_cache_entry_ms"] = (
             None if s["kernel_cpu_s"] is None or not entries
             else round(s["kernel_cpu_s"] * 1000 / entries, 4))
+        # what vm_object_deactivate_pages itself took, timed in the kernel
+        spent = sum(per_set[name]["cache_deactivate_ms"] for name in SETS)
+        s["deactivate_us_per_cache_entry"] = (round(spent * 1000 / entries, 2) if entries
+                                              else None)
         s["bytes_expected"] = args.tasks * self.pages_expected(args) * PAGE
 
     @staticmethod

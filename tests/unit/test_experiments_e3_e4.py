@@ -128,6 +128,7 @@ def reopen_summary(entries, deactivated, react, rereads, pages, held_rereads=0, 
                      "page_hit_rate": (round(1 - held_rereads / held, 4) if held else None)}}
     return {"sets": sets, "cache_entered": entries, "cache_hit_rate": 1.0,
             "kernel_cpu_s": cpu, "kernel_cpu_per_cache_entry_ms": round(cpu * 1000 / entries, 4),
+            "deactivate_us_per_cache_entry": 100.0 if deactivated else 0.0,
             "bytes_verified": pages * 4096, "bytes_expected": pages * 4096,
             "mismatches": 0, "exit_status": 0, "files": 16, "held": 48 if held else 0,
             "read_mib_per_s": 50.0, "per_pass_data_requests": [[[0, 0]]]}
@@ -147,7 +148,8 @@ def test_cache_entry_row_and_findings():
     assert d["verified_all"] and d["bytes_verified"] == (40960 + 16384) * 4096
     f = e.findings([{"config": "deactivate", "status": "ok", "row": d},
                     {"config": "keep", "status": "ok", "row": k}])
-    assert len(f) == 4 and "+0.469 ms per cache entry (+25 %)" in f[2]
+    assert len(f) == 4 and "2.3438 ms with deactivation, 1.875 ms without (+25 %)" in f[2]
+    assert "took 100.0 us per entry (timed in the kernel), 4.3 % of it" in f[2]
     assert "8% of their pages with deactivation and 94% without" in f[3]
     half = e.row(e.configurations[0], [], {"quiet": reopen_summary(1, 1, 1, 0, 64)}, {})
     assert half["verified_all"] is False  # a step missing

@@ -79,6 +79,7 @@ def test_entering_deactivates_every_page_and_counts_them(deact):
     s = vm_statistics(vm)
     assert s["cache_entered"] == 1 and s["cached_objects"] == 1
     assert s["cache_deactivated"] == 6  # not the busy page, not the wired one
+    assert s["cache_deactivate_ms"] > 0  # timed
     rest = [p for o, p in obj.resident.items() if o >= 2 * PAGE_SIZE]
     assert all(p.queue == Q_INACTIVE and not p.referenced for p in rest)
     assert busy.queue == Q_ACTIVE and wired.wire_count == 1
@@ -101,6 +102,7 @@ def test_without_deactivation_pages_stay_active(keep):
     assert obj.cached
     s = vm_statistics(vm)
     assert s["cache_entered"] == 1 and s["cache_deactivated"] == 0
+    assert s["cache_deactivate_ms"] == 0
     assert all(p.queue == Q_ACTIVE and p.referenced for p in obj.resident.values())
 
 
