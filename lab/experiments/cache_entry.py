@@ -85,7 +85,7 @@ class CacheEntry(Experiment):
                 f"memory, each opened (dir_lookup), read whole (io_read), compared and "
                 f"closed, {QUIET_PASSES} passes alone (quiet), then {PRESSURE_PASSES} "
                 f"passes beside files held open ({HELD_FACTOR:g}x physical memory, each "
-                f"read every {HELD_EVERY}th pass, a {HELD_EVERY}th of them each pass); "
+                f"read every {HELD_EVERY}th pass, 1/{HELD_EVERY} of them each pass); "
                 f"every byte verified; one sequential reader, so the kernel counters "
                 f"taken between its reads belong to one set of files")
     samples = ("the kernel's vm_statistics over time (active and inactive pages, "
