@@ -12,12 +12,13 @@ The vm_object_* routines take the VM system (``kernel.vm_init.VMSystem``) first.
 from __future__ import annotations
 
 import itertools
+import time
 from collections import OrderedDict
 
 from kernel import memory_object_user as MOU
 from kernel.ipc_port import KERNEL, IPCPort, ipc_port_make_send
 from kernel.ipc_right import PORT_SEND, release_right
-from kernel.vm_page import vm_page_free, vm_page_wakeup
+from kernel.vm_page import Q_INACTIVE, vm_page_free, vm_page_wakeup
 from protocol.vm_param import PAGE_SIZE
 
 _ids = itertools.count(1)
@@ -73,7 +74,14 @@ class VMObjectCache:
     As made here it is the cache before 2013: at most ``max_objects`` (None: no limit),
     empty objects cached too (``keep_empty``), an entering object's pages deactivated
     when config.deactivate_on_cache says so (``deactivate``).  A pageout policy may
-    change the three (kernel.vm_pageout_modern: the 2013 cache)."""
+    change the three (kernel.vm_pageout_modern: the 2013 cache).
+
+    Counters (``statistics``): ``lookups`` and ``hits`` are vm_statistics' object
+    cache lookups (vm_object_enter) and hits (the object was found in the cache);
+    ``entered`` objects vm_object_deallocate cached, ``deactivated`` pages
+    vm_object_deactivate_pages moved to the inactive queue as their object entered
+    (``deactivate_seconds`` the time those calls took), ``overflowed`` objects
+    terminated because the cache was over its limit."""
 
     def __init__(self, max_objects: int | None):
         self.objects: OrderedDict[int, VMObject] = OrderedDict()
@@ -82,13 +90,27 @@ class VMObjectCache:
         self.deactivate = True
         self.lookups = 0
         self.hits = 0
+        self.entered = 0
+        self.deactivated = 0
+        self.deactivate_seconds = 0.0
+        self.overflowed = 0
 
     def __len__(self):
         return len(self.objects)
 
+    def statistics(self) -> dict:
+        """The cache's counters for vm_statistics (``cache_*``; lookups and hits are
+        vm_statistics' own names)."""
+        return {"lookups": self.lookups, "hits": self.hits,
+                "cached_objects": len(self.objects), "cache_entered": self.entered,
+                "cache_deactivated": self.deactivated,
+                "cache_deactivate_ms": round(self.deactivate_seconds * 1000, 3),
+                "cache_overflowed": self.overflowed}
+
     def enter(self, obj: VMObject):
         obj.cached = True
         self.objects[obj.id] = obj
+        self.entered += 1
 
     def remove(self, obj: VMObject):
         obj.cached = False
@@ -102,6 +124,7 @@ class VMObjectCache:
                 _, obj = self.objects.popitem(last=False)
                 obj.cached = False
                 out.append(obj)
+        self.overflowed += len(out)
         return out
 
 
@@ -146,13 +169,30 @@ def vm_object_deallocate(vm, obj):
             and (obj.resident or cache.keep_empty)):
         cache.enter(obj)
         if cache.deactivate and vm.config.deactivate_on_cache:
-            for p in list(obj.resident.values()):
-                if not p.busy:
-                    vm.mem.vm_page_deactivate(p)
+            t0 = time.perf_counter()
+            cache.deactivated += vm_object_deactivate_pages(vm, obj)
+            cache.deactivate_seconds += time.perf_counter() - t0
         for old in vm.cache.overflow():
             vm_object_terminate(vm, old)
         return
     vm_object_terminate(vm, obj)
+
+
+def vm_object_deactivate_pages(vm, obj) -> int:
+    """vm_object_deactivate_pages (vm_object.c until 98d64d1a, 2013): every resident
+    page of ``obj`` that is neither busy nor wired goes to the inactive queue with its reference bit
+    cleared (vm_page_deactivate; a page already inactive and unreferenced stays where
+    it is).  Returns the number of pages that were active or referenced: the ones the
+    call took their activity from."""
+    mem = vm.mem
+    n = 0
+    for p in list(obj.resident.values()):
+        if p.busy or p.wire_count:
+            continue
+        if p.queue != Q_INACTIVE or p.referenced:
+            n += 1
+        mem.vm_page_deactivate(p)
+    return n
 
 
 def vm_object_terminate(vm, obj):

@@ -50,6 +50,7 @@ def vm_statistics(vm) -> dict:
         "dirty_pause_ms": round(vm.stats["dirty_pause_ms"], 3),
         "background_writeback_pages": vm.stats["background_writeback_pages"],
     }
+    out.update(vm.cache.statistics())  # the object cache's (kernel.vm_object)
     if vm.pageout is not None:
         out.update(vm.pageout.statistics())
     return out

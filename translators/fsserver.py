@@ -21,7 +21,12 @@ definition would need a send right in our space and keep it forever).
 
 ``FileMapping`` (translators.filemap) is the translator's own mapping of a file's memory
 object (vm_map of the pager port into the translator's task; io_read/io_write become
-vm_read/vm_write on it).
+vm_read/vm_write on it).  The Hurd's pager_memcpy maps a window for one io_read or
+io_write and unmaps it after, so a file nobody has mapped holds no reference to its
+memory object between calls; here the window stays mapped while the file is open and is
+unmapped when its last open goes (``_clean_protid``): the kernel's vm_object_deallocate
+then caches the object (its pager allows caching), and the next open's vm_map finds it
+there (vm_object_enter).
 """
 
 from __future__ import annotations
@@ -130,8 +135,10 @@ class FsServer:
         self.protid_class = LP.ports_create_class(clean_routine=self._clean_protid,
                                                   name=f"{name}-protid")
         self._lock = threading.Lock()
+        self._opens: dict[object, int] = {}  # node -> its live protids (one per open)
         self.stats = {"lookups": 0, "protids_made": 0, "protids_freed": 0, "reads": 0,
-                      "writes": 0, "bytes_read": 0, "bytes_written": 0, "errors": 0}
+                      "writes": 0, "bytes_read": 0, "bytes_written": 0, "errors": 0,
+                      "last_closes": 0, "mappings_released": 0}
 
     def _count(self, **kw):
         with self._lock:
@@ -149,7 +156,9 @@ class FsServer:
             self.fs.diskfs_nrele(node)
             raise
         cred.pi = pi
-        self._count(protids_made=1)
+        with self._lock:
+            self.stats["protids_made"] += 1
+            self._opens[node] = self._opens.get(node, 0) + 1
         return pi
 
     def root_send_right(self, openmodes: int = F.O_READ | F.O_EXEC) -> int:
@@ -161,15 +170,48 @@ class FsServer:
             LP.ports_port_deref(pi)  # the send rights hold it now
 
     def _clean_protid(self, pi: LP.PortInfo):
-        """The protid's last reference went: drop its node reference."""
+        """The protid's last reference went (libdiskfs diskfs_protid_rele with
+        diskfs_release_peropen): the node's last open going lets go of the file's own
+        mapping (``_last_close``); then the protid's node reference is dropped."""
         cred = pi.data
         if isinstance(cred, Protid) and cred.po.node is not None:
             node, cred.po.node = cred.po.node, None
+            with self._lock:
+                left = self._opens.get(node, 1) - 1
+                if left > 0:
+                    self._opens[node] = left
+                else:
+                    self._opens.pop(node, None)
             try:
-                self.fs.diskfs_nrele(node)
+                if left <= 0:
+                    self._count(last_closes=1)
+                    self._last_close(node)
             except Exception:
-                log.exception("diskfs_nrele failed")
+                log.exception("releasing the file's mapping failed")
+            finally:
+                try:
+                    self.fs.diskfs_nrele(node)
+                except Exception:
+                    log.exception("diskfs_nrele failed")
         self._count(protids_freed=1)
+
+    def _last_close(self, node):
+        """No open of ``node`` is left: unmap the file system's own window on the file
+        (FileMapping.unmap), so that the kernel holds its memory object only in its
+        object cache, as the Hurd's does between two pager_memcpy calls.  An open
+        that came in meanwhile keeps the window (checked again under the file's I/O
+        lock, which every mapped read and write holds).  The pager stays: the kernel
+        still holds its send right, and the next vm_map finds the cached object."""
+        mapping = getattr(node, "mapping", None)
+        if mapping is None:
+            return
+        with node.io_lock:
+            with self._lock:
+                if self._opens.get(node):
+                    return
+            if mapping.size:
+                mapping.unmap()
+                self._count(mappings_released=1)
 
     def _reply_port(self, pi: LP.PortInfo) -> SendRight:
         """A new port's creator reference handed to its send rights: MAKE_SEND in the

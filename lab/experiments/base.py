@@ -16,7 +16,8 @@ import importlib
 from dataclasses import dataclass, field
 
 # The experiment modules, in the order ``list`` shows them.
-MODULES = ("lab.experiments.storm", "lab.experiments.cache_vs_anon")
+MODULES = ("lab.experiments.storm", "lab.experiments.cache_vs_anon", "lab.experiments.multipage",
+           "lab.experiments.cache_entry")
 
 EXPERIMENTS: dict[str, type["Experiment"]] = {}
 
