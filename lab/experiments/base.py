@@ -14,7 +14,8 @@ import importlib
 from dataclasses import dataclass, field
 
 # The experiment modules, in the order ``list`` shows them.
-MODULES = ("lab.experiments.storm", "lab.experiments.cache_vs_anon")
+MODULES = ("lab.experiments.storm", "lab.experiments.fragmentation",
+           "lab.experiments.cache_vs_anon")
 
 EXPERIMENTS: dict[str, type["Experiment"]] = {}
 
