@@ -542,18 +542,29 @@ class HurdMalloc:
                 "hurdmalloc_failures": self.failures + vm["failures"]}
 
 
+
+def _prot(p: int) -> str:
+    return "".join(c if p & b else "-" for c, b in (("r", VM.VM_PROT_READ),
+                                                    ("w", VM.VM_PROT_WRITE),
+                                                    ("x", VM.VM_PROT_EXECUTE)))
+
+
 def map_census(rt, limit: int = 100_000) -> dict:
-    """DEBUG: walk the task's own map with vm_region."""
-    out = {}
-    addr = 0
-    n = 0
+    """The task's own map, entry by entry (vm_region from the bottom up, at most
+    ``limit`` calls): entries counted by protection / maximum, shared or not, and size
+    in pages (past 64: "big").  For looking at what a fragmented map is made of."""
+    out: dict[str, int] = {}
+    addr = n = 0
     while n < limit:
         try:
-            start, size, prot, maxp, inh, shared, _, off = VM.vm_region(rt.task_self, addr, rt=rt)
-        except MachError:
+            start, size, prot, maxp, _, shared, _, _ = VM.vm_region(rt.task_self, addr,
+                                                                    timeout=CALL_TIMEOUT,
+                                                                    rt=rt)
+        except MachError:  # KERN_NO_SPACE: nothing above
             break
-        key = f"p{prot}/{maxp} i{inh} {'sh' if shared else ''} {size // 4096 if size < 64*4096 else 'big'}"
+        pages = size // PAGE_SIZE
+        key = (f"{_prot(prot)}/{_prot(maxp)}{' shared' if shared else ''} "
+               f"{pages if pages <= 64 else 'big'}")
         out[key] = out.get(key, 0) + 1
-        addr = start + size
-        n += 1
+        addr, n = start + size, n + 1
     return dict(sorted(out.items(), key=lambda kv: -kv[1]))

@@ -474,9 +474,13 @@ class Mixed(Ext2Workload):
 
 
 def lookup_cost(series: list, since: float = 0.0) -> dict:
-    """Calls and microseconds per call of vm_map_lookup_entry and of first-fit, between
-    the first sample at or after ``since`` seconds and the last (``map_series`` rows)."""
-    rows = [r for r in series if r[0] is not None and r[0] >= since and r[2] is not None]
+    """Calls and microseconds per call of vm_map_lookup_entry and of first-fit from
+    ``since`` seconds on (from the last sample at or before it; ``map_series`` rows) to
+    the last sample, the mean entries over those samples, and the kernel's milliseconds
+    per second in both."""
+    rows = [r for r in series if r[0] is not None and r[2] is not None]
+    base = [r for r in rows if r[0] <= since]
+    rows = ([base[-1]] if base else []) + [r for r in rows if r[0] > since]
     if len(rows) < 2:
         return {}
     a, b = rows[0], rows[-1]

@@ -51,6 +51,7 @@ from translators.fsserver import (
     diskfs_startup,
     pager_bucket_stats,
 )
+from translators.hurdmem import map_census
 
 log = structlog.get_logger("ext2fs")
 
@@ -151,9 +152,7 @@ def main(argv=None) -> int:
                 thread_timeout=args.thread_timeout, server_timeout=args.server_timeout,
                 port=root, endpoint=t.endpoint)
         t.serve_until_stopped(all_stats)
-        import os
-        if os.environ.get("MACHEMU_MAP_CENSUS"):
-            from translators.hurdmem import map_census
+        if args.map_census:
             log.info("map census", census=map_census(rt))
         sync_stop.set()
         # The final sync needs the pager threads: before the servers stop.

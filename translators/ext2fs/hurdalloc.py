@@ -24,6 +24,8 @@ libpager's pagemap storage, pager_memcpy's windows), each a switch of the transl
                          io_read / io_write through a window kept per file and moved
                          (machemu's FileMapping, the default) or pager_memcpy's window
                          mapped and unmapped for every call (filemap.PagerMemcpy).
+  --map-census           at exit, "map census" in the log: the entries of ext2fs's
+                         own map by protection and size (hurdmem.map_census).
 
 Sizes are the Hurd's structures on i386, rounded (they set how fast the heap grows, not
 what the experiment shows: the map's entries come from the calls, whatever the sizes).
@@ -66,6 +68,8 @@ def add_arguments(ap):
     g.add_argument("--io-window", choices=IO_WINDOWS, default="moving",
                    help="io_read/io_write through a window kept per file (moving, "
                         "default) or pager_memcpy's window mapped and unmapped per call")
+    g.add_argument("--map-census", action="store_true",
+                   help="at exit, log what ext2fs's own map is made of (vm_region walk)")
 
 
 def check_args(ap, args):
