@@ -2,8 +2,7 @@
 
 A ``VMMap`` holds ``VMMapEntry``s [vme_start, vme_end), page aligned, sorted, never
 overlapping, on a doubly linked list with a header (``vm_map_to_entry``), plus a lookup
-``hint``.  The lookup structure is chosen at creation, so its cost can be measured
-(``lookup_cost``):
+``hint``.  The lookup structure is chosen at creation; its cost is measured (lookup_cost):
 
   lookup="list"   Mach before 2012: vm_map_lookup_entry scans the list from the hint (or
                   the head), vm_map_find_space from ``first_free``.

@@ -40,7 +40,7 @@ def test_row_from_a_mixed_summary():
          "final_bytes": 5000, "bytes_verified": 9000, "bytes_written": 7000,
          "latency_series": [[float(t), 5, 10.0 + t, 20.0, 11.0] for t in range(9)],
          "latency_by_kind_ms": {"read": {"p50": 3.0, "p99": 9.0}},
-         "probe_before": {"p50": 1.5}, "probe_after": {"p50": 2.5, "p99": 4.0},
+         "probe_before": {"p50": 1.5, "min": 1.0}, "probe_after": {"p50": 2.5, "min": 1.2},
          "ops_per_s": 100.0, "exit_status": 0, "mismatches": 0}
     samples = [{"t": 0, "map_entries": {"ext2fs": 10}, "procs": {"kernel": {"cpu": 1.0}}},
                {"t": 1, "map_entries": {"ext2fs": 820}, "procs": {"kernel": {"cpu": 3.5}}}]
@@ -49,6 +49,7 @@ def test_row_from_a_mixed_summary():
     assert row["entries_end"] == 800 and row["entries_peak"] == 820
     assert row["lookup_us"] == 6.0 and row["late_find_space_us"] == 60.0
     assert row["probe_before_ms"] == 1.5 and row["probe_after_ms"] == 2.5
+    assert row["probe_best_before_ms"] == 1.0 and row["probe_best_after_ms"] == 1.2
     assert row["late_p50_ms"] == 17.0 and row["early_p50_ms"] == 11.0
     assert row["kernel_cpu_s"] == 2.5 and row["verified_all"] is True
     assert row["bytes_expected"] == 5000 <= row["bytes_verified"]
@@ -61,9 +62,10 @@ def test_findings_set_the_ends_beside_the_claim():
     res = [{"config": c.name, "status": "ok",
             "row": {"entries_start": 7, "entries_end": n, "files_live": 500,
                     "late_entries_mean": n, "late_lookup_us": 5.0,
-                    "late_find_space_us": 50.0, "probe_before_ms": 1.0,
-                    "probe_after_ms": 2.0}}
+                    "late_find_space_us": 50.0, "probe_best_before_ms": 1.0,
+                    "probe_best_after_ms": 2.0}}
            for c, n in zip(e.configurations, (1200, 1190, 1000, 60))]
     text = "\n".join(e.findings(res))
     assert "classic-list: ext2fs's map went from 7 to 1200 entries" in text
     assert "(claim: <= 100)" in text and "list vs tree" in text
+    assert "coalescing alone merged 190 entries" in text and "ends at 60" in text

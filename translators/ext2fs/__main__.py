@@ -146,9 +146,8 @@ def main(argv=None) -> int:
         t.ready("ext2fs ready", model=args.threads, image=str(image),
                 block_size=ext2.block_size, direct_io=args.direct_io,
                 write_mode=args.write_mode, disk_latency_ms=args.disk_latency_ms,
-                hurd_heap=args.hurd_heap, hurdmalloc=args.hurdmalloc,
-                pagemap=args.pagemap, io_window=args.io_window,
-                disk_queue_depth=args.disk_queue_depth,
+                disk_queue_depth=args.disk_queue_depth, hurd_heap=args.hurd_heap,
+                hurdmalloc=args.hurdmalloc, pagemap=args.pagemap, io_window=args.io_window,
                 thread_timeout=args.thread_timeout, server_timeout=args.server_timeout,
                 port=root, endpoint=t.endpoint)
         t.serve_until_stopped(all_stats)

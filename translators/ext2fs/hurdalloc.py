@@ -113,25 +113,28 @@ class Ext2Allocations:
 
     # --- the file system's structures
 
+    def _alloc(self, node, field: str, size: int):
+        if self.malloc is not None:
+            setattr(node, field, self.malloc.malloc(size))
+
+    def _free(self, node, field: str):
+        if self.malloc is not None:
+            self.malloc.free(getattr(node, field))
+            setattr(node, field, 0)
+
     def node_alloc(self, node):
         """diskfs_make_node_alloc: the node's memory (``node.heap``)."""
-        if self.malloc is not None:
-            node.heap = self.malloc.malloc(NODE_SIZE)
+        self._alloc(node, "heap", NODE_SIZE)
 
     def node_free(self, node):
-        if self.malloc is not None:
-            self.malloc.free(node.heap)
-            node.heap = 0
+        self._free(node, "heap")
 
     def pager_alloc(self, node):
         """pager_create's ports_create_port: the pager's memory (``node.pager_heap``)."""
-        if self.malloc is not None:
-            node.pager_heap = self.malloc.malloc(PAGER_SIZE)
+        self._alloc(node, "pager_heap", PAGER_SIZE)
 
     def pager_free(self, node):
-        if self.malloc is not None:
-            self.malloc.free(node.pager_heap)
-            node.pager_heap = 0
+        self._free(node, "pager_heap")
 
     @contextmanager
     def dirstat(self, name: str = ""):
