@@ -41,7 +41,6 @@ room, the kernel gone) makes the allocation fail: it returns 0 and is counted
 from __future__ import annotations
 
 import bisect
-import os
 import struct
 import threading
 import weakref
@@ -74,9 +73,11 @@ def request2size(n: int) -> int:
     return max(MINSIZE, (n + SIZE_SZ + MALLOC_ALIGN - 1) & ~(MALLOC_ALIGN - 1))
 
 
-def arena_limit() -> int:
-    """glibc's arena_max on a 32-bit machine: 2 per processor (NARENAS_FROM_NCORES)."""
-    return 2 * (os.cpu_count() or 1)
+def arena_limit(processors: int = 1) -> int:
+    """glibc's arena_max on a 32-bit machine: 2 per processor (NARENAS_FROM_NCORES).
+    GNU Mach ran the Hurd on one processor (2011, 2022), hence 2 by default — and the
+    same on any host."""
+    return 2 * processors
 
 
 class TaskVM:

@@ -8,7 +8,8 @@ libpager's pagemap storage, pager_memcpy's windows), each a switch of the transl
                          ports_create_port) while they live, and a directory
                          operation's struct dirstat and name (diskfs_lookup) for the
                          operation.
-  --malloc-arenas N      arena_max (default: 2 per processor, glibc on 32 bits).
+  --malloc-arenas N      arena_max (default 2: glibc's 2 per processor on 32 bits, and
+                         GNU Mach ran the Hurd on one).
   --hurdmalloc           each server thread's signal state (struct hurd_sigstate,
                          hurdsig.c _hurd_thread_sigstate, made at the thread's first
                          pager_memcpy: its signal preemption needs it) from
@@ -57,7 +58,8 @@ def add_arguments(ap):
                         "arena heaps mprotected page by page) for nodes, pagers and "
                         "directory lookups")
     g.add_argument("--malloc-arenas", type=int, default=None, metavar="N",
-                   help="malloc arenas at most (default: 2 per processor)")
+                   help="malloc arenas at most (default 2: glibc's 2 per processor "
+                        "on 32 bits, the Hurd on one)")
     g.add_argument("--hurdmalloc", action="store_true",
                    help="each server thread's signal state from hurdmalloc's buckets "
                         "(vm_allocate anywhere, never freed)")
