@@ -105,6 +105,7 @@ class Fragmentation(Experiment):
         ("find_space_us", "us / first-fit"),
         ("kernel_map_ms_per_s", "kernel map ms/s"),
         ("late_lookup_us", "us / lookup, last third"),
+        ("late_find_space_us", "us / first-fit, last third"),
         ("probe_best_before_ms", "probe read ms (best), before"),
         ("probe_best_after_ms", "probe read ms (best), after"),
         ("late_p50_ms", "op p50 ms, last third"),
@@ -117,6 +118,12 @@ class Fragmentation(Experiment):
         (("map_entries.ext2fs",), "ext2fs map entries"),
         (("procs.kernel.cpu",), "kernel CPU s"),
     )
+    # what the report framework draws as bars and CDFs (where it draws them)
+    bars = (("entries_end", "ext2fs map entries at the end"),
+            ("late_lookup_us", "us per vm_map_lookup_entry, last third"),
+            ("late_find_space_us", "us per first-fit search, last third"),
+            ("probe_best_after_ms", "probe io_read ms (best), after the run"))
+    latencies = (("mixed", "latency_ms", "mixed: every operation"),)
 
     def timeout(self, quick: bool) -> float:
         return 150.0 if quick else 900.0
