@@ -25,9 +25,9 @@ start: the service latency as the server's map grows); sampled by the parent eve
 --sample-s seconds through machemu_kernel_info on host_priv, the server task's map
 entries and the kernel's vm_map_lookup_entry / first-fit calls in that map and the
 time they took (``map_cost``); and the probe: before the tasks start and after they
-all finished, with nothing else running, the parent times --probe io_reads of one
-file of --max-kib KiB (each compared), so the service latency is seen at the fresh
-map's size and at the final one.
+all finished, with nothing else running, the parent times --probe cycles of a lone
+client's file — create, write --max-kib KiB, read back and compare, unlink — so the
+service latency is seen at the fresh map's size and at the final one.
 """
 
 from __future__ import annotations
@@ -102,9 +102,9 @@ class Mixed(Ext2Workload):
                        help="files created per subdirectory (default 100)")
         g.add_argument("--sample-s", type=positive_float, default=1.0, metavar="S",
                        help="seconds between samples of the server's map (default 1)")
-        g.add_argument("--probe", type=int, default=200, metavar="N",
-                       help="io_reads of one file timed before and after the run, with "
-                            "nothing else running (default 200; 0: no probe)")
+        g.add_argument("--probe", type=int, default=100, metavar="N",
+                       help="create-write-read-unlink cycles of one file timed before and "
+                            "after the run, nothing else running (default 100; 0: none)")
         self.add_ext2_common(g, chunk_kib=64)
 
     def check_args(self, args, parser):
@@ -123,50 +123,42 @@ class Mixed(Ext2Workload):
         self._sampler = threading.Thread(target=self._sample_map, args=(cluster, args),
                                          name="mixed-map-sampler", daemon=True)
         self._sample_once(cluster, args)
-        self._probe_file = None
         if args.probe:
             try:
-                prep["probe_before"] = self._probe(cluster, args, prep["nonce"])
-            except MachError as e:
-                raise ClusterError(f"the probe file on {args.server}: "
-                                   f"{err_name(e.code)}") from None
+                prep["probe_before"] = self._probe(cluster, args, prep["nonce"], "before")
+            except (MachError, VerifyError) as e:
+                why = err_name(e.code) if isinstance(e, MachError) else str(e)
+                raise ClusterError(f"the probe on {args.server}: {why}") from None
         self._sampler.start()
         return prep
 
-    def _probe(self, cluster, args, nonce: int) -> dict:
-        """Parent side: --probe io_reads of the probe file (made first if need be),
-        each compared; their latency summary and the bytes verified."""
+    def _probe(self, cluster, args, nonce: int, phase: str) -> dict:
+        """Parent side, alone: --probe cycles of one client's file life — create, write
+        --max-kib KiB, read back and compare, unlink — each timed whole; the cycles'
+        latency summary and the bytes verified."""
         rt, t = cluster.rt, args.call_timeout
         data = random.Random(args.seed).randbytes(args.max_kib * 1024)
-        if self._probe_file is None:
-            root = cluster.look_up(args.server)
-            f = FileRef(f"mx-{nonce:016x}-probe")
-            create_file(rt, root, f, F.O_CREAT | F.O_READ | F.O_WRITE, t)
-            n = F.io_write(f.port, data, 0, timeout=t, rt=rt)
-            if n != len(data):
-                raise VerifyError(f"probe io_write: {n} of {len(data)} bytes", count=1)
-            self._probe_file = (root, f)
-        f = self._probe_file[1]
+        root = cluster.look_up(args.server)
         lat, verified, bad = Latencies(), 0, 0
-        for _ in range(args.probe):
-            t0 = time.perf_counter()
-            got = F.io_read(f.port, 0, len(data), timeout=t, rt=rt)
-            lat.add(time.perf_counter() - t0)
-            if got == data:
-                verified += len(data)
-            else:
-                bad += 1
+        try:
+            for i in range(args.probe):
+                f = FileRef(f"mx-{nonce:016x}-probe-{phase}-{i}")
+                t0 = time.perf_counter()
+                create_file(rt, root, f, F.O_CREAT | F.O_EXCL | F.O_READ | F.O_WRITE, t)
+                try:
+                    F.io_write(f.port, data, 0, timeout=t, rt=rt)
+                    got = F.io_read(f.port, 0, len(data), timeout=t, rt=rt)
+                    F.dir_unlink(root, f.name, timeout=t, rt=rt)
+                finally:
+                    mach_port_deallocate(rt.task_self, f.port, timeout=t, rt=rt)
+                lat.add(time.perf_counter() - t0)
+                if got == data:
+                    verified += len(data)
+                else:
+                    bad += 1
+        finally:
+            mach_port_deallocate(rt.task_self, root, timeout=t, rt=rt)
         return {**lat.summary_ms(), "bytes_verified": verified, "mismatches": bad}
-
-    def _probe_done(self, cluster, args):
-        """Drop the probe file (unlinked unless --keep-files)."""
-        root, f = self._probe_file
-        calls = [lambda: mach_port_deallocate(cluster.rt.task_self, f.port,
-                                              timeout=args.call_timeout, rt=cluster.rt)]
-        if not args.keep_files:
-            calls.insert(0, lambda: F.dir_unlink(root, f.name, timeout=args.call_timeout,
-                                                 rt=cluster.rt))
-        call_all(calls)
 
     def _sample_once(self, cluster, args):
         ki = cluster.kernel_info()
@@ -189,12 +181,12 @@ class Mixed(Ext2Workload):
         self._sampler.join(timeout=30)
         self._sample_once(cluster, args)
         prepared["map_series"] = list(self._series)
-        if self._probe_file is not None:
+        if args.probe:
             try:
-                prepared["probe_after"] = self._probe(cluster, args, prepared["nonce"])
-            except MachError as e:
-                prepared["probe_after"] = {"error": e.code}
-            self._probe_done(cluster, args)
+                prepared["probe_after"] = self._probe(cluster, args, prepared["nonce"],
+                                                      "after")
+            except (MachError, VerifyError) as e:
+                prepared["probe_after"] = {"error": str(e)}
         super().finish(cluster, args, prepared)
 
     # ---- task side
@@ -466,7 +458,7 @@ class Mixed(Ext2Workload):
                  f"{dash(s['map_entries_start'])} at the start, "
                  f"{dash(s['map_entries_end'])} at the end, peak "
                  f"{dash(s['map_entries_peak'])}"),
-                ("probe io_read", " -> ".join(
+                ("probe cycle", " -> ".join(
                     f"p50 {fmt_ms(p.get('p50'))}" for p in (s.get("probe_before") or {},
                                                              s.get("probe_after") or {}))
                  + " (before -> after)"),

@@ -62,8 +62,8 @@ def test_findings_set_the_ends_beside_the_claim():
     res = [{"config": c.name, "status": "ok",
             "row": {"entries_start": 7, "entries_end": n, "files_live": 500,
                     "late_entries_mean": n, "late_lookup_us": 5.0,
-                    "late_find_space_us": 50.0, "probe_best_before_ms": 1.0,
-                    "probe_best_after_ms": 2.0}}
+                    "late_find_space_us": 50.0, "probe_before_ms": 1.0,
+                    "probe_after_ms": 2.0}}
            for c, n in zip(e.configurations, (1200, 1190, 1000, 60))]
     text = "\n".join(e.findings(res))
     assert "classic-list: ext2fs's map went from 7 to 1200 entries" in text
