@@ -53,6 +53,18 @@ def late(series: list, share: float = 1 / 3) -> list:
     return [r for r in series if r[0] >= end * (1 - share)]
 
 
+def per_op_ms(cost: dict, lat: list, since: float) -> float | None:
+    """The kernel's milliseconds in the server's map lookups per operation of the
+    workload from ``since`` on: ``cost``'s ms per second over the operations per second
+    its latency buckets counted then."""
+    rows = [r for r in lat if r[0] >= since]
+    span = (rows[-1][0] - rows[0][0] + 1) if rows else 0
+    ops = sum(r[1] for r in rows)
+    if not ops or cost.get("kernel_map_ms_per_s") is None:
+        return None
+    return round(cost["kernel_map_ms_per_s"] / (ops / span), 3)
+
+
 def median_p50(rows: list):
     """The median of the buckets' p50 latencies (ms), None without rows."""
     vals = sorted(r[2] for r in rows if r[2] is not None)
@@ -105,6 +117,7 @@ class Fragmentation(Experiment):
         ("lookup_us", "us / lookup"),
         ("find_space_us", "us / first-fit"),
         ("kernel_map_ms_per_s", "kernel map ms/s"),
+        ("late_kernel_map_ms_per_op", "kernel map ms / op, last third"),
         ("late_lookup_us", "us / lookup, last third"),
         ("late_find_space_us", "us / first-fit, last third"),
         ("probe_before_ms", "probe cycle p50 ms, before"),
@@ -169,6 +182,7 @@ class Fragmentation(Experiment):
             "late_lookup_us": late_cost.get("lookup_us_per_call"),
             "late_find_space_us": late_cost.get("find_space_us_per_call"),
             "late_entries_mean": late_cost.get("entries_mean"),
+            "late_kernel_map_ms_per_op": per_op_ms(late_cost, lat, end * 2 / 3),
             "early_p50_ms": rounded(median_p50(first)),
             # a lone client's create-write-read-unlink cycle: median and best latency
             "probe_best_before_ms": rounded((s.get("probe_before") or {}).get("min")),
@@ -218,7 +232,11 @@ class Fragmentation(Experiment):
                        f"{b.get('late_entries_mean')} entries (last third): "
                        f"{a.get('late_lookup_us')} vs {b.get('late_lookup_us')} us per "
                        f"lookup, {a.get('late_find_space_us')} vs "
-                       f"{b.get('late_find_space_us')} us per first-fit search; a lone "
+                       f"{b.get('late_find_space_us')} us per first-fit search, "
+                       f"{a.get('late_kernel_map_ms_per_op')} vs "
+                       f"{b.get('late_kernel_map_ms_per_op')} ms of the kernel's time in "
+                       f"ext2fs's map per operation (beside an operation's p50 of "
+                       f"{a.get('late_p50_ms')} vs {b.get('late_p50_ms')} ms); a lone "
                        f"client's create-write-read-unlink cycle (p50) "
                        f"{a.get('probe_before_ms')} -> {a.get('probe_after_ms')} ms (list) "
                        f"vs {b.get('probe_before_ms')} -> {b.get('probe_after_ms')} ms "

@@ -52,9 +52,20 @@ def test_row_from_a_mixed_summary():
     assert row["probe_best_before_ms"] == 1.0 and row["probe_best_after_ms"] == 1.2
     assert row["late_p50_ms"] == 17.0 and row["early_p50_ms"] == 11.0
     assert row["kernel_cpu_s"] == 2.5 and row["verified_all"] is True
+    # last third (from 13.3 s): 700 ms/s of lookups over the 5 ops/s the buckets counted
+    # then (the latency series ends at 8 s: no bucket from 13.3 s on)
+    assert row["late_kernel_map_ms_per_op"] is None
     assert row["bytes_expected"] == 5000 <= row["bytes_verified"]
     assert {k for k, _ in e.columns} - {"wall_s", "status"} <= set(row)
     assert len(KINDS) == len(WEIGHTS)
+
+
+def test_kernel_map_time_per_operation():
+    from lab.experiments.fragmentation import per_op_ms
+
+    lat = [[float(t), 10, 1.0, 2.0, 1.0] for t in range(20)]  # 10 ops a second
+    assert per_op_ms({"kernel_map_ms_per_s": 50.0}, lat, 10.0) == 5.0
+    assert per_op_ms({}, lat, 10.0) is None and per_op_ms({"kernel_map_ms_per_s": 1}, [], 0) is None
 
 
 def test_findings_set_the_ends_beside_the_claim():
