@@ -76,7 +76,8 @@ def kernel_info(k, only_task: int | None = None) -> dict:
                       "names": len(t.space.table), "receive_rights": receive,
                       "suspended": len(t.waiters), "blocked_bytes": t.blocked_bytes,
                       "traps": t.traps, "age": round(time.time() - t.created, 1),
-                      "map_entries": t.map.nentries if t.map is not None else 0})
+                      "map_entries": t.map.nentries if t.map is not None else 0,
+                      "map_cost": t.map.lookup_cost() if t.map is not None else None})
     proc = psutil.Process(os.getpid())
     return {"tasks": tasks, "ports": ports, "stats": dict(k.stats),
             "vm": vm_statistics(k.vm), "resident": resident_pages(k.vm.mem),

@@ -2,7 +2,7 @@
 
 A ``VMMap`` holds ``VMMapEntry``s [vme_start, vme_end), page aligned, sorted, never
 overlapping, on a doubly linked list with a header (``vm_map_to_entry``), plus a lookup
-``hint``.  The lookup structure is chosen at creation, so its cost can be measured:
+``hint``.  The lookup structure is chosen at creation; its cost is measured (lookup_cost):
 
   lookup="list"   Mach before 2012: vm_map_lookup_entry scans the list from the hint (or
                   the head), vm_map_find_space from ``first_free``.
@@ -22,14 +22,11 @@ Objects are opaque to the map: anything with ``ref_count``, ``pager`` (None: ano
 ``shadow``, ``paging_in_progress``, ``internal`` and ``size``.  Each entry owns one
 reference to its object (None: zero-fill memory not yet given an object; never passed
 to a callback).  The map never touches pages; it calls back into the object layer
-(``vm_map_create`` gives it kernel.vm_object's routines):
-
-  reference(obj)   vm_object_reference: a clip gave a second entry the same object
-  deallocate(obj)  vm_object_deallocate: an entry went (delete, or a merge over one object)
-  unmap(entry)     optional, for vm_map_delete: each removed entry while it still holds
-                   its reference, before deallocate (Mach's vm_object_page_remove)
-  coalesce(obj_a, size_a, obj_b, size_b[, offset_a=, offset_b=])
-                   vm_object_coalesce of two mergeable objects: VMMap._object_coalesce
+(``vm_map_create`` gives it kernel.vm_object's routines): ``reference(obj)``
+(vm_object_reference: a clip gave a second entry the same object), ``deallocate(obj)``
+(an entry went: delete, or a merge over one object), ``unmap(entry)`` (optional: each
+entry vm_map_delete removes, before deallocate) and ``coalesce(obj_a, size_a, obj_b,
+size_b[, offset_a=, offset_b=])`` (vm_object_coalesce: VMMap._object_coalesce).
 """
 
 from __future__ import annotations
@@ -47,7 +44,7 @@ from kernel.rbtree import (
     rbtree_remove,
 )
 from kernel.vm_kern import kmem_alloc_wired
-from kernel.vm_map_check import vm_map_check
+from kernel.vm_map_check import vm_map_check, vm_map_instrument, vm_map_lookup_cost
 from kernel.vm_object import (
     vm_object_coalesce,
     vm_object_deallocate,
@@ -212,6 +209,7 @@ class VMMap:
         else:
             self._nil = self._rbtree = None
             self._lookup = self._lookup_list
+        vm_map_instrument(self)  # what lookups and first-fit searches cost
 
     # ------------------------------------------------------------------ inspection
 
@@ -229,6 +227,10 @@ class VMMap:
     def entries(self) -> list[VMMapEntry]:
         """The entries in address order (vm_map_first_entry .. vm_map_last_entry)."""
         return list(self)
+
+    def lookup_cost(self) -> dict:
+        """What lookups and first-fit searches cost so far (vm_map_lookup_cost)."""
+        return vm_map_lookup_cost(self)
 
     @property
     def hint(self) -> VMMapEntry | None:

@@ -5,7 +5,11 @@ io_write as vm_read / vm_write on it, so the kernel's page cache holds the data 
 pageout decides when it reaches the pager.
 
 ``MappingBudget`` bounds the address space all of one file system's windows hold, so
-many open files (or a file past the address space's size) cannot exhaust it."""
+many open files (or a file past the address space's size) cannot exhaust it.
+
+``PagerMemcpy`` is the Hurd's own way instead (libpager/pager-memcpy.c): no window kept,
+a window of at most 32 pages vm_mapped for each transfer and vm_deallocated after it —
+a map entry made and removed for every io_read and io_write."""
 
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ from protocol.defs import mach as VM
 from protocol.defs import mach_port as P
 from protocol.kern_return import KernReturn as K
 from protocol.kern_return import MachError
-from protocol.vm_param import PAGE_SIZE
+from protocol.vm_param import PAGE_SIZE, round_page
 
 log = structlog.get_logger("fsserver")
 
@@ -204,3 +208,71 @@ class FileMapping:
             k = min(self.CHUNK, end - a, self.end - a)
             VM.vm_write(rt.task_self, addr, data[a - offset:a - offset + k], rt=rt)
             a += k
+
+
+class PagerMemcpy:
+    """pager_memcpy (libpager/pager-memcpy.c) as diskfs's _diskfs_rdwr_internal calls it:
+    for each io_read / io_write, a send right to the file's memory object
+    (diskfs_get_filemap: ``get_port()``), then per window of at most WINDOW bytes —
+    the rest of the transfer, rounded out to pages — a vm_map anywhere of that part of
+    the object (protection READ, or READ|WRITE for a write; VM_INHERIT_NONE), the copy
+    (vm_read / vm_write), and the window's vm_deallocate; then the right's
+    mach_port_deallocate.  Nothing stays mapped between calls.
+
+    ``on_call``, if given, runs at the start of each transfer (the Hurd's signal
+    preemption there needs the thread's sigstate: see translators.ext2fs.hurdalloc).
+    The interface is FileMapping's; ``end`` is 0 (no window past a call)."""
+
+    WINDOW = 32 * PAGE_SIZE  # MEMCPY_WINDOW_DEFAULT_SIZE
+    end = 0
+    size = 0
+
+    def __init__(self, rt, get_port: Callable[[], int], on_call: Callable[[], None] | None
+                 = None):
+        self.rt = rt
+        self.get_port = get_port
+        self.on_call = on_call
+        self.remaps = 0  # never: each window is a mapping of its own (``windows``)
+        self.windows = 0
+
+    def _transfer(self, offset: int, n: int, write: bool, data: bytes = b""):
+        rt = self.rt
+        if self.on_call is not None:
+            self.on_call()
+        prot = VM.VM_PROT_DEFAULT if write else VM.VM_PROT_READ
+        out = []
+        port = self.get_port()
+        try:
+            a, end = offset, offset + n
+            while a < end:
+                pageoff = a % PAGE_SIZE
+                window = min(self.WINDOW, round_page(pageoff + end - a))
+                k = min(window - pageoff, end - a)
+                addr = VM.vm_map(rt.task_self, 0, window, 0, True, port, a - pageoff, False,
+                                 prot, prot, VM.VM_INHERIT_NONE, rt=rt)
+                self.windows += 1
+                try:
+                    if write:
+                        VM.vm_write(rt.task_self, addr + pageoff,
+                                    data[a - offset:a - offset + k], rt=rt)
+                    else:
+                        out.append(bytes(VM.vm_read(rt.task_self, addr + pageoff, k,
+                                                    rt=rt)))
+                finally:
+                    VM.vm_deallocate(rt.task_self, addr, window, rt=rt)
+                a += k
+        finally:
+            P.mach_port_deallocate(rt.task_self, port, rt=rt)
+        return b"".join(out)
+
+    def read(self, offset: int, n: int) -> bytes:
+        """pager_memcpy with VM_PROT_READ: bytes [offset, offset+n) of the object."""
+        return self._transfer(offset, n, False) if n > 0 else b""
+
+    def write(self, offset: int, data: bytes):
+        """pager_memcpy with VM_PROT_WRITE: ``data`` stored at ``offset``."""
+        if data:
+            self._transfer(offset, len(data), True, data)
+
+    def unmap(self):
+        """Nothing is mapped between calls."""

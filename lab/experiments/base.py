@@ -16,8 +16,9 @@ import importlib
 from dataclasses import dataclass, field
 
 # The experiment modules, in the order ``list`` shows them.
-MODULES = ("lab.experiments.storm", "lab.experiments.cache_vs_anon", "lab.experiments.multipage",
-           "lab.experiments.cache_entry")
+MODULES = ("lab.experiments.storm", "lab.experiments.fragmentation",
+           "lab.experiments.multipage", "lab.experiments.cache_entry",
+           "lab.experiments.cache_vs_anon")
 
 EXPERIMENTS: dict[str, type["Experiment"]] = {}
 

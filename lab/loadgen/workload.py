@@ -16,7 +16,8 @@ from protocol.kern_return import MachError, MachMsgReturn
 
 # The workload families, in the order the command line lists their workloads.
 FAMILIES = ("lab.loadgen.ipc", "lab.loadgen.vm", "lab.loadgen.ext2", "lab.loadgen.storm",
-            "lab.loadgen.cachemix", "lab.loadgen.reopen")
+            "lab.loadgen.cachemix", "lab.loadgen.reopen",
+            "lab.loadgen.mixed")
 
 WORKLOADS: dict[str, type["Workload"]] = {}
 

@@ -39,8 +39,9 @@ pytestmark = pytest.mark.timeout(60)
 
 def test_registry_and_aliases():
     exps = experiments()
-    assert list(exps) == ["storm", "cache_vs_anon", "multipage", "cache_entry"]
+    assert list(exps) == ["storm", "fragmentation", "multipage", "cache_entry", "cache_vs_anon"]
     assert find("E1") is Storm and find("e5") is CacheVsAnon and find("storm") is Storm
+    assert find("E2").name == "fragmentation"
     assert find("E9") is None
 
 
@@ -444,7 +445,7 @@ def test_workload_order_does_not_depend_on_import_order():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        timeout=60, env=child_env(), cwd=ROOT)
     assert r.stdout.split() == ["flood", "anon", "mmap", "seqwrite", "randwrite", "churn",
-                                "dirtystorm", "storm", "cachemix", "reopen"], r.stderr
+                                "dirtystorm", "storm", "cachemix", "reopen", "mixed"], r.stderr
 
 
 def test_cli_list_and_unknown_names(capsys, tmp_path):
@@ -452,8 +453,7 @@ def test_cli_list_and_unknown_names(capsys, tmp_path):
 
     assert main(["list", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
-    assert [e["name"] for e in listed] == ["storm", "cache_vs_anon", "multipage",
-                                           "cache_entry"]
+    assert [e["name"] for e in listed] == ["storm", "fragmentation", "multipage", "cache_entry", "cache_vs_anon"]
     assert listed[0]["plots"][0] == [["procs.ext2fs.threads"], "ext2fs threads"]
     assert main(["run", "E9", "--out", str(tmp_path / "o")]) == 2
     assert "no experiment 'E9'" in capsys.readouterr().err

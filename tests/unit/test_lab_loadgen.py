@@ -282,7 +282,7 @@ def test_exit_status():
 
 def test_workloads_in_command_line_order():
     assert list(workloads()) == ["flood", "anon", "mmap", "seqwrite", "randwrite", "churn",
-                                 "dirtystorm", "storm", "cachemix", "reopen"]
+                                 "dirtystorm", "storm", "cachemix", "reopen", "mixed"]
 
 
 def test_common_options_before_or_after_the_workload():

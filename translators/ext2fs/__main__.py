@@ -4,7 +4,8 @@
         [--size-mib N] [--block-size N] [--threads multithread|workers]
         [--thread-timeout S] [--server-timeout S] [--sync-interval S]
         [--write-mode bulk|page] [--disk-latency-ms N] [--disk-queue-depth N]
-        [--direct-io]
+        [--direct-io] [--hurd-heap] [--malloc-arenas N] [--hurdmalloc]
+        [--pagemap none|mmap|heap] [--io-window moving|per-call]
 
 Without --image a fresh image DIR/NAME.img is made (translators.ext2fs.mkfs, --size-mib
 and --block-size).  One pager per file (translators.ext2fs.translator); io_read/io_write
@@ -21,6 +22,12 @@ in one disk write) or ``page`` (the Hurd of 2011: one pager_write_page, one disk
 per page).  --disk-latency-ms N makes every such disk write cost N ms on one device
 that serves --disk-queue-depth writes at once (default 1: writes wait their turn).
 The multithread model's threads time out as libdiskfs's do (translators.fsserver).
+
+--hurd-heap, --malloc-arenas, --hurdmalloc, --pagemap and --io-window make ext2fs
+allocate its own memory as the Hurd's did — glibc's brk heap and mprotected malloc
+arenas, hurdmalloc's permanent pages, libpager's remapped pagemaps, pager_memcpy's
+window mapped per call — with real kernel calls on its task, so that its map fragments
+as the Hurd's did (translators.ext2fs.hurdalloc); by default none of it.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from pathlib import Path
 import structlog
 
 from translators import libports as LP
+from translators.ext2fs import hurdalloc
 from translators.ext2fs.filesystem import Ext2
 from translators.ext2fs.mkfs import mkfs
 from translators.ext2fs.translator import WRITE_MODES, Ext2Fs
@@ -43,6 +51,7 @@ from translators.fsserver import (
     diskfs_startup,
     pager_bucket_stats,
 )
+from translators.hurdmem import map_census
 
 log = structlog.get_logger("ext2fs")
 
@@ -66,7 +75,9 @@ def parse_args(argv=None):
                          "turn (default 1)")
     ap.add_argument("--direct-io", action="store_true",
                     help="io_read/io_write use the image directly (no mapping, no io_map)")
+    hurdalloc.add_arguments(ap)
     args = ap.parse_args(argv)
+    hurdalloc.check_args(ap, args)
     if args.size_mib < 1:
         ap.error("--size-mib must be at least 1")
     if args.disk_latency_ms < 0:
@@ -113,15 +124,19 @@ def main(argv=None) -> int:
     with t:
         fs_bucket = LP.ports_create_bucket(rt)
         pager_bucket = LP.ports_create_bucket(rt)
+        alloc = hurdalloc.Ext2Allocations(rt, args.hurd_heap, args.hurdmalloc,
+                                          args.pagemap, args.io_window, args.malloc_arenas)
         fs = Ext2Fs(ext2, rt=rt, pager_bucket=pager_bucket, direct_io=args.direct_io,
                     disk_latency=args.disk_latency_ms / 1000.0,
-                    disk_queue_depth=args.disk_queue_depth, write_mode=args.write_mode)
+                    disk_queue_depth=args.disk_queue_depth, write_mode=args.write_mode,
+                    alloc=alloc)
         srv = FsServer(fs, fs_bucket, name=name)
 
         def all_stats():
             return {**srv.stats, **fs.stats, **fs.disk_stats(), "nodes": len(fs.nodes),
                     **fs.map_stats(), **{f"ext2_{k}": v for k, v in ext2.stats.items()},
-                    **pager_bucket_stats(pager_bucket), **diskfs_server_stats(t)}
+                    **pager_bucket_stats(pager_bucket), **diskfs_server_stats(t),
+                    **alloc.stats()}
 
         t.stopping_stats = all_stats
         root = diskfs_startup(t, srv, pager_bucket)
@@ -131,10 +146,13 @@ def main(argv=None) -> int:
         t.ready("ext2fs ready", model=args.threads, image=str(image),
                 block_size=ext2.block_size, direct_io=args.direct_io,
                 write_mode=args.write_mode, disk_latency_ms=args.disk_latency_ms,
-                disk_queue_depth=args.disk_queue_depth,
+                disk_queue_depth=args.disk_queue_depth, hurd_heap=args.hurd_heap,
+                hurdmalloc=args.hurdmalloc, pagemap=args.pagemap, io_window=args.io_window,
                 thread_timeout=args.thread_timeout, server_timeout=args.server_timeout,
                 port=root, endpoint=t.endpoint)
         t.serve_until_stopped(all_stats)
+        if args.map_census:
+            log.info("map census", census=map_census(rt))
         sync_stop.set()
         # The final sync needs the pager threads: before the servers stop.
         fs.syncfs(True, timeout=60)  # bounded: the kernel may be going away too

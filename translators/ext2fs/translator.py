@@ -33,6 +33,7 @@ from translators.diskfs import (
 )
 from translators.ext2fs import ondisk as D
 from translators.ext2fs.filesystem import Ext2
+from translators.ext2fs.hurdalloc import DIR_OPS, Ext2Allocations
 from translators.ext2fs.pager import Ext2PagerOps, Ext2PageWriteOps, ext2_error
 from translators.ext2fs.store import DiskDevice
 
@@ -51,6 +52,7 @@ class Ext2Node(Node):
     def __init__(self, ino: int, mode: int, size: int):
         super().__init__(ino, mode, size)
         self.dead = False  # unlinked / removed: its inode is to be (or was) released
+        self.heap = self.pager_heap = 0  # its memory in the task (hurdalloc), if any
 
 
 class Ext2Fs(FileSystem):
@@ -59,13 +61,17 @@ class Ext2Fs(FileSystem):
 
     def __init__(self, ext2: Ext2, rt=None, pager_bucket=None, direct_io: bool = False,
                  disk_latency: float = 0.0, disk_queue_depth: int = 1,
-                 write_mode: str = "bulk"):
+                 write_mode: str = "bulk", alloc: Ext2Allocations | None = None):
         """``disk_latency`` seconds per data write on a device of ``disk_queue_depth``
         slots (store.DiskDevice); ``write_mode`` "bulk" (pager_write_pages, 2025) or
-        "page" (pager_write_page per page, 2011)."""
+        "page" (pager_write_page per page, 2011); ``alloc``: what ext2fs allocates in
+        its own task as the Hurd did (hurdalloc; default nothing)."""
         if write_mode not in WRITE_MODES:
             raise ValueError(f"write_mode must be one of {', '.join(WRITE_MODES)}")
         super().__init__(rt, pager_bucket, direct_io)
+        self.alloc = alloc or Ext2Allocations()
+        for op in DIR_OPS:  # each directory operation's struct dirstat
+            setattr(self, op, self.alloc.with_dirstat(getattr(self, op)))
         self.ext2 = ext2
         self.disk = DiskDevice(disk_latency, disk_queue_depth)
         self.write_mode = write_mode
@@ -98,6 +104,7 @@ class Ext2Fs(FileSystem):
         if node is None:
             inode = self._call(self.ext2.read_live_inode, ino)
             node = Ext2Node(ino, inode.i_mode, inode.size)
+            self.alloc.node_alloc(node)
             self.nodes[ino] = node
         return node
 
@@ -113,6 +120,8 @@ class Ext2Fs(FileSystem):
             if self.nodes.get(node.ino) is node:
                 del self.nodes[node.ino]
         super().drop_node(node)
+        self.alloc.pager_free(node)  # ports_port_deref's free of the pager
+        self.alloc.node_free(node)
         try:
             self.ext2.clear_inode(node.ino)
         except OSError as e:
@@ -150,6 +159,7 @@ class Ext2Fs(FileSystem):
                 # the inode is free now and its number may come back for a new file: the
                 # node (still held by open ports) must not be found under it any more
                 node.dead = True
+                self.alloc.node_free(node)
 
     def unlink(self, dir: Ext2Node, name: str):
         with self.lock:
@@ -176,6 +186,7 @@ class Ext2Fs(FileSystem):
     # ------------------------------------------------------------ file I/O
 
     def file_pager_ops(self, node: Ext2Node) -> Ext2PagerOps:
+        self.alloc.pager_alloc(node)  # called once per pager, as pager_create is
         if self.write_mode == "page":
             return Ext2PageWriteOps(self, node)
         return Ext2PagerOps(self, node)
@@ -209,6 +220,14 @@ class Ext2Fs(FileSystem):
             inode.i_mtime = inode.i_ctime = int(time.time())
             self._call(ext2.write_inode, inode)
             node.size = size
+
+    def _mapped_io(self, node: Ext2Node, write: bool, offset: int, arg):
+        """pager_memcpy's part (diskfs._mapped_io), through the window of the
+        --io-window mode, with the thread's signal state made first (--hurdmalloc)."""
+        self.alloc.thread_state()
+        if node.mapping is None:
+            node.mapping = self.alloc.file_mapping(self.rt, lambda: self._port(node))
+        return super()._mapped_io(node, write, offset, arg)
 
     def read_direct(self, node: Ext2Node, offset: int, n: int) -> bytes:
         return self._call(self.ext2.read, node.ino, offset, n)

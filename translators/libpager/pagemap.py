@@ -7,11 +7,24 @@ data_unlock could not allocate the page's backing store).
 
 The map is sparse (a dict of non-zero entries), so an object's size never allocates
 memory: only pages the kernel has touched cost an entry.
+
+A translator may also give its pagemaps storage in its own task, as the Hurd's libpager
+had (``set_pagemap_storage``; ext2fs --pagemap): the flags stay in the dict, and the
+storage makes the kernel calls the Hurd's pagemap made, with a short (2 bytes) per page:
+
+- ``MappedPagemap`` (pagemap.c until 2021): _pager_pagemap_resize mmaps a new region
+  of round_page(entries) entries — 4,096 at least, 8 KiB — copies the old one over and
+  munmaps it; the region is unmapped when the kernel terminates the object
+  (_pager_free_structure).  The first store in each of its pages writes it.
+- ``HeapPagemap`` (since ec5632b9, Sergey Bugaev, 2021: "libpager: Use libc heap for
+  pagemap"): reallocarray on the malloc heap, exactly the entries needed.
 """
 
 from __future__ import annotations
 
 from protocol.defs.fs import EDQUOT, EIO, ENOSPC
+from protocol.kern_return import MachError
+from protocol.vm_param import PAGE_SIZE, round_page
 
 PM_UNLOCKED = 0x0400   # machemu: write-unlocked since last written (writeback.py)
 PM_WRITEWAIT = 0x0200  # wake the waiters once the write is done
@@ -74,20 +87,125 @@ def flag_names(entry: int) -> list[str]:
     return names
 
 
+PM_ENTRY_SIZE = 2  # sizeof (short): the Hurd's pagemap entry
+
+
+class MappedPagemap:
+    """A pagemap's region in the task, mmapped and remapped as it grows (pagemap.c
+    before 2021).  ``vm`` makes the task's kernel calls (translators.hurdmem.TaskVM:
+    allocate, copy, write, deallocate; MachError on failure)."""
+
+    def __init__(self, vm):
+        self.vm = vm
+        self.address = self.capacity = 0
+        self.touched: set[int] = set()  # pages of the region written
+        self.remaps = self.failures = 0
+
+    def store(self, page: int, value: int):
+        """A store of ``value`` in entry ``page``: resize first if the map is too
+        small for it; the first store in each page of the region is written there."""
+        if page >= self.capacity and not self._resize(page + 1):
+            return
+        at = self.address + page * PM_ENTRY_SIZE
+        p = at // PAGE_SIZE
+        if p not in self.touched:
+            try:
+                self.vm.write(at, (value & 0xFFFF).to_bytes(PM_ENTRY_SIZE, "little"))
+            except MachError:  # the flags are kept; the page is not written
+                self.failures += 1
+                return
+            self.touched.add(p)
+
+    def _resize(self, entries: int) -> bool:
+        """_pager_pagemap_resize: newsize = round_page (off) entries, mmap, memcpy,
+        munmap the old region."""
+        newsize = round_page(entries)
+        try:
+            addr = self.vm.allocate(newsize * PM_ENTRY_SIZE)
+        except MachError:  # no room: the pager works on without it
+            self.failures += 1
+            return False
+        if self.capacity:
+            try:
+                self.vm.copy(self.address, self.capacity * PM_ENTRY_SIZE, addr)
+                self.vm.deallocate(self.address, self.capacity * PM_ENTRY_SIZE)
+            except MachError:
+                self.failures += 1
+            self.remaps += 1
+        old = self.capacity * PM_ENTRY_SIZE // PAGE_SIZE
+        self.touched = {addr // PAGE_SIZE + i for i in range(old)}  # memcpy wrote them
+        self.address, self.capacity = addr, newsize
+        return True
+
+    def release(self):
+        """_pager_free_structure: munmap the region."""
+        if self.capacity:
+            try:
+                self.vm.deallocate(self.address, self.capacity * PM_ENTRY_SIZE)
+            except MachError:  # the task may be going away
+                self.failures += 1
+        self.address = self.capacity = 0
+        self.touched = set()
+
+
+class HeapPagemap:
+    """A pagemap on the malloc heap (since ec5632b9): reallocarray of exactly the
+    entries needed.  ``malloc`` has malloc / free (translators.hurdmem.Malloc), which
+    touch the pages they hand out."""
+
+    def __init__(self, malloc):
+        self.malloc = malloc
+        self.address = self.capacity = 0
+        self.remaps = self.failures = 0
+
+    def store(self, page: int, value: int):
+        """A store in entry ``page``: reallocarray first if the map is too small."""
+        if page < self.capacity:
+            return
+        # realloc moves the block: a new chunk, the old one freed (memcpy in between).
+        addr = self.malloc.malloc((page + 1) * PM_ENTRY_SIZE)
+        if not addr:
+            self.failures += 1
+            return
+        if self.capacity:
+            self.malloc.free(self.address)
+            self.remaps += 1
+        self.address, self.capacity = addr, page + 1
+
+    def release(self):
+        if self.capacity:
+            self.malloc.free(self.address)
+        self.address = self.capacity = 0
+
+
+_storage_factory = None
+
+
+def set_pagemap_storage(factory):
+    """Every PageMap made from now on gets ``factory()`` as its storage (None: none,
+    the default).  A translator process sets it once, at startup."""
+    global _storage_factory
+    _storage_factory = factory
+
+
 class PageMap:
     """Flags per page index (offset // page size); absent pages read as 0.  Callers hold
-    the pager's lock."""
+    the pager's lock.  ``storage`` (set_pagemap_storage), if any, is told of every
+    store and of the reset."""
 
-    __slots__ = ("entries",)
+    __slots__ = ("entries", "storage")
 
     def __init__(self):
         self.entries: dict[int, int] = {}
+        self.storage = _storage_factory() if _storage_factory is not None else None
 
     def __getitem__(self, page: int) -> int:
         return self.entries.get(page, 0)
 
     def __setitem__(self, page: int, value: int):
         if value:
+            if self.storage is not None:
+                self.storage.store(page, value)
             self.entries[page] = value
         else:
             self.entries.pop(page, None)
@@ -115,6 +233,8 @@ class PageMap:
     def reset(self):
         """_pager_free_structure: the kernel forgot the object; so do we."""
         self.entries.clear()
+        if self.storage is not None:
+            self.storage.release()
 
     def __len__(self):
         return len(self.entries)
