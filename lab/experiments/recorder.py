@@ -16,7 +16,8 @@ Each sample has ``t`` (seconds since the recorder started) and ``time`` (Unix ti
   pager port (ext2fs, the default pager, memfs ...), with the messages pending beside
   the queues: ``blocked_senders`` (sends waiting for room in a full queue) and
   ``waiting_receivers`` (threads waiting in mach_msg for one); ``resident`` (pages by
-  kind: internal / external, dirty); ``map_entries`` (per task); ``info_ms``.
+  kind: internal / external, dirty); ``map_entries`` and ``map_cost`` (lookups, first-fit searches and their time,
+  per task); ``info_ms``.
 
 Kernel-side numbers come only through kernel calls, never from logs.  Their cost is
 kept bounded: ``vm_statistics`` walks every page frame (about 3 ms for 2,048 frames and
@@ -260,6 +261,8 @@ class Recorder(threading.Thread):
                 s["resident"] = ki.get("resident")
                 s["map_entries"] = {t["name"]: t.get("map_entries", 0)
                                     for t in ki.get("tasks", [])}
+                s["map_cost"] = {t["name"]: t["map_cost"] for t in ki.get("tasks", [])
+                                 if t.get("map_cost")}
             s["info_every_s"] = round(self.paced("info", now, cost, INFO_SHARE), 3)
         procs = {}
         for label, p in self.procs.current().items():
