@@ -301,15 +301,43 @@ def _died(exitcode, counts, unit: str) -> str:
 
 
 class Progress:
-    """A one-line progress display on stderr: rewritten in place on a TTY, one line a
-    second otherwise."""
+    """The workload's progress on stderr: on a terminal a rich bar (against the run's
+    seconds, or its operations with --count) with the counts beside it, refreshed in
+    place; otherwise one plain line a second."""
 
-    def __init__(self, enabled: bool, label: str, unit: str):
+    def __init__(self, enabled: bool, label: str, unit: str, total_s: float | None = None,
+                 total_ops: int | None = None):
         self.enabled, self.label, self.unit = enabled, label, unit
         self.tty = sys.stderr.isatty()
         self.last = 0.0
         self.every = 0.25 if self.tty else 1.0
         self.shown = False
+        self.total_s, self.total_ops = total_s, total_ops
+        self.bar = self.task = None
+
+    def _line(self, elapsed, ops, errors, sampler, watch_key, extra) -> str:
+        rate = ops / elapsed if elapsed > 0 else 0.0
+        line = f"{self.unit} {ops}  {rate:.0f}/s  errors {errors}"
+        if sampler is not None and watch_key:
+            s = sampler.last(watch_key)
+            if s:
+                line += f"  {watch_key} threads {s[1]} rss {s[2] / 2**20:.1f} MiB"
+        if extra is not None:
+            more = extra()
+            if more:
+                line += "  " + more
+        return line
+
+    def _rich(self):
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress as Bars, TextColumn, TimeElapsedColumn
+
+        self.bar = Bars(TextColumn("{task.description}"), BarColumn(bar_width=24),
+                        TimeElapsedColumn(), TextColumn("{task.fields[line]}"),
+                        console=Console(file=sys.stderr), transient=False)
+        total = self.total_ops or self.total_s
+        self.task = self.bar.add_task(self.label, total=total, line="")
+        self.bar.start()
 
     def show(self, elapsed, ops, errors, sampler: Sampler | None, watch_key=None,
              force=False, extra=None):
@@ -321,29 +349,22 @@ class Progress:
         if not force and now - self.last < self.every:
             return
         self.last = now
-        rate = ops / elapsed if elapsed > 0 else 0.0
-        line = (f"{self.label} {elapsed:6.1f}s  {self.unit} {ops}  {rate:.0f}/s  "
-                f"errors {errors}")
-        if sampler is not None and watch_key:
-            s = sampler.last(watch_key)
-            if s:
-                line += f"  {watch_key} threads {s[1]} rss {s[2] / 2**20:.1f} MiB"
-        if extra is not None:
-            more = extra()
-            if more:
-                line += "  " + more
-        if self.tty:
-            sys.stderr.write("\r\x1b[K" + line)
-        else:
-            sys.stderr.write(line + "\n")
-        sys.stderr.flush()
+        line = self._line(elapsed, ops, errors, sampler, watch_key, extra)
         self.shown = True
+        if self.tty:
+            if self.bar is None:
+                self._rich()
+            done = ops if self.total_ops else elapsed
+            self.bar.update(self.task, completed=done, line=line)
+            return
+        sys.stderr.write(f"{self.label} {elapsed:6.1f}s  {line}\n")
+        sys.stderr.flush()
 
     def done(self):
-        """End the progress line."""
-        if self.enabled and self.tty and self.shown:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
+        """End the progress display."""
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
 
 
 def run(wl: Workload, args) -> tuple[dict, int]:
@@ -365,7 +386,10 @@ def run(wl: Workload, args) -> tuple[dict, int]:
 
         pool = TaskPool(wl, args, quotas, prepared, cluster.endpoint)
         pool.start()
-        progress = Progress(args.progress, f"{wl.name}", wl.progress_unit or wl.unit)
+        progress = Progress(args.progress, f"{wl.name}", wl.progress_unit or wl.unit,
+                            total_s=None if getattr(args, "count", None) else
+                            getattr(args, "duration", None),
+                            total_ops=getattr(args, "count", None))
         interrupted = False
         # Start together: every task connected and set up before the clock starts.
         try:
