@@ -61,7 +61,7 @@ def summary_rows(text: str) -> dict[str, list[str]]:
 def ext2_cluster(run_dir, procs):
     """kernel (2048 pages: file data is paged out to ext2fs) and ext2fs."""
     start_kernel(run_dir, procs, physical_pages=2048, data_return_cluster=32)
-    e = start_server(procs, run_dir, "translators.ext2fs", "ext2fs", "--size-mib", "64",
+    e = start_server(procs, run_dir, "translators.ext2fs", "ext2fs", "--size-mib", "128",
                      "--sync-interval", "0", "--stats-interval", "0")
     yield e
     assert e.p.poll() is None, f"ext2fs died during the test:\n{e.output()}"
@@ -69,10 +69,12 @@ def ext2_cluster(run_dir, procs):
 
 @pytest.mark.timeout(300)
 def test_trace_of_ext2fs_under_seqwrite_shows_its_rpcs_and_a_summary(run_dir, ext2_cluster):
+    # 10x physical memory in all: the writes must outlast both traces (a quiet machine
+    # wrote 2 x 12 MiB before the second began)
     rt = owner(run_dir)
     lg = subprocess.Popen(
         [sys.executable, str(LOADGEN), "--run-dir", str(run_dir), "seqwrite", "--tasks", "2",
-         "--file-mib", "12", "--chunk-kib", "256", "--call-timeout", "120", "--json"],
+         "--file-mib", "40", "--chunk-kib", "256", "--call-timeout", "120", "--json"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env(), cwd=ROOT)
     try:
         wait_for(lambda: any(n.startswith("loadgen.seqwrite") for n in task_names(rt)),
