@@ -36,6 +36,9 @@ class KernelConfig:
     pageout_policy: str = "classic"
     map_lookup: str = "tree"  # "list" (Mach before 2012) or "tree"
     map_merge: str = "classic"  # "classic" (extend previous) or "coalesce" (GNU Mach 2023)
+    # time every vm_map_lookup_entry and first-fit search (machemu_kernel_info's
+    # map_cost, E2); off by default: two clock reads a lookup on the fault path
+    map_lookup_timing: bool = False
     deactivate_on_cache: bool = True  # classic: an object entering the cache loses its pages' activity
     data_return_cluster: int = 1  # pages per data_return (classic: 1; clustering: up to 32)
     # maintain vm_page_external_count (GNU Mach 2011 never did: it stayed 0, so the

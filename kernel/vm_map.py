@@ -2,7 +2,8 @@
 
 A ``VMMap`` holds ``VMMapEntry``s [vme_start, vme_end), page aligned, sorted, never
 overlapping, on a doubly linked list with a header (``vm_map_to_entry``), plus a lookup
-``hint``.  The lookup structure is chosen at creation; its cost is measured (lookup_cost):
+``hint``.  The lookup structure is chosen at creation; with config map_lookup_timing its
+cost is measured (lookup_cost):
 
   lookup="list"   Mach before 2012: vm_map_lookup_entry scans the list from the hint (or
                   the head), vm_map_find_space from ``first_free``.
@@ -209,7 +210,7 @@ class VMMap:
         else:
             self._nil = self._rbtree = None
             self._lookup = self._lookup_list
-        vm_map_instrument(self)  # what lookups and first-fit searches cost
+        self.lookup_stats = None  # [lookups, ns, searches, ns] once vm_map_instrument'ed
 
     # ------------------------------------------------------------------ inspection
 
@@ -228,9 +229,10 @@ class VMMap:
         """The entries in address order (vm_map_first_entry .. vm_map_last_entry)."""
         return list(self)
 
-    def lookup_cost(self) -> dict:
-        """What lookups and first-fit searches cost so far (vm_map_lookup_cost)."""
-        return vm_map_lookup_cost(self)
+    def lookup_cost(self) -> dict | None:
+        """What lookups and first-fit searches cost so far (vm_map_lookup_cost), None
+        unless the map is instrumented (config map_lookup_timing)."""
+        return None if self.lookup_stats is None else vm_map_lookup_cost(self)
 
     @property
     def hint(self) -> VMMapEntry | None:
@@ -761,10 +763,13 @@ def vm_map_create(vm) -> VMMap:
     """vm_map_create: a task's empty map, with the configured lookup structure and merge
     mode, its objects managed by kernel.vm_object."""
     cfg = vm.config
-    return VMMap(min_offset=PAGE_SIZE, lookup=cfg.map_lookup, merge=cfg.map_merge,
+    vmap = VMMap(min_offset=PAGE_SIZE, lookup=cfg.map_lookup, merge=cfg.map_merge,
                  reference=vm_object_reference, deallocate=partial(vm_object_deallocate, vm),
                  unmap=partial(vm_map_entry_unmap, vm),
                  coalesce=partial(vm_object_coalesce, vm))
+    if cfg.map_lookup_timing:
+        vm_map_instrument(vmap)  # what lookups and first-fit searches cost
+    return vmap
 
 
 def vm_map_entry_unmap(vm, entry):

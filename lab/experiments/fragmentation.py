@@ -35,9 +35,9 @@ from lab.loadgen.mixed import lookup_cost
 # ext2fs's allocations as in the Hurd of 2011; then with the pagemap on the heap (2021)
 HURD_2011 = ("--hurd-heap", "--hurdmalloc", "--pagemap", "mmap", "--io-window", "per-call")
 HURD_2021 = ("--hurd-heap", "--hurdmalloc", "--pagemap", "heap", "--io-window", "per-call")
-LIST = {"map_lookup": "list", "map_merge": "classic"}
-TREE = {"map_lookup": "tree", "map_merge": "classic"}
-COALESCE = {"map_lookup": "tree", "map_merge": "coalesce"}
+LIST = {"map_lookup": "list", "map_merge": "classic", "map_lookup_timing": True}
+TREE = {"map_lookup": "tree", "map_merge": "classic", "map_lookup_timing": True}
+COALESCE = {"map_lookup": "tree", "map_merge": "coalesce", "map_lookup_timing": True}
 # (tasks, threads per task, operations per thread, physical pages, image MiB)
 FULL = (2, 4, 1500, 16384, 256)
 QUICK = (2, 2, 600, 8192, 96)

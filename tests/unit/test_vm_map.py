@@ -783,3 +783,21 @@ def test_bad_construction():
         VMMap(min_offset=5)
     assert VMMap().vm_map_find_space(P) == 0
     assert VM_PROT_DEFAULT == RW
+
+
+@pytest.mark.parametrize("lookup", ["list", "tree"])
+def test_lookup_cost_counted_only_when_instrumented(lookup):
+    from kernel.vm_map_check import vm_map_instrument
+
+    m, _ = make(lookup, "classic", min_offset=0, max_offset=1 << 30)
+    m.vm_map_enter(4 * P, 2 * P)
+    assert m.lookup_cost() is None  # not timed by default (map_lookup_timing)
+    vm_map_instrument(m)
+    m.vm_map_enter(None, P)                      # anywhere: a first-fit search
+    for a in (0, 5 * P, 7 * P, 1 << 29):
+        m.vm_map_lookup_entry(a)
+    c = m.lookup_cost()
+    assert c["lookups"] >= 4 and c["find_spaces"] >= 1, c
+    assert c["lookup_us"] >= 0 and c["find_space_us"] >= 0
+    found, e = m.vm_map_lookup_entry(5 * P)  # the wrapped lookup still answers
+    assert found and e.vme_start == 4 * P
