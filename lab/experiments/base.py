@@ -55,6 +55,9 @@ def ext2fs_servers(config: "Configuration", size_mib: int, *args: str) -> list[d
 
 
 # Columns never drawn as bars: they say whether the run was sound, not what it measured.
+# The columns every experiment's table ends with (the runner fills wall_s and status).
+RESULT_COLUMNS = (("bytes_verified", "bytes verified"), ("wall_s", "wall s"),
+                  ("status", "status"))
 BAR_SKIP = ("status", "wall_s", "bytes_verified", "bytes_expected", "verified_all")
 
 

@@ -27,6 +27,7 @@ unmapping after each call did in the Hurd.
 from __future__ import annotations
 
 from lab.experiments.base import (
+    RESULT_COLUMNS,
     Claim,
     Configuration,
     Experiment,
@@ -105,10 +106,7 @@ class CacheEntry(Experiment):
         ("pressure_page_hit_rate", "pressure: reopened page hit rate"),
         ("pressure_held_hit_rate", "pressure: held page hit rate"),
         ("read_mib_per_s", "quiet read MiB/s"),
-        ("bytes_verified", "bytes verified"),
-        ("wall_s", "wall s"),
-        ("status", "status"),
-    )
+    ) + RESULT_COLUMNS
     plots = (
         (("vm.inactive_count",), "inactive pages"),
         (("vm.reactivations",), "reactivations (cumulative)"),

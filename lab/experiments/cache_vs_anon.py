@@ -15,6 +15,7 @@ short: the file cache goes before any anonymous page.
 from __future__ import annotations
 
 from lab.experiments.base import (
+    RESULT_COLUMNS,
     Claim,
     Configuration,
     Experiment,
@@ -85,10 +86,7 @@ class CacheVsAnon(Experiment):
         ("anon_clean_freed_before_anon", "anon phase: clean freed before 1st anon"),
         ("reread_mib_per_s", "file read MiB/s"),
         ("anon_mib_per_s", "anon MiB/s"),
-        ("bytes_verified", "bytes verified"),
-        ("wall_s", "wall s"),
-        ("status", "status"),
-    )
+    ) + RESULT_COLUMNS
     plots = (
         (("resident.external",), "resident external pages"),
         (("resident.internal",), "resident internal pages"),

@@ -22,6 +22,7 @@ every configuration; the files stay (--keep-files), as a node cache keeps them.
 from __future__ import annotations
 
 from lab.experiments.base import (
+    RESULT_COLUMNS,
     Claim,
     Configuration,
     Experiment,
@@ -124,10 +125,7 @@ class Fragmentation(Experiment):
         ("probe_after_ms", "probe cycle p50 ms, after"),
         ("late_p50_ms", "op p50 ms, last third"),
         ("ops_per_s", "ops/s"),
-        ("bytes_verified", "bytes verified"),
-        ("wall_s", "wall s"),
-        ("status", "status"),
-    )
+    ) + RESULT_COLUMNS
     plots = (
         (("map_entries.ext2fs",), "ext2fs map entries"),
         (("procs.kernel.cpu",), "kernel CPU s"),

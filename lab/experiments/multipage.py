@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from lab.experiments.base import (
     MIB,
+    RESULT_COLUMNS,
     Claim,
     Configuration,
     Experiment,
@@ -110,10 +111,7 @@ class MultiPage(Experiment):
         ("write_mib_per_s", "write MiB/s"),
         ("syncfs_s", "sync s"),
         ("disk_mib_per_s", "write+sync MiB/s"),
-        ("bytes_verified", "bytes verified"),
-        ("wall_s", "wall s"),
-        ("status", "status"),
-    )
+    ) + RESULT_COLUMNS
     plots = (
         (("vm.data_returns",), "data_returns (cumulative)"),
         (("vm.dirty_count",), "dirty pages"),

@@ -15,6 +15,7 @@ from __future__ import annotations
 from kernel.config import KernelConfig
 from lab.experiments.base import (
     QUICK_KERNEL,
+    RESULT_COLUMNS,
     Claim,
     Configuration,
     Experiment,
@@ -92,10 +93,7 @@ class Storm(Experiment):
         ("laundry_external_peak", "ext. laundry peak"),
         ("mib_per_s", "write MiB/s"),
         ("p99_write_ms", "p99 write ms"),
-        ("bytes_verified", "bytes verified"),
-        ("wall_s", "wall s"),
-        ("status", "status"),
-    )
+    ) + RESULT_COLUMNS
     plots = (
         (("procs.ext2fs.threads",), "ext2fs threads"),
         (("vm.returns_in_flight", "ports.pager_depth"), "data_returns in flight / queued"),
