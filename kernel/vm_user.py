@@ -33,7 +33,6 @@ def vm_statistics(vm) -> dict:
         "transit_count": c["transit"], "zero_fill_count": s["zero_fill_count"],
         "reactivations": s["reactivations"], "pageins": s["pageins"],
         "pageouts": s["pageouts"], "faults": s["faults"], "cow_faults": s["cow_faults"],
-        "lookups": vm.cache.lookups, "hits": vm.cache.hits,
         "physical_pages": mem.npages, "dirty_count": dirty,
         "potentially_dirty": 0, "dirty_sleeping": 0, "dirty_sleeps": 0,
         "dirty_sleep_seconds": 0.0, "unlock_hints": 0, "laundry_count": 0,
@@ -42,7 +41,7 @@ def vm_statistics(vm) -> dict:
         "data_return_pages": vm.stats["data_return_pages"],
         "data_requests": vm.stats["memory_object_data_request"],
         "data_unlocks": vm.stats["memory_object_data_unlock"],
-        "objects": vm.objects, "cached_objects": len(vm.cache),
+        "objects": vm.objects,
         "page_waits": vm.stats["page_waits"],
         # throttle pageout (zero under other policies but the count)
         "dirty_throttled": vm_page_dirty_throttled(vm),
@@ -50,7 +49,7 @@ def vm_statistics(vm) -> dict:
         "dirty_pause_ms": round(vm.stats["dirty_pause_ms"], 3),
         "background_writeback_pages": vm.stats["background_writeback_pages"],
     }
-    out.update(vm.cache.statistics())  # the object cache's (kernel.vm_object)
+    out.update(vm.cache.statistics())  # lookups, hits, cached_objects, cache_* (vm_object)
     if vm.pageout is not None:
         out.update(vm.pageout.statistics())
     return out
