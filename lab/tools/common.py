@@ -23,7 +23,7 @@ CALL_TIMEOUT = 15.0  # seconds any one call of a tool may take
 EXIT_ERROR = 1       # a tool's exit status for a clear failure (bad argument, no cluster)
 
 # The Hurd's error_t names for the errnos fs servers return (protocol.defs.fs).
-_FS_ERRORS = {getattr(F, n): n for n in dir(F)
+FS_ERRNO_NAMES = {getattr(F, n): n for n in dir(F)
               if n.startswith("E") and isinstance(getattr(F, n), int)}
 
 
@@ -33,7 +33,7 @@ class ToolError(Exception):
 
 def code_text(code: int) -> str:
     """A Mach, MIG, netname or Hurd fs return code by name ("ENOENT", "KERN_NO_SPACE")."""
-    return _FS_ERRORS.get(code) or err_name(code)
+    return FS_ERRNO_NAMES.get(code) or err_name(code)
 
 
 def mach_error(e: MachError, what: str) -> ToolError:
@@ -151,9 +151,10 @@ class Session:
         return row, port
 
 
-def resolve_task(tasks: list[dict], spec: str) -> dict:
-    """The row of ``tasks`` that TASK ``spec`` names (see Session.task); ToolError, with
-    the names there are, when none does."""
+def find_tasks(tasks: list[dict], spec: str) -> list[dict]:
+    """Every row of ``tasks`` (machemu_kernel_info's) that TASK ``spec`` names: ``pid:N``,
+    ``id:N``, a number (a pid, else a task id) or a name; ToolError if ``spec`` is
+    malformed, ToolError with the names there are if it names none."""
     spec = spec.strip()
     kind, _, value = spec.partition(":")
     if value and kind in ("pid", "id"):
@@ -170,7 +171,12 @@ def resolve_task(tasks: list[dict], spec: str) -> dict:
         names = sorted({t["name"] for t in tasks})
         shown = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
         raise ToolError(f"no task {spec!r} in the kernel (tasks: {shown or 'none'})")
-    return max(found, key=lambda t: t["id"])
+    return found
+
+
+def resolve_task(tasks: list[dict], spec: str) -> dict:
+    """The task TASK ``spec`` names (find_tasks; the newest of several)."""
+    return max(find_tasks(tasks, spec), key=lambda t: t["id"])
 
 
 TASK_HELP = "TASK: a task name (the newest of that name), a pid, a task id, or pid:N / id:N."

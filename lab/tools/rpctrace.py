@@ -40,7 +40,7 @@ from lab.client import ClusterClient, ClusterError, err_name
 from lab.experiments.report import plain_table
 from lab.loadgen.driver import setup_logs
 from lab.rundir import RunDir, RunDirError
-from protocol.defs import fs as FS
+from lab.tools.common import FS_ERRNO_NAMES, ToolError, find_tasks
 from protocol.defs import machemu as X
 from protocol.defs.notify import MACH_NOTIFY_SEND_ONCE
 from protocol.kern_return import KernReturn, MachError
@@ -54,8 +54,6 @@ MAX_HELD = 20000      # printed lines waiting for a reply, before the oldest is 
 MAX_OPEN = 20000      # requests printed with "..." still awaiting their reply
 LAT_SAMPLES = 100000  # latencies kept per routine for the p99
 EXIT_OK, EXIT_CLUSTER, EXIT_USAGE = 0, 1, 2
-HURD_ERRNO = {getattr(FS, n): n for n in dir(FS)
-              if re.fullmatch(r"E[A-Z]+", n) and isinstance(getattr(FS, n), int)}
 
 
 # Why machemu_trace_start may refuse, beyond host_priv.
@@ -141,20 +139,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_tasks(specs: list[str], tasks: list[dict], me: int) -> list[dict]:
-    """The tasks named by ``specs`` (name, task id or pid) among machemu_kernel_info's
-    ``tasks``, not ``me``; UsageError for one that names none."""
+    """The tasks named by ``specs`` among machemu_kernel_info's ``tasks``, not ``me``:
+    every task of a name (lab.tools.common.find_tasks); UsageError for one that names
+    none."""
+    others = [t for t in tasks if t["id"] != me]
     out = []
     for spec in specs:
-        if spec.isdigit():
-            n = int(spec)
-            hits = [t for t in tasks if t["id"] == n or t.get("pid") == n]
-        else:
-            hits = [t for t in tasks if t["name"] == spec]
-        hits = [t for t in hits if t["id"] != me]
-        if not hits:
-            names = sorted({t["name"] for t in tasks if t["id"] != me})
-            raise UsageError(f"no task {spec!r} (name, task id or pid); tasks: "
-                             f"{', '.join(names) or 'none'}")
+        try:
+            hits = find_tasks(others, spec)
+        except ToolError as e:
+            raise UsageError(str(e)) from None
         out += [t for t in hits if t not in out]
     return out
 
@@ -271,7 +265,7 @@ def code_text(code) -> str:
         return "?"
     if code == 0:
         return "0"
-    name = HURD_ERRNO.get(code) or err_name(code)
+    name = FS_ERRNO_NAMES.get(code) or err_name(code)
     return f"{code & 0xFFFFFFFF:#x} ({name})"
 
 
