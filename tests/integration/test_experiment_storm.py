@@ -81,3 +81,7 @@ def test_storm_quick(run_dir):
     # flight (each may have its unlock granted before it sleeps); writers slept on it
     assert a["potentially_dirty_peak"] <= a["hard_limit"] + a["writers"], a
     assert a["writer_sleeps"] > 0, a
+    # the finding's figures: writers asleep at once (each one an ext2fs thread), and
+    # the workers model's growth from its first sample
+    assert 1 <= a["writers_sleeping_peak"] <= a["writers"], a
+    assert w["row"]["threads_peak"] - w["row"]["threads_start"] <= 4, w["row"]

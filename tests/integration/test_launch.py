@@ -174,3 +174,19 @@ def test_run_main_job(run_dir, procs):
     assert "workload: exit status 0" in out and "cluster stopped" in out, out
     assert not (run_dir / "launch.pid").exists()
     wait_for(lambda: not procs_of(run_dir), 30, what="no process of the run dir left")
+
+
+@pytest.mark.timeout(120)
+def test_headline_experiment_is_run_and_its_status_returned(tmp_path, capsys):
+    """run_headline calls scripts/experiment with --quick into RUN_DIR/experiment and
+    returns its exit status: an unknown experiment is the experiment CLI's usage error
+    (2), named on the way."""
+    import argparse
+
+    from lab.launch import run_headline
+
+    code = run_headline(argparse.Namespace(experiment="E9"), tmp_path)
+    out = capsys.readouterr()
+    assert code == 2, out
+    assert "experiment E9 (--quick)" in out.out + out.err
+    assert str(tmp_path / "experiment") in out.out + out.err
