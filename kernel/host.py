@@ -123,18 +123,11 @@ def _object_row(obj) -> list:
 
 def vm_map_info(vmap, address: int, count: int) -> dict:
     """machemu_vm_map_info of one map: the summary (vm_map's nentries, size, bounds,
-    lookup structure, merge mode, tree height, the merge and clip counters it keeps) and
+    lookup structure, merge mode, tree height, its merges and clips so far) and
     at most ``count`` entries from the one vm_region(``address``) finds on, each [start,
     end, protection, max_protection, inheritance, object id (0: none), offset,
     wired_count, is_shared], with ``objects`` (rows of _object_row) and ``next``."""
-    counters = {}
-    stats = getattr(vmap, "stats", None)
-    if isinstance(stats, dict):
-        counters.update({str(key): v for key, v in stats.items()})
-    for key in ("merges", "clips", "coalesces"):
-        v = getattr(vmap, key, None)
-        if isinstance(v, int):
-            counters[key] = v
+    counters = {"merges": vmap.merges, "clips": vmap.clips}
     out = {"nentries": vmap.nentries, "size": vmap.size, "min_offset": vmap.min_offset,
            "max_offset": vmap.max_offset, "lookup": vmap.lookup, "merge": vmap.merge,
            "tree_height": vmap.tree_height(), "counters": counters,

@@ -40,7 +40,8 @@ from kernel.mach_msg import mach_msg_trap
 from kernel.sched_prim import Scheduler
 from kernel.task import Task, task_terminate
 from kernel.vm_init import VMSystem
-from kernel.vm_map import vm_map_copyout, vm_map_create
+from kernel.vm_map import vm_map_create
+from kernel.vm_map_copy import vm_map_copyout
 from kernel.vm_object import vm_object_deallocate, vm_object_pager_died
 from kernel.vm_pageout import POLICIES
 from protocol import logs

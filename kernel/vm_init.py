@@ -4,7 +4,7 @@ table, the default pager, the pageout policy and the counters.
 
 The routines that work on it take it first: vm_object_* (kernel.vm_object), vm_page_*
 (kernel.vm_page), vm_pageout_* (kernel.vm_pageout), memory_object_* (kernel.memory_object),
-vm_map_create and vm_map_copyout (kernel.vm_map), vm_statistics (kernel.vm_user).
+vm_map_create (kernel.vm_map), vm_map_copyout (kernel.vm_map_copy), vm_statistics (kernel.vm_user).
 """
 
 from __future__ import annotations

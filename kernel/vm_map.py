@@ -44,7 +44,6 @@ from kernel.rbtree import (
     rbtree_insert_rebalance,
     rbtree_remove,
 )
-from kernel.vm_kern import kmem_alloc_wired
 from kernel.vm_map_check import vm_map_check, vm_map_instrument, vm_map_lookup_cost
 from kernel.vm_object import (
     vm_object_coalesce,
@@ -211,6 +210,10 @@ class VMMap:
             self._nil = self._rbtree = None
             self._lookup = self._lookup_list
         self.lookup_stats = None  # [lookups, ns, searches, ns] once vm_map_instrument'ed
+        # What made and unmade entries so far (vminfo's summary): entries split by
+        # clipping, and entries grown over a neighbour (simple extension or coalesce).
+        self.clips = 0
+        self.merges = 0
 
     # ------------------------------------------------------------------ inspection
 
@@ -440,6 +443,7 @@ class VMMap:
                 self._set_end(entry, end)
                 self.size += size
                 self._hint = entry
+                self.merges += 1
                 return start
 
         new = VMMapEntry(start, end, obj, offset, protection, max_protection, inheritance,
@@ -468,6 +472,7 @@ class VMMap:
         # The key changes in place; the front part is then inserted as its predecessor.
         entry.vme_start = start
         self._link(entry.vme_prev, new)
+        self.clips += 1
         if new.object is not None:
             self._reference(new.object)
         return entry
@@ -484,6 +489,7 @@ class VMMap:
         new.offset += end - entry.vme_start
         entry.vme_end = end
         self._link(entry, new)
+        self.clips += 1
         if new.object is not None:
             self._reference(new.object)
         return entry
@@ -614,6 +620,7 @@ class VMMap:
         prev.vme_end = entry.vme_end
         self._unlink(entry, hole=False)
         entry.object = None
+        self.merges += 1
         return True
 
     def _object_coalesce(self, a, off_a, size_a, b, off_b, size_b):
@@ -780,26 +787,3 @@ def vm_map_entry_unmap(vm, entry):
         return
     vm_object_page_remove(vm, obj, entry.offset, entry.vme_end - entry.vme_start)
 
-
-def vm_map_copyout(k, task, kmsg):
-    """vm_map_copyout: out-of-line data occupies a region of the receiver's map until it
-    vm_deallocates it.  Page-backed data (data_return's laundry) brings its pages, other
-    data of a page or more is copied into new wired pages.  Returns the addresses (0: not
-    mapped, small data or no frame left for a copy)."""
-    vm = k.vm
-    addrs = []
-    vmap = task.map
-    objects = kmsg.ool_objects or [None] * len(kmsg.ool)
-    for frame, obj in zip(kmsg.ool, objects):
-        addr = 0
-        if obj is None and len(frame) >= PAGE_SIZE:
-            obj = kmem_alloc_wired(vm, frame)
-        if obj is not None:
-            try:
-                addr = vmap.vm_map_enter(None, obj.size, obj, 0, VM_PROT_DEFAULT, VM_PROT_ALL,
-                                         VM_INHERIT_NONE)
-            except MachError:
-                vm_object_deallocate(vm, obj)
-        addrs.append(addr)
-    kmsg.ool_objects = None
-    return addrs

@@ -330,7 +330,8 @@ class Progress:
 
     def _rich(self):
         from rich.console import Console
-        from rich.progress import BarColumn, Progress as Bars, TextColumn, TimeElapsedColumn
+        from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import Progress as Bars
 
         self.bar = Bars(TextColumn("{task.description}"), BarColumn(bar_width=24),
                         TimeElapsedColumn(), TextColumn("{task.fields[line]}"),

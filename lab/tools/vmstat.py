@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from lab.loadgen.logstats import server_stats
+from lab.loadgen.vmworkload import pager_swap
 from lab.tools.common import CALL_TIMEOUT, Session, ToolError, mach_error, run_tool, tool_parser
 from lab.tools.output import print_json, print_json_line, print_table, terminal, vmstat_size
 from protocol.defs import mach as V
@@ -31,7 +31,6 @@ from protocol.vm_param import PAGE_SIZE
 CONST, VARY, CUMUL = "const", "vary", "cumul"   # how a field changes (vmstat.c)
 SIZE, PAGESZ, COUNT, PCENT = "size", "pagesz", "count", "pcent"  # how it is shown
 HEADER_INTERVAL = 22
-SWAP_KEYS = ("slots_total", "slots_used")
 
 
 @dataclass(frozen=True)
@@ -70,7 +69,8 @@ def _swap(key):
     def get(s):
         sw = s.get("swap") or {}
         if key == "free":
-            return (sw["slots_total"] - sw["slots_used"]) if "slots_total" in sw else None
+            known = "slots_total" in sw and "slots_used" in sw
+            return sw["slots_total"] - sw["slots_used"] if known else None
         return sw.get(key)
     return get
 
@@ -148,14 +148,15 @@ def format_value(f: Field, v: int, units: str, sign: bool = False) -> str:
 
 
 def sample(session: Session, defpager: str) -> dict:
-    """vm_statistics now, with the default pager's swap (``swap``: slots, None without
-    a statistics record in its log)."""
+    """vm_statistics now, with the default pager's swap (``swap``: its size from the
+    pager's ready record, its use from its last statistics record; empty without a
+    log)."""
     rt = session.rt
     try:
         s = V.vm_statistics(rt.task_self, timeout=CALL_TIMEOUT, rt=rt)
     except MachError as e:
         raise mach_error(e, "vm_statistics") from None
-    s["swap"] = server_stats(str(session.run_dir), defpager, SWAP_KEYS)
+    s["swap"] = pager_swap(str(session.run_dir), defpager) or {}
     s["time"] = time.time()
     return s
 

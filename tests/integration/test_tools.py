@@ -123,6 +123,7 @@ def test_tools_on_a_cluster_under_a_storm(run_dir, procs):
     lines, err = wait_for(same_count, 120, interval=0.5, what="vminfo lines == map entries")
     assert all(REGION.match(ln) for ln in lines), [ln for ln in lines if not REGION.match(ln)]
     assert f"# entries: {len(lines)} " in err and "# lookup: tree" in err
+    assert re.search(r"# merges, clips: \d+ merges, \d+ clips", err), err
     j = ok_json("vminfo", run_dir, "ext2fs")
     regions = j["regions"]
     assert all(a["address"] + a["size"] <= b["address"] for a, b in zip(regions, regions[1:]))
