@@ -18,6 +18,7 @@ in (nearly) all of them (those left free for the pageout daemon counted at 4 KiB
 
   scripts/bench                 full run, a table
   scripts/bench --quick --json  small counts, one JSON list on stdout
+  scripts/bench --profile DIR   also where the kernel's time goes (lab.bench.profile)
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import argparse
 import json
 import signal
 import sys
+from pathlib import Path
 
 from lab.bench.floor import FLOOR_WINDOW
 from lab.bench.orchestrator import BenchError, run
@@ -93,6 +95,9 @@ def parse(argv) -> argparse.Namespace:
     ap.add_argument("--timeout", type=float, default=600.0,
                     help="seconds allowed for each measuring process (default 600)")
     ap.add_argument("--keep", action="store_true", help="keep the run dir (logs)")
+    ap.add_argument("--profile", type=Path, metavar="DIR",
+                    help="record the kernel with py-spy during the RPCs and the routed "
+                    "stream: DIR/kernel-{rpc,routed}.{raw,txt} (lab.bench.profile)")
     a = ap.parse_args(argv)
     for opt, (quick, full) in COUNTS.items():
         if getattr(a, opt) is None:

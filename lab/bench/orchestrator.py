@@ -22,6 +22,7 @@ from typing import Callable
 import psutil
 
 from lab.bench import rows
+from lab.bench.profile import Profiler
 from lab.process import Child, ProcessError, python_argv, read_line, stop_all, wait_ready
 from lab.rundir import RunDir
 from protocol.vm_param import PAGE_SIZE
@@ -189,8 +190,10 @@ class Bench:
         self.progress(f"kernel: {a.rounds} RPCs each of demo_null, demo_echo(4 KiB), "
                       "mach_port_type")
         out = rd.file("client.json")
+        prof = self.profile(kp, "rpc")
         kern = self.result(self.role("client", "client", rd.path, "client", SERVER_NAME,
                                      a.rounds, out), out, a.timeout)
+        self.profiled(prof, "rpc")
 
         self.progress(f"kernel: {a.routed} one-way demo_send from {a.senders} tasks x "
                       f"{a.sender_threads} threads")
@@ -205,6 +208,7 @@ class Bench:
             line = read_line(s, 60)
             if line != "ready":
                 raise BenchError(f"{s.name} not ready: {line!r}\n{s.output(20)}")
+        prof = self.profile(kp, "routed")
         watched = cpu_watch({"kernel": kp, "server": sp})
         t0 = time.monotonic()
         for s in senders:
@@ -217,9 +221,25 @@ class Bench:
             total += r["sent"]
             sender_cpu += r["cpu"]
         wall = max(ends) - t0
+        self.profiled(prof, "routed")
         cpu = cpu_used(watched, wall)
         return kern, {"sent": total, "wall": wall, "kernel_cpu": cpu["kernel"],
                       "server_cpu": cpu["server"], "senders_cpu_s": sender_cpu}
+
+    def profile(self, kp: Child, stage: str) -> Profiler | None:
+        """With --profile DIR: py-spy on the kernel ``kp`` for ``stage``."""
+        d = self.args.profile
+        if d is None:
+            return None
+        d.mkdir(parents=True, exist_ok=True)
+        return Profiler(kp.pid, d / f"kernel-{stage}.raw")
+
+    def profiled(self, prof: Profiler | None, stage: str):
+        """Stop ``prof`` and write its summary to DIR/kernel-STAGE.txt."""
+        if prof is not None:
+            path = self.args.profile / f"kernel-{stage}.txt"
+            path.write_text(prof.stop())
+            self.progress(f"profile of the kernel during {stage}: {path}")
 
     def trace_cost(self) -> dict:
         """The client's RPCs again while rpctrace (lab.tools.rpctrace --json, every
