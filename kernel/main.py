@@ -13,6 +13,7 @@ import collections
 import heapq
 import itertools
 import os
+import select
 import signal
 import sys
 import time
@@ -74,7 +75,7 @@ from protocol.message import (
     H_THREAD,
 )
 from protocol.mig import encode_error_reply
-from protocol.transport import readable, recv_frames, send_frames
+from protocol.transport import readable, send_frames, try_recv_frames
 
 MAX_BATCH = 64  # answers in one K_BATCH
 DRAIN_BATCH = 512
@@ -171,8 +172,12 @@ class Kernel:
                         "host_priv": host.make_handlers(self, priv=True),
                         "netname": self.netname.demux(),
                         "trace": ipc_trace.session_demux(self)}
-        self.poller = zmq.Poller()
-        self.poller.register(s, zmq.POLLIN)
+        # select.poll on the socket's ZMQ_FD (edge-triggered: it says the socket's state
+        # changed, so the loop drains the socket after every wakeup) and the tasks'
+        # pidfds; zmq.Poller would rebuild its pollitems and ask ZMQ_EVENTS per call.
+        self.zmq_fd = s.getsockopt(zmq.FD)
+        self.poller = select.poll()
+        self.poller.register(self.zmq_fd, select.POLLIN)
         self.current_kmsg = None
         self.trace = None  # kernel.ipc_trace.IPCTrace while a session is open
 
@@ -365,7 +370,7 @@ class Kernel:
                 raise OSError("not a local endpoint")
             t.pidfd = os.pidfd_open(pid)
             self.tasks_by_fd[t.pidfd] = t
-            self.poller.register(t.pidfd, zmq.POLLIN)
+            self.poller.register(t.pidfd, select.POLLIN)
         except (OSError, AttributeError):
             t.pidfd = None  # not on this host, or no pidfd: the heartbeat decides
         self.stats["tasks_created"] += 1
@@ -519,50 +524,69 @@ class Kernel:
             self.task_destroy(t, why)
 
     def run(self):
+        """The kernel's loop: sleep until the socket or a task's pidfd wakes it, a
+        timer is due or a kernel thread can run; take every message queued (at most
+        DRAIN_BATCH before looking at the rest), answer them all, run what they made
+        runnable."""
         sock = self.sock
         next_hb = time.monotonic() + 1.0
         sched = self.sched
         sched.spawn(self.vm.pageout.daemon(), "vm_pageout")
+        poll = self.poller.poll
+        zfd = self.zmq_fd
+        tasks_by_fd = self.tasks_by_fd
+        handle = self.handle
+        more = True  # the socket may hold messages: do not sleep before draining it
         while self.running:
-            timeout = 200.0
-            if self.timers:
-                timeout = max(0.0, min(timeout, (self.timers[0][0] - time.monotonic()) * 1000))
-            d = sched.next_deadline()
-            if d is not None:
-                timeout = max(0.0, min(timeout, (d - time.monotonic()) * 1000))
-            if sched.runq:
+            if more or sched.runq:
                 timeout = 0
+            else:
+                timeout = 200.0
+                now = time.monotonic()
+                if self.timers:
+                    timeout = max(0.0, min(timeout, (self.timers[0][0] - now) * 1000))
+                d = sched.next_deadline()
+                if d is not None:
+                    timeout = max(0.0, min(timeout, (d - now) * 1000))
+                # Sending may have consumed the fd's wakeup for messages that arrived
+                # meanwhile (libzmq processes its mailbox in any socket call): ask the
+                # socket itself before sleeping on the fd.
+                if timeout and readable(sock):
+                    timeout = 0
             try:
-                events = self.poller.poll(timeout)
-            except zmq.ZMQError:
-                continue
-            for s, _ in events:
-                if s is sock:
-                    for _ in range(DRAIN_BATCH):
-                        if not readable(sock):
-                            break
-                        frames = recv_frames(sock)
-                        try:
-                            self.handle(frames)
-                        except Exception:
-                            log.exception("trap failed")
-                            self.stats["internal_errors"] += 1
-                        if sched.runq:
-                            sched.run()
-                        if self.doomed:
-                            self.reap()
-                    if self.dirty:
-                        self.flush()
-                else:
-                    t = self.tasks_by_fd.get(s)
+                events = poll(timeout)
+            except InterruptedError:
+                events = ()
+            for fd, _ in events:
+                if fd != zfd:
+                    t = tasks_by_fd.get(fd)
                     if t is not None:
                         self.task_destroy(t, "process exited")
-            self.run_timers()
-            sched.run()
-            self.reap()
+            more = False
+            for _ in range(DRAIN_BATCH):
+                frames = try_recv_frames(sock)
+                if frames is None:
+                    break
+                try:
+                    handle(frames)
+                except Exception:
+                    log.exception("trap failed")
+                    self.stats["internal_errors"] += 1
+                if sched.runq:
+                    sched.run()
+                if self.doomed:
+                    self.reap()
+            else:
+                more = True
+            now = time.monotonic()
+            if self.timers and self.timers[0][0] <= now:
+                self.run_timers()
+            if sched.runq or (sched.timers and sched.timers[0][0] <= now):
+                sched.run()
+            if self.doomed:
+                self.reap()
             if self.dirty:
                 self.flush()
-            now = time.monotonic()
             if now >= next_hb:
                 self.check_heartbeats()
                 next_hb = now + 1.0

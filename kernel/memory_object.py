@@ -117,10 +117,11 @@ def _lock_page(vm, p, lock_value):
 def memory_object_lock_request(vm, obj, offset, size, should_return, should_flush,
                                lock_value, reply_port):
     """memory_object_lock_request as a kernel thread.  GNU Mach steps through every
-    offset of the range; here only the object's resident pages are walked (their
-    offsets taken once, in order), at most LOCK_REQUEST_BATCH of them a step, so a
-    range of any size an object can have costs what is resident, and the kernel's loop
-    runs between steps.  Per batch: busy pages are waited for, absent and error pages
+    offset of the range; here the range's offsets or the object's resident pages are
+    walked, whichever are fewer (the offsets found taken once, in order), at most
+    LOCK_REQUEST_BATCH of them a step: a request costs min(range, resident), so a
+    one-page unlock of an object with thousands of resident pages is one lookup, and
+    the kernel's loop runs between steps.  Per batch: busy pages are waited for, absent and error pages
     skipped; the lock is set; pages to return go in data_returns (kernel_copy when not
     flushing); flushed pages are freed.  Then one lock_completed to the reply port
     (always, when one was given) with the offset and size asked."""
@@ -129,7 +130,7 @@ def memory_object_lock_request(vm, obj, offset, size, should_return, should_flus
         size += offset % PAGE_SIZE
         offset -= offset % PAGE_SIZE
     end = min(offset + size, OFFSET_LIMIT)
-    offsets = sorted(o for o in obj.resident if offset <= o < end)
+    offsets = [p.offset for p in pages_of(obj, offset, end - offset)]
     only_dirty = should_return == MD.MEMORY_OBJECT_RETURN_DIRTY
     for i in range(0, len(offsets), LOCK_REQUEST_BATCH):
         if i:

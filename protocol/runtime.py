@@ -31,7 +31,7 @@ import zmq
 from protocol import message as M
 from protocol import mig
 from protocol.kern_return import MachError, MachMsgReturn
-from protocol.transport import readable, recv_frames, send_frames
+from protocol.transport import readable, send_frames, try_recv_frames
 from protocol.vm_param import round_page
 
 if not structlog.is_configured():
@@ -205,10 +205,9 @@ class TaskRuntime:
 
     def _await(self, tid, box, seq, deadline):
         while True:
-            try:
-                item = box.get_nowait()
-            except queue.Empty:
-                item = _EMPTY
+            # Only this thread takes from its box: not empty() means get_nowait() has an
+            # item (and costs no queue.Empty raised on every trap).
+            item = _EMPTY if box.empty() else box.get_nowait()
             if item is not _EMPTY and item is not _LEAD:
                 got = self._check(item, seq)
                 if got is not None:
@@ -258,11 +257,8 @@ class TaskRuntime:
         """Our answer if it is in our mailbox already (other items are stale answers or
         lead tokens, dropped); None otherwise.  Called as the reader: nobody else routes
         answers meanwhile, so nothing can arrive in the box behind our back."""
-        while True:
-            try:
-                item = box.get_nowait()
-            except queue.Empty:
-                return None
+        while not box.empty():
+            item = box.get_nowait()
             if item is not _LEAD:
                 got = self._check(item, seq)
                 if got is not None:
@@ -285,18 +281,16 @@ class TaskRuntime:
             with self._lock:
                 if self._closed:  # close() shut the socket (under this lock)
                     raise KernelGone(MachMsgReturn.MACH_SEND_INVALID_DEST, "task closed")
-                while readable(sock):
-                    item = self._dispatch(recv_frames(sock), tid)
+                # Until zmq.Again: that receive also resets the fd polled below.
+                while (frames := try_recv_frames(sock)) is not None:
+                    item = self._dispatch(frames, tid)
                     if item is not None and item[0][M.A_SEQ] == seq:
                         mine = item
                         break
-                pending = readable(sock)
             if mine is not None:
                 return mine
             if self.dead or self._closed:
                 raise KernelGone(MachMsgReturn.MACH_SEND_INVALID_DEST, "kernel gone")
-            if pending:
-                continue
             if deadline is None:
                 wait = 1000
             else:
@@ -452,8 +446,8 @@ class TaskRuntime:
                 if lead:
                     try:
                         with self._lock:
-                            while readable(self._sock):
-                                self._dispatch(recv_frames(self._sock), 0)
+                            while (frames := try_recv_frames(self._sock)) is not None:
+                                self._dispatch(frames, 0)
                     finally:
                         self._resign()
                 elif pending:

@@ -1,14 +1,21 @@
 """Frame I/O on ZeroMQ sockets, shared by the kernel and the task runtime.
 
-pyzmq's ``send_multipart``/``recv_multipart`` pay for enum flag arithmetic and, on an
-empty socket, for a ``zmq.Again`` exception; on the kernel's per-message path those cost
-more than the socket calls themselves, so these helpers use plain integer flags and ask
-ZMQ_EVENTS instead of catching Again.
+These helpers call pyzmq's Cython backend (``zmq.backend.Socket``) directly: the sugar
+layer's ``send`` (routing ids, groups), ``send_multipart``/``recv_multipart`` (per-frame
+flag arithmetic, enum flags) and ``getsockopt`` (an enum built per ZMQ_EVENTS answer)
+cost more, on the kernel's per-message path, than the socket calls themselves
+(docs/performance.md has the figures).  Plain integer flags throughout.
+
+Asking ZMQ_EVENTS is a poll(2) in libzmq (it processes the socket's command mailbox),
+so a drain asks it once per message at most: ``readable`` before the first receive,
+``recv_frames`` for the rest, or ``try_recv_frames``, which costs nothing when a message
+is queued and a caught zmq.Again when none is.
 """
 
 from __future__ import annotations
 
 import zmq
+from zmq.backend import Socket as _Backend
 
 NOBLOCK = int(zmq.NOBLOCK)
 NOBLOCK_MORE = int(zmq.NOBLOCK | zmq.SNDMORE)
@@ -17,26 +24,43 @@ RCVMORE = int(zmq.RCVMORE)
 EVENTS = int(zmq.EVENTS)
 POLLIN = int(zmq.POLLIN)
 
+_send = _Backend.send
+_recv = _Backend.recv
+_get = _Backend.get
+_Again = zmq.Again
+
 
 def send_frames(sock, frames, block: bool = False):
     """Send a multipart message; raises zmq.Again (HWM reached, when not blocking) or
     zmq.ZMQError (EHOSTUNREACH from a ROUTER_MANDATORY socket)."""
-    send = sock.send
-    last = len(frames) - 1
     more, end = (SNDMORE, 0) if block else (NOBLOCK_MORE, NOBLOCK)
-    for i, f in enumerate(frames):
-        send(f, more if i < last else end)
+    last = len(frames) - 1
+    for i in range(last):
+        _send(sock, frames[i], more)
+    _send(sock, frames[last], end)
 
 
 def readable(sock) -> bool:
-    return bool(sock.getsockopt(EVENTS) & POLLIN)
+    """A whole message is queued on ``sock`` (ZMQ_EVENTS; also resets its ZMQ_FD)."""
+    return bool(_get(sock, EVENTS) & POLLIN)
 
 
 def recv_frames(sock) -> list:
-    """Receive one whole multipart message; call only when ``readable(sock)``."""
-    recv = sock.recv
-    frames = [recv(NOBLOCK)]
-    getsockopt = sock.getsockopt
-    while getsockopt(RCVMORE):
-        frames.append(recv(NOBLOCK))
+    """Receive one whole multipart message; call only when one is queued (``readable``).
+    Raises zmq.Again when none is."""
+    frames = [_recv(sock, NOBLOCK)]
+    while _get(sock, RCVMORE):
+        frames.append(_recv(sock, NOBLOCK))
+    return frames
+
+
+def try_recv_frames(sock) -> list | None:
+    """One whole multipart message, or None when none is queued."""
+    try:
+        first = _recv(sock, NOBLOCK)
+    except _Again:
+        return None
+    frames = [first]
+    while _get(sock, RCVMORE):
+        frames.append(_recv(sock, NOBLOCK))
     return frames

@@ -34,6 +34,8 @@ EXT2_NAME = "ext2fs"
 RSS_PAGES = 262144       # physical_pages of the kernel whose RSS per page is measured
 RSS_CHUNK = 4 << 20      # bytes per vm_write while touching frames (MAX_OOL_BYTES)
 STOP_TIMEOUT = 5.0       # seconds from SIGTERM to SIGKILL when stopping a process
+# What --only may name; the floor is measured in every run.
+STAGES = ("kernel", "trace", "vm", "lookups", "rss", "ext2")
 
 
 class BenchError(RuntimeError):
@@ -153,21 +155,41 @@ class Bench:
         fs = self.role("floor-server", "floor-server", self.floor_endpoint,
                        self.rd.ready_file("floor-server"))
         self.ready(fs, self.rd, "floor-server", 30)
+        only = set(a.only or STAGES)
+        if "trace" in only:
+            only.add("kernel")  # the traced null RPC is compared with the untraced one
         floor = [self.floor_half(0)]
-        kern, routed = self.kernel_paths()
-        traced = self.trace_cost()
-        vm = self.vm_paths()
+        got = {}
+        if "kernel" in only:
+            got["kernel"] = self.kernel_paths()
+        if "trace" in only:
+            got["trace"] = self.trace_cost()
+        if "vm" in only:
+            got["vm"] = self.vm_paths()
         floor.append(self.floor_half(1))
-        lookups = self.map_lookups()
-        rss = self.kernel_rss()
-        ext2 = self.ext2_writeback()
+        if "lookups" in only:
+            got["lookups"] = self.map_lookups()
+        if "rss" in only:
+            got["rss"] = self.kernel_rss()
+        if "ext2" in only:
+            got["ext2"] = self.ext2_writeback()
         self.progress("done")
         fr, rate = rows.floor_summary(floor)
-        return [*rows.floor_rows(fr, rate),
-                *rows.kernel_rows(fr, rate, kern, routed, os.cpu_count() or 1),
-                *rows.trace_rows(fr, kern, traced),
-                *rows.vm_rows(fr, vm, lookups, rss),
-                *rows.ext2_rows(ext2, a.ext2_mib)]
+        out = rows.floor_rows(fr, rate)
+        if "kernel" in got:
+            kern, routed = got["kernel"]
+            out += rows.kernel_rows(fr, rate, kern, routed, os.cpu_count() or 1)
+        if "trace" in got:
+            out += rows.trace_rows(fr, got["kernel"][0], got["trace"])
+        if "vm" in got:
+            out += rows.vm_rows(fr, got["vm"])
+        if "lookups" in got:
+            out += rows.lookup_rows(got["lookups"])
+        if "rss" in got:
+            out += rows.rss_rows(got["rss"])
+        if "ext2" in got:
+            out += rows.ext2_rows(got["ext2"], a.ext2_mib)
+        return out
 
     def floor_half(self, i: int) -> dict:
         """Half the floor's round trips and stream: floor client ``i``'s report."""

@@ -80,16 +80,20 @@ def trace_rows(fr: dict, kern: dict, traced: dict) -> list[dict]:
     ]
 
 
-def vm_rows(fr: dict, vm: dict, lookups: dict, rss: dict) -> list[dict]:
+def vm_rows(fr: dict, vm: dict) -> list[dict]:
     """VM paths: resident read and cold fault against the floor (``vm``: the vmclient's
-    report), map lookups (``lookups``: the maplookup role's), kernel RSS per page
-    (``rss``: the toucher's report with the kernel's "rss" and "idle_rss")."""
-    out = [
+    report)."""
+    return [
         *_vs_floor("vm.resident_read_4k", vm["resident"], fr),
         *_vs_floor("vm.cold_fault_memfs", vm["cold"], fr),
         # Every timed read was a data_request to memfs (checked per file by the client).
         row("info.cold_fault_data_requests", vm["cold"]["data_requests"], "pages"),
     ]
+
+
+def lookup_rows(lookups: dict) -> list[dict]:
+    """ns per map lookup (``lookups``: the maplookup role's report) and the tree's growth."""
+    out = []
     for s in ("list", "tree"):
         for n, label in MAP_SIZES.items():
             out.append(row(f"vm.map_lookup_{s}_{label}", lookups[f"{s}_{n}"]["ns"], "ns"))
@@ -99,18 +103,23 @@ def vm_rows(fr: dict, vm: dict, lookups: dict, rss: dict) -> list[dict]:
     out.append(row("vm.map_lookup_tree_growth", growth, "x"))
     log_ratio = math.log(100_000) / math.log(100)
     out.append(row("vm.map_lookup_tree_growth_per_log", growth / log_ratio, "x"))
+    return out
+
+
+def rss_rows(rss: dict) -> list[dict]:
+    """Kernel RSS per page (``rss``: the toucher's report with the kernel's "rss" and
+    "idle_rss")."""
     # RSS per page as if every frame held data: the frames the toucher left free (the
     # pageout daemon's free target) are counted at 4 KiB each.
     n, touched = rss["physical_pages"], rss["touched"]
     full = rss["rss"] + (n - touched) * PAGE_SIZE
-    out += [
+    return [
         row("vm.kernel_rss_per_page_256k", full / n / 1024, "KiB"),
         row("info.rss_256k_kernel_mib", rss["rss"] / 2**20, "MiB"),
         row("info.rss_256k_idle_mib", rss["idle_rss"] / 2**20, "MiB"),
         row("info.rss_256k_touched_pages", touched, "pages"),
         row("info.rss_256k_touch_s", rss["secs"], "s"),
     ]
-    return out
 
 
 def ext2_rows(ext2: dict, mib: int) -> list[dict]:

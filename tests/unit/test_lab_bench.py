@@ -166,7 +166,8 @@ def _rows(mib=16):
     floor, kern, routed, vm, lookups, rss, ext2 = _measurements()
     fr, rate = rows.floor_summary(floor)
     return [*rows.floor_rows(fr, rate), *rows.kernel_rows(fr, rate, kern, routed, 2),
-            *rows.vm_rows(fr, vm, lookups, rss), *rows.ext2_rows(ext2, mib)]
+            *rows.vm_rows(fr, vm), *rows.lookup_rows(lookups), *rows.rss_rows(rss),
+            *rows.ext2_rows(ext2, mib)]
 
 
 def test_row_rounds():
@@ -217,13 +218,28 @@ def test_table_shows_rows_and_targets():
     args = cli.parse(["--quick"])
     out = cli.table(_rows(), args)
     assert "kernel.null_rpc_p50" in out and "2.50" in out
-    assert "target kernel.null_rpc_p50: 2.50 x floor, want <= 2.5 -> met" in out
+    assert "target kernel.null_rpc_p50: 2.50 x floor, want <= 2.2 -> NOT met" in out
     assert "target vm.resident_read_4k_p50: 1.50 x floor, want <= 1.5 -> met" in out
-    assert "target kernel.routed_rate: 0.04 x floor, want >= 0.4 -> NOT met" in out
+    assert "target kernel.routed_rate: 0.04 x floor, want >= 0.2 -> NOT met" in out
+    assert "target info.routed_kernel_us_per_msg: 400.00 us, want <= 60.0 -> NOT met" in out
     assert "ext2 seqwrite 16 MiB, 2048 pages of memory" in out
     assert "data_requests seen 48" in out
     assert "tree lookup growth 100 -> 100k entries: 5.00x" in out
     assert "qlimit 16" in out and "(window 256)" in out
+
+
+def test_table_of_some_stages():
+    """--only: the table prints the rows measured and the targets they have, nothing
+    about the stages left out."""
+    args = cli.parse(["--quick", "--only", "kernel"])
+    assert args.only == ["kernel"]
+    floor, kern, routed, *_ = _measurements()
+    fr, rate = rows.floor_summary(floor)
+    out = cli.table([*rows.floor_rows(fr, rate), *rows.kernel_rows(fr, rate, kern, routed, 2)],
+                    args)
+    assert "target kernel.routed_rate" in out
+    assert "cold faults" not in out and "ext2 seqwrite" not in out
+    assert "vm.resident_read" not in out and "tree lookup" not in out
 
 
 def test_fmt_value():

@@ -1,0 +1,184 @@
+"""The kernel's own cost of a routed message, without the scheduling around it.
+
+``python -m lab.bench.inproc [N] [--profile]`` builds a real kernel (kernel.main.Kernel)
+in this process with two tasks connected by real DEALER sockets, then drives the routed
+path N times by calling ``Kernel.handle`` with the frames a task would send: a
+one-way demo_send of a 4 KiB page (ipc_kmsg_copyin, the queue, kmem_alloc_wired), the
+server's receive trap with the previous message's out-of-line region to give back
+(ool_deallocate, deliver, vm_map_copyout), and the answers flushed down the sockets.
+It prints the time spent in those kernel calls per routed message: what the kernel's
+Python costs per message when no wakeup, poll or context switch is paid (``scripts/bench``'s
+info.routed_kernel_us_per_msg pays those too).  ``--profile`` adds a cProfile of the
+loop, by own time.  docs/performance.md says how it was used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import os
+import pstats
+import shutil
+import sys
+import tempfile
+import time
+
+import zmq
+
+from kernel.config import KernelConfig
+from kernel.ipc_port import IPCPort, ipc_port_make_send
+from kernel.ipc_space import T_RECEIVE, T_SEND
+from kernel.main import Kernel
+from protocol import message as M
+from protocol.defs.demo import demo_send
+from protocol.transport import send_frames, try_recv_frames
+
+WARM = 2000  # routed messages before timing (frames touched, caches warm)
+
+
+class RoutedPath:
+    """A kernel, a sending task and a receiving task holding a port (qlimit 16)."""
+
+    def __init__(self, physical_pages: int = 2048):
+        self.dir = tempfile.mkdtemp(prefix="mxi", dir="/tmp")
+        ep = f"ipc://{self.dir}/kernel.sock"
+        self.k = Kernel(ep, KernelConfig(physical_pages=physical_pages))
+        self.ctx = zmq.Context()
+        self.socks = {}
+        for ident, name in ((b"tS", "sender"), (b"tR", "server")):
+            s = self.ctx.socket(zmq.DEALER)
+            s.setsockopt(zmq.LINGER, 0)
+            s.setsockopt(zmq.ROUTING_ID, ident)
+            s.setsockopt(zmq.RCVHWM, 0)
+            s.connect(ep)
+            send_frames(s, [M.packb([M.OP_HELLO, 1, 1, os.getpid(), name, "client"])],
+                        block=True)
+            self._handle_one()
+            self.socks[ident] = s
+            self._drain(s, wait=True)
+        rcv = self.k.tasks[b"tR"]
+        port = IPCPort(receiver=rcv.space, qlimit=M.MACH_PORT_QLIMIT_MAX)
+        self.rcv_name = rcv.space.insert(port, T_RECEIVE)
+        ipc_port_make_send(port)
+        self.snd_name = self.k.tasks[b"tS"].space.insert(port, T_SEND, 1)
+        # demo_send's request as the runtime encodes it: a body and one OOL page.
+        self.msg = demo_send.message(self.snd_name, [os.urandom(4096)])
+        self.seq = 1
+        self.last_ool = 0
+
+    def _handle_one(self, deadline: float = 10.0):
+        """The next trap the kernel's socket holds, handled and answered."""
+        end = time.monotonic() + deadline
+        while (frames := try_recv_frames(self.k.sock)) is None:
+            if time.monotonic() > end:
+                raise RuntimeError("the kernel's socket received nothing")
+            time.sleep(0.001)
+        self.k.handle(frames)
+        self.k.flush()
+
+    def _drain(self, s, wait: bool = False):
+        """Every answer queued on ``s``; the last one (None if none)."""
+        last = None
+        end = time.monotonic() + 10.0
+        while True:
+            frames = try_recv_frames(s)
+            if frames is None:
+                if last is not None or not wait or time.monotonic() > end:
+                    return last
+                time.sleep(0.001)
+                continue
+            last = frames
+
+    def route(self, n: int) -> float:
+        """``n`` routed messages: the send trap, the receive trap giving back the region
+        of the message before, the answers; the receiver reads each message as it comes
+        (the sender its answers now and then).  Returns the seconds spent in the kernel
+        (handle and flush), the tasks' reading left out."""
+        k = self.k
+        handle, flush, clock = k.handle, k.flush, time.perf_counter
+        m = self.msg
+        hdr = [M.OP_MSG, 1, 0, M.MACH_SEND_MSG, -1, 0, -1, m.msgh_id, m.remote_port,
+               m.remote_disp, 0, 0, []]
+        snd, rcv = self.socks[b"tS"], self.socks[b"tR"]
+        spent = 0.0
+        for i in range(n):
+            self.seq += 1
+            hdr[M.H_SEQ] = self.seq
+            send = [b"tS", M.packb(hdr), m.body, *m.ool]
+            rh = [M.OP_MSG, 1, self.seq, M.MACH_RCV_MSG, -1, self.rcv_name, -1, 0, 0, 0, 0,
+                  0, []]
+            if self.last_ool:
+                rh.append([self.last_ool, len(m.ool[0])])
+                self.last_ool = 0
+            receive = [b"tR", M.packb(rh), b""]
+            t0 = clock()
+            handle(send)
+            handle(receive)
+            flush()
+            spent += clock() - t0
+            got = self._drain(rcv, wait=True)
+            h = M.unpackb(got[0])
+            if h[M.A_KIND] != M.K_MSG or not h[M.A_OOL_ADDRS]:
+                raise RuntimeError(f"the receive trap got {h!r}")
+            self.last_ool = h[M.A_OOL_ADDRS][0]
+            if i % 8 == 7:
+                self._drain(snd)
+        return spent
+
+    def close(self):
+        for s in self.socks.values():
+            s.close(linger=0)
+        self.ctx.term()
+        self.k.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def measure(n: int, profile: bool = False) -> dict:
+    """Microseconds in the kernel per routed message, over ``n`` after WARM; with
+    ``profile`` the cProfile text of the timed loop as "profile"."""
+    path = RoutedPath()
+    try:
+        path.route(WARM)
+        prof = cProfile.Profile() if profile else None
+        if prof is not None:
+            prof.enable()
+        spent = path.route(n)
+        if prof is not None:
+            prof.disable()
+        out = {"routed": n, "kernel_us_per_msg": spent / n * 1e6,
+               "delivered": path.k.stats["msgs_delivered"],
+               # the regions given back as they came: the receiver's map stays small
+               "receiver_map_entries": len(path.k.tasks[b"tR"].map)}
+        if prof is not None:
+            buf = io.StringIO()
+            pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(30)
+            out["profile"] = buf.getvalue()
+        return out
+    finally:
+        path.close()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m lab.bench.inproc",
+                                 description=__doc__.splitlines()[0])
+    ap.add_argument("n", nargs="?", type=int, default=20000, help="routed messages timed")
+    ap.add_argument("--profile", action="store_true", help="cProfile of the timed loop")
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args(argv)
+    if a.n < 1:
+        ap.error("n must be at least 1")
+    r = measure(a.n, a.profile)
+    if a.json:
+        print(json.dumps({k: v for k, v in r.items() if k != "profile"}))
+    else:
+        print(f"{r['kernel_us_per_msg']:.1f} us in the kernel per routed message ({a.n} "
+              f"timed after {WARM}; receiver's map: {r['receiver_map_entries']} entries)")
+    if a.profile:
+        print(r["profile"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
