@@ -95,9 +95,10 @@ class RoutedPath:
         """``n`` routed messages: the send trap, the receive trap giving back the region
         of the message before, the answers; the receiver reads each message as it comes
         (the sender its answers now and then).  Returns the seconds spent in the kernel
-        (handle and flush), the tasks' reading left out."""
+        (handle and flush: CPU of this thread, so time the host gives other threads is left
+        out), the tasks' reading left out."""
         k = self.k
-        handle, flush, clock = k.handle, k.flush, time.perf_counter
+        handle, flush, clock = k.handle, k.flush, time.thread_time
         m = self.msg
         hdr = [M.OP_MSG, 1, 0, M.MACH_SEND_MSG, -1, 0, -1, m.msgh_id, m.remote_port,
                m.remote_disp, 0, 0, []]
