@@ -96,7 +96,11 @@ def python_argv(module: str, *args) -> list[str]:
 
 def _child_setup(parent_pid: int, pdeathsig: int):
     """In the child, before exec: a parent-death signal, and exit at once if the parent
-    died before prctl took effect (the signal would never come)."""
+    died before prctl took effect (the signal would never come).  SIGINT goes back to its
+    default: started from a background job (``cmd &`` in a script) we inherit it ignored,
+    and a Python child keeps an ignored SIGINT ignored, so the SIGINT that stops a
+    workload early would do nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     if _libc is not None and sys.platform.startswith("linux"):
         _libc.prctl(PR_SET_PDEATHSIG, pdeathsig, 0, 0, 0)
     if os.getppid() != parent_pid:
