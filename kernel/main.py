@@ -553,11 +553,7 @@ class Kernel:
                 # socket itself before sleeping on the fd.
                 if timeout and readable(sock):
                     timeout = 0
-            try:
-                events = poll(timeout)
-            except InterruptedError:
-                events = ()
-            for fd, _ in events:
+            for fd, _ in poll(timeout):  # EINTR is retried by Python (PEP 475)
                 if fd != zfd:
                     t = tasks_by_fd.get(fd)
                     if t is not None:
@@ -581,7 +577,8 @@ class Kernel:
             now = time.monotonic()
             if self.timers and self.timers[0][0] <= now:
                 self.run_timers()
-            if sched.runq or (sched.timers and sched.timers[0][0] <= now):
+            d = sched.next_deadline()
+            if sched.runq or (d is not None and d <= now):
                 sched.run()
             if self.doomed:
                 self.reap()

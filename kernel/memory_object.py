@@ -121,10 +121,10 @@ def memory_object_lock_request(vm, obj, offset, size, should_return, should_flus
     walked, whichever are fewer (the offsets found taken once, in order), at most
     LOCK_REQUEST_BATCH of them a step: a request costs min(range, resident), so a
     one-page unlock of an object with thousands of resident pages is one lookup, and
-    the kernel's loop runs between steps.  Per batch: busy pages are waited for, absent and error pages
-    skipped; the lock is set; pages to return go in data_returns (kernel_copy when not
-    flushing); flushed pages are freed.  Then one lock_completed to the reply port
-    (always, when one was given) with the offset and size asked."""
+    the kernel's loop runs between steps.  Per batch: busy pages are waited for, absent
+    and error pages skipped; the lock is set; pages to return go in data_returns
+    (kernel_copy when not flushing); flushed pages are freed.  Then one lock_completed
+    to the reply port (always, when one was given) with the offset and size asked."""
     asked_offset, asked_size = offset, size
     if offset % PAGE_SIZE:
         size += offset % PAGE_SIZE

@@ -7,9 +7,9 @@ cost more, on the kernel's per-message path, than the socket calls themselves
 (docs/performance.md has the figures).  Plain integer flags throughout.
 
 Asking ZMQ_EVENTS is a poll(2) in libzmq (it processes the socket's command mailbox),
-so a drain asks it once per message at most: ``readable`` before the first receive,
-``recv_frames`` for the rest, or ``try_recv_frames``, which costs nothing when a message
-is queued and a caught zmq.Again when none is.
+so a drain does not ask it per message: ``try_recv_frames`` costs nothing when a message
+is queued and a caught zmq.Again when none is.  ``readable`` is for the one question
+asked before sleeping on the socket's ZMQ_FD.
 """
 
 from __future__ import annotations
@@ -43,15 +43,6 @@ def send_frames(sock, frames, block: bool = False):
 def readable(sock) -> bool:
     """A whole message is queued on ``sock`` (ZMQ_EVENTS; also resets its ZMQ_FD)."""
     return bool(_get(sock, EVENTS) & POLLIN)
-
-
-def recv_frames(sock) -> list:
-    """Receive one whole multipart message; call only when one is queued (``readable``).
-    Raises zmq.Again when none is."""
-    frames = [_recv(sock, NOBLOCK)]
-    while _get(sock, RCVMORE):
-        frames.append(_recv(sock, NOBLOCK))
-    return frames
 
 
 def try_recv_frames(sock) -> list | None:

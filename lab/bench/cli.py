@@ -106,8 +106,8 @@ def parse(argv) -> argparse.Namespace:
                     help="record the kernel with py-spy during the RPCs and the routed "
                     "stream: DIR/kernel-{rpc,routed}.{raw,txt} (lab.bench.profile)")
     ap.add_argument("--only", action="append", choices=STAGES, metavar="STAGE",
-                    help="measure the floor and this stage only (repeatable): "
-                    + ", ".join(STAGES))
+                    help="measure the floor and this stage only (repeatable; trace and "
+                    "vm bring in kernel): " + ", ".join(STAGES))
     a = ap.parse_args(argv)
     for opt, (quick, full) in COUNTS.items():
         if getattr(a, opt) is None:

@@ -36,6 +36,7 @@ from protocol.defs.demo import demo_send
 from protocol.transport import send_frames, try_recv_frames
 
 WARM = 2000  # routed messages before timing (frames touched, caches warm)
+ANSWER_MS = 10_000  # how long a socket may take to hold the message awaited
 
 
 class RoutedPath:
@@ -68,28 +69,24 @@ class RoutedPath:
         self.seq = 1
         self.last_ool = 0
 
-    def _handle_one(self, deadline: float = 10.0):
-        """The next trap the kernel's socket holds, handled and answered."""
-        end = time.monotonic() + deadline
-        while (frames := try_recv_frames(self.k.sock)) is None:
-            if time.monotonic() > end:
-                raise RuntimeError("the kernel's socket received nothing")
-            time.sleep(0.001)
-        self.k.handle(frames)
+    def _handle_one(self):
+        """The next trap the kernel's socket receives (within ANSWER_MS), handled and
+        answered."""
+        if not self.k.sock.poll(ANSWER_MS, zmq.POLLIN):
+            raise RuntimeError("the kernel's socket received nothing")
+        self.k.handle(try_recv_frames(self.k.sock))
         self.k.flush()
 
-    def _drain(self, s, wait: bool = False):
-        """Every answer queued on ``s``; the last one (None if none)."""
+    @staticmethod
+    def _drain(s, wait: bool = False):
+        """Every answer queued on ``s`` (with ``wait``, once one came within ANSWER_MS);
+        the last one, None if none."""
+        if wait and not s.poll(ANSWER_MS, zmq.POLLIN):
+            raise RuntimeError("no answer from the kernel")
         last = None
-        end = time.monotonic() + 10.0
-        while True:
-            frames = try_recv_frames(s)
-            if frames is None:
-                if last is not None or not wait or time.monotonic() > end:
-                    return last
-                time.sleep(0.001)
-                continue
+        while (frames := try_recv_frames(s)) is not None:
             last = frames
+        return last
 
     def route(self, n: int) -> float:
         """``n`` routed messages: the send trap, the receive trap giving back the region

@@ -38,6 +38,16 @@ STOP_TIMEOUT = 5.0       # seconds from SIGTERM to SIGKILL when stopping a proce
 STAGES = ("kernel", "trace", "vm", "lookups", "rss", "ext2")
 
 
+def stages_run(only: list[str] | None) -> set[str]:
+    """The stages a run with ``--only`` ``only`` (None: all of STAGES) measures: "trace"
+    and "vm" run on the kernel the "kernel" stage starts (and the traced null RPC is
+    compared with its untraced one), so either brings "kernel" in."""
+    run = set(only or STAGES)
+    if run & {"trace", "vm"}:
+        run.add("kernel")
+    return run
+
+
 class BenchError(RuntimeError):
     """A measurement that could not be made: a process died, failed or did not answer."""
 
@@ -155,40 +165,30 @@ class Bench:
         fs = self.role("floor-server", "floor-server", self.floor_endpoint,
                        self.rd.ready_file("floor-server"))
         self.ready(fs, self.rd, "floor-server", 30)
-        only = set(a.only or STAGES)
-        if "trace" in only:
-            only.add("kernel")  # the traced null RPC is compared with the untraced one
+        only = stages_run(a.only)
+        # The kernel stages run between the floor's two halves, the others after them.
         floor = [self.floor_half(0)]
-        got = {}
-        if "kernel" in only:
-            got["kernel"] = self.kernel_paths()
-        if "trace" in only:
-            got["trace"] = self.trace_cost()
-        if "vm" in only:
-            got["vm"] = self.vm_paths()
+        got = {name: measure() for name, measure in (
+            ("kernel", self.kernel_paths), ("trace", self.trace_cost),
+            ("vm", self.vm_paths)) if name in only}
         floor.append(self.floor_half(1))
-        if "lookups" in only:
-            got["lookups"] = self.map_lookups()
-        if "rss" in only:
-            got["rss"] = self.kernel_rss()
-        if "ext2" in only:
-            got["ext2"] = self.ext2_writeback()
+        got.update({name: measure() for name, measure in (
+            ("lookups", self.map_lookups), ("rss", self.kernel_rss),
+            ("ext2", self.ext2_writeback)) if name in only})
         self.progress("done")
         fr, rate = rows.floor_summary(floor)
+        rows_of = {
+            "kernel": lambda: rows.kernel_rows(fr, rate, *got["kernel"], os.cpu_count() or 1),
+            "trace": lambda: rows.trace_rows(fr, got["kernel"][0], got["trace"]),
+            "vm": lambda: rows.vm_rows(fr, got["vm"]),
+            "lookups": lambda: rows.lookup_rows(got["lookups"]),
+            "rss": lambda: rows.rss_rows(got["rss"]),
+            "ext2": lambda: rows.ext2_rows(got["ext2"], a.ext2_mib),
+        }
         out = rows.floor_rows(fr, rate)
-        if "kernel" in got:
-            kern, routed = got["kernel"]
-            out += rows.kernel_rows(fr, rate, kern, routed, os.cpu_count() or 1)
-        if "trace" in got:
-            out += rows.trace_rows(fr, got["kernel"][0], got["trace"])
-        if "vm" in got:
-            out += rows.vm_rows(fr, got["vm"])
-        if "lookups" in got:
-            out += rows.lookup_rows(got["lookups"])
-        if "rss" in got:
-            out += rows.rss_rows(got["rss"])
-        if "ext2" in got:
-            out += rows.ext2_rows(got["ext2"], a.ext2_mib)
+        for name in STAGES:
+            if name in got:
+                out += rows_of[name]()
         return out
 
     def floor_half(self, i: int) -> dict:

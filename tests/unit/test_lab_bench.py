@@ -13,7 +13,7 @@ import sys
 import msgpack
 import pytest
 
-from lab.bench import cli, rows, stats, vmmap
+from lab.bench import cli, orchestrator, rows, stats, vmmap
 from lab.bench.floor import header
 from lab.bench.orchestrator import ext2_stats
 from lab.bench.pages import PAGE_BYTES, page, tagged_page
@@ -226,6 +226,13 @@ def test_table_shows_rows_and_targets():
     assert "data_requests seen 48" in out
     assert "tree lookup growth 100 -> 100k entries: 5.00x" in out
     assert "qlimit 16" in out and "(window 256)" in out
+
+
+def test_stages_run_bring_in_the_kernel_they_need():
+    assert orchestrator.stages_run(None) == set(orchestrator.STAGES)
+    assert orchestrator.stages_run(["vm"]) == {"vm", "kernel"}
+    assert orchestrator.stages_run(["trace", "ext2"]) == {"trace", "kernel", "ext2"}
+    assert orchestrator.stages_run(["lookups"]) == {"lookups"}
 
 
 def test_table_of_some_stages():
