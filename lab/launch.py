@@ -10,14 +10,16 @@
 launcher's signal handling: Ctrl-C, SIGTERM, SIGHUP or ``launch stop`` stop it cleanly;
 a server that dies makes the exit status 1, a dead kernel ends the cluster.
 
-``run`` is the main job: the default cluster with a small physical memory (RUN_KERNEL,
-under any [kernel] table of --config), then three workloads one after the other, each a
-``scripts/loadgen`` process: ``anon`` (anonymous memory of --anon-factor x physical
-memory written, paged out to the default pager, paged back and verified), ``mmap``
-(memfs files mapped, written, verified through io_read and a fresh mapping) and ``flood``
-(RPCs to the demo server for --duration seconds).  It fails if any workload fails.
-Then the headline experiment (--experiment, default storm: E1) runs --quick, each
-configuration on a fresh cluster of its own, and prints its table and findings.
+``run`` is the main job.  First the headline experiment (--experiment, default storm:
+E1) runs --quick with its headline configurations (E1: classic-page and advisory;
+--all-configurations for every one), each on a fresh cluster of its own, and prints its
+table, findings and report path.  Then the default cluster with a small physical memory
+(RUN_KERNEL, under any [kernel] table of --config) and three workloads one after the
+other, each a ``scripts/loadgen`` process: ``anon`` (anonymous memory of --anon-factor x
+physical memory written, paged out to the default pager, paged back and verified),
+``mmap`` (memfs files mapped, written, verified through io_read and a fresh mapping) and
+``flood`` (RPCs to the demo server for --duration seconds).  It fails if the experiment
+or any workload fails.
 
 ``stop`` signals the launcher of DIR/launch.pid; without one (or if it does not finish)
 it stops the processes of DIR/cluster.json itself.  ``status``: lab.status; its live
@@ -30,6 +32,7 @@ import argparse
 import os
 import signal
 import sys
+from pathlib import Path
 from typing import Callable
 
 import psutil
@@ -147,14 +150,26 @@ def run_jobs(args, run_dir) -> list[tuple[str, list[str], float | None]]:
 
 
 def cmd_run(args) -> int:
-    """The main job: the default cluster with a small memory, then the anon workload
-    (memory pressure through the default pager), the mmap workload (memfs files through
-    the kernel's page cache) and the flood workload (RPCs); then, if they all passed,
-    the headline experiment (run_headline).  Returns the first failure's status."""
+    """The main job: the headline experiment (run_headline), then the default cluster
+    with a small memory and the anon workload (memory pressure through the default
+    pager), the mmap workload (memfs files through the kernel's page cache) and the flood
+    workload (RPCs).  Returns the first failure's status (the experiment's first)."""
     loadgen = ROOT / "scripts" / "loadgen"
     if not loadgen.exists():
         raise LaunchError(f"{loadgen} not found")
-    cl = open_cluster(args, fresh=args.run_dir is None and not os.environ.get("MACHEMU_RUN_DIR"))
+    fresh = args.run_dir is None and not os.environ.get("MACHEMU_RUN_DIR")
+    rd = RunDir.resolve(args.run_dir)
+    rd.check_socket_path()
+    headline = run_headline(args, rd.path) if args.experiment else 0
+    status = run_checks(args, fresh)
+    return headline or status
+
+
+def run_checks(args, fresh: bool) -> int:
+    """The main job's IPC and VM checks: the anon, mmap and flood workloads on the
+    default cluster (``fresh``: the run directory's old logs removed first); the first
+    failure's status."""
+    cl = open_cluster(args, fresh=fresh)
     cl.kernel_table = {**RUN_KERNEL, **(cl.kernel_table or {})}  # the config's win
     statuses: list[tuple[str, int]] = []
 
@@ -181,20 +196,34 @@ def cmd_run(args) -> int:
         warn_failures("workloads succeeded but cluster processes died:", cl.failures)
         return 1
     say("cluster stopped")
-    if status == 0 and args.experiment:
-        status = run_headline(args, cl.run_dir)
     return status
 
 
+def headline_configs(args) -> list[str]:
+    """The configurations ``launch run`` gives the headline experiment: its
+    ``headline`` ones (E1: classic-page and advisory, the seed's comparison), all of them
+    with --all-configurations or when the experiment names none (or is unknown: the
+    experiment CLI says so)."""
+    from lab.experiments.base import find
+
+    cls = find(args.experiment)
+    if cls is None or getattr(args, "all_configurations", False):
+        return []
+    return list(cls.headline)
+
+
 def run_headline(args, run_dir) -> int:
-    """The main job's last part: ``scripts/experiment run NAME --quick`` (each of its
-    configurations on a cluster of its own), results under RUN_DIR/experiment, its
-    table and findings printed as they come; its exit status."""
+    """The main job's first part: ``scripts/experiment run NAME --quick`` with the
+    headline configurations (each on a cluster of its own), results under
+    RUN_DIR/experiment, its table and findings printed as they come, then the report's
+    path; its exit status."""
     import subprocess
 
-    out = run_dir / "experiment"
+    out = Path(run_dir) / "experiment"
     argv = [sys.executable, str(ROOT / "scripts" / "experiment"), "run", args.experiment,
             "--quick", "--out", str(out)]
+    for name in headline_configs(args):
+        argv += ["--config", name]
     say(f"experiment {args.experiment} (--quick): " + " ".join(argv[1:]))
     try:
         code = subprocess.call(argv, cwd=ROOT)
@@ -308,9 +337,9 @@ def main(argv=None) -> int:
     p.add_argument("--count", type=int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(fn=cmd_status)
 
-    p = sub.add_parser("run", help="start the default cluster (small memory), run the anon,"
-                                   " mmap and flood workloads, stop; then the headline "
-                                   "experiment (E1, --quick)")
+    p = sub.add_parser("run", help="the headline experiment (E1 --quick: classic-page and "
+                                   "advisory), then the default cluster (small memory) "
+                                   "with the anon, mmap and flood workloads")
     run_dir_arg(p, "a fresh ./run")
     p.add_argument("--duration", type=float, default=4.0,
                    help="seconds of flood (default 4)")
@@ -319,10 +348,13 @@ def main(argv=None) -> int:
                    help="anon uses F x the kernel's physical memory (default 2; 0: no anon)")
     p.add_argument("--config", help="cluster TOML, as for cluster")
     p.add_argument("--experiment", default="storm", metavar="NAME",
-                   help="the headline experiment run --quick after the workloads "
+                   help="the headline experiment run --quick before the workloads "
                         "(default storm, E1; see scripts/experiment list)")
     p.add_argument("--no-experiment", dest="experiment", action="store_const", const="",
-                   help="stop after the workloads")
+                   help="only the workloads")
+    p.add_argument("--all-configurations", action="store_true",
+                   help="run every configuration of the headline experiment (default: "
+                        "its headline ones; E1: classic-page and advisory)")
     threads_arg(p)
     p.set_defaults(fn=cmd_run)
 

@@ -128,6 +128,8 @@ class Experiment:
     title = ""
     claim: Claim
     configurations: tuple[Configuration, ...] = ()
+    # what ``scripts/launch run`` runs of it as the main job's headline; () = all
+    headline: tuple[str, ...] = ()
     workload = ""   # the workload in words
     samples = ""    # what is sampled, in words
     # (key of a row, column heading) in table order

@@ -13,6 +13,7 @@ the ``workers`` model caps the threads whatever the kernel sends.
 from __future__ import annotations
 
 from kernel.config import KernelConfig
+from kernel.vm_pageout import DATA_WRITE_MAX
 from lab.experiments.base import (
     QUICK_KERNEL,
     RESULT_COLUMNS,
@@ -37,14 +38,32 @@ WORKERS = 10  # the Hurd's libpager workers since c8344d90 (libports DEFAULT_WOR
 QUICK_FACTOR = 2.0
 
 
-def hard_limit(kernel: dict) -> int | None:
-    """The advisory policy's hard dirty limit under ``kernel`` (after scaling), None
-    under other policies."""
+def dirty_limits(kernel: dict) -> tuple[int | None, int | None]:
+    """The advisory policy's (soft, hard) dirty limits under ``kernel`` (after
+    scaling), (None, None) under other policies."""
     if kernel.get("pageout_policy") != "advisory":
-        return None
+        return None, None
     from kernel.vm_pageout_advisory import advisory_limits
 
-    return advisory_limits(KernelConfig.load(**kernel))[1]
+    return advisory_limits(KernelConfig.load(**kernel))
+
+
+def hard_limit(kernel: dict) -> int | None:
+    """The advisory policy's hard dirty limit under ``kernel``, None under others."""
+    return dirty_limits(kernel)[1]
+
+
+def advisory_thread_floor(row: dict) -> int | None:
+    """The fewest ext2fs threads advisory can peak at with this run's parameters: the
+    threads ext2fs had when the run began, one per writer asleep on the dirty limit (its
+    io_write faulted in ext2fs's own task) and one per data_return the periodic sync
+    (diskfs_sync_everything (0)) gets at once when the soft limit's pages are dirty,
+    DATA_WRITE_MAX pages a data_return; None without those figures."""
+    parts = (row.get("threads_start"), row.get("writers_sleeping_peak"), row.get("soft_limit"))
+    if any(v is None for v in parts):
+        return None
+    start, asleep, soft = parts
+    return start + asleep + -(-soft // DATA_WRITE_MAX)
 
 
 @experiment
@@ -71,6 +90,7 @@ class Storm(Experiment):
         Configuration("classic-workers", f"classic, ext2fs workers model ({WORKERS} "
                       "workers)", "classic", {}, ("--workers", str(WORKERS)), "workers"),
     )
+    headline = ("classic-page", "advisory")  # the seed's comparison (issue 10)
     workload = (f"storm: {TASKS} tasks x {THREADS} writers, each writing its own file "
                 f"through ext2fs (io_write, 16 KiB), together {FACTOR:g}x physical "
                 f"memory ({QUICK_FACTOR:g}x of {QUICK_KERNEL['physical_pages']} pages with --quick), then "
@@ -129,6 +149,7 @@ class Storm(Experiment):
             "returns_queued_peak": peak(samples, "ports.pager_depth"),
             "potentially_dirty_peak": peak(samples, "vm.potentially_dirty"),
             "hard_limit": hard_limit(kernel),
+            "soft_limit": dirty_limits(kernel)[0],
             "writer_sleeps": delta(samples, "vm.dirty_sleeps"),
             "writer_sleep_s": rounded(delta(samples, "vm.dirty_sleep_seconds")),
             "writer_pauses": delta(samples, "vm.dirty_pauses"),
@@ -171,6 +192,13 @@ class Storm(Experiment):
                        f"at most {r.get('writers_sleeping_peak')} writers asleep at once "
                        f"on the dirty limit, each holding an ext2fs thread (its io_write "
                        f"faults in ext2fs's own task, as pager_memcpy's did)")
+            if (floor := advisory_thread_floor(r)) is not None:
+                out.append(f"advisory's floor with these parameters: {r['threads_start']} "
+                           f"threads at the start + {r['writers_sleeping_peak']} writers "
+                           f"asleep + the periodic sync's data_returns at once, "
+                           f"{r['soft_limit']} pages dirty (the soft limit) in data_returns "
+                           f"of {DATA_WRITE_MAX} pages = {floor} threads; the run's peak "
+                           f"of data_returns in flight was {r.get('returns_in_flight_peak')}")
         if w := rows.get("classic-workers"):
             r = w["row"]
             grown = (None if r.get("threads_start") is None or r.get("threads_peak") is None

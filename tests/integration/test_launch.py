@@ -190,3 +190,22 @@ def test_headline_experiment_is_run_and_its_status_returned(tmp_path, capsys):
     assert code == 2, out
     assert "experiment E9 (--quick)" in out.out + out.err
     assert str(tmp_path / "experiment") in out.out + out.err
+
+
+def test_headline_runs_e1s_classic_and_advisory_unless_all_are_asked():
+    """launch run's headline is E1 with classic-page and advisory (issue 10), by name or
+    alias; --all-configurations, or an experiment without headline ones, runs them all."""
+    import argparse
+
+    from lab.experiments.base import find
+    from lab.launch import headline_configs
+
+    def ns(name, every=False):
+        return argparse.Namespace(experiment=name, all_configurations=every)
+
+    assert headline_configs(ns("storm")) == ["classic-page", "advisory"]
+    assert headline_configs(ns("e1")) == ["classic-page", "advisory"]
+    known = {c.name for c in find("storm").configurations}
+    assert set(headline_configs(ns("E1"))) <= known
+    assert headline_configs(ns("E1", every=True)) == []
+    assert headline_configs(ns("E9")) == []

@@ -16,7 +16,7 @@ from lab.experiments.cache_vs_anon import CacheVsAnon
 from lab.experiments.plot import PlotUnavailable, panel_series, plot_runs
 from lab.experiments.recorder import INFO_MAX_EVERY, pace, port_summary
 from lab.experiments.runner import UNAVAILABLE, ConfigRun, loadgen_argv
-from lab.experiments.storm import Storm, hard_limit
+from lab.experiments.storm import Storm, advisory_thread_floor, dirty_limits, hard_limit
 from lab.experiments.summary import (
     between,
     counter,
@@ -285,6 +285,25 @@ def test_hard_limit():
     assert hard_limit({"pageout_policy": "advisory"}) == 3000  # unscaled, 16,384 pages
     assert hard_limit({"pageout_policy": "advisory", "physical_pages": 4096,
                        "advisory_scale_limits": True}) == 750
+
+
+def test_advisory_thread_floor():
+    """Start threads + writers asleep + the sync's data_returns of DATA_WRITE_MAX pages
+    for the soft limit's dirty pages: 7 + 32 + ceil(2700 / 32) = 124 at 16,384 pages,
+    7 + 32 + ceil(337 / 32) = 50 with --quick's scaled limits."""
+    assert dirty_limits({"pageout_policy": "advisory"}) == (2700, 3000)
+    assert dirty_limits({"pageout_policy": "modern"}) == (None, None)
+    row = {"threads_start": 7, "writers_sleeping_peak": 32, "soft_limit": 2700}
+    assert advisory_thread_floor(row) == 124
+    soft = dirty_limits({"pageout_policy": "advisory", "physical_pages": 2048,
+                         "advisory_scale_limits": True})[0]
+    assert advisory_thread_floor({**row, "soft_limit": soft}) == 7 + 32 + -(-soft // 32)
+    assert advisory_thread_floor({**row, "soft_limit": None}) is None
+    res = [storm_result("advisory", threads_peak=61, writers=32, threads_start=7,
+                        writers_sleeping_peak=32, soft_limit=337, hard_limit=375,
+                        potentially_dirty_peak=376, returns_in_flight_peak=12)]
+    found = " ".join(Storm().findings(res))
+    assert "= 50 threads" in found and "in flight was 12" in found
 
 
 def test_tables_have_every_configuration():
