@@ -33,6 +33,7 @@ from kernel.ipc_space import T_RECEIVE, T_SEND
 from kernel.main import Kernel
 from protocol import message as M
 from protocol.defs.demo import demo_send
+from protocol.defs.mach import vm_allocate, vm_read, vm_write
 from protocol.transport import send_frames, try_recv_frames
 
 WARM = 2000  # routed messages before timing (frames touched, caches warm)
@@ -133,22 +134,82 @@ class RoutedPath:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def measure(n: int, profile: bool = False) -> dict:
-    """Microseconds in the kernel per routed message, over ``n`` after WARM; with
-    ``profile`` the cProfile text of the timed loop as "profile"."""
-    path = RoutedPath()
+class ReadPath(RoutedPath):
+    """The same kernel; the sending task vm_reads a resident page of its own map."""
+
+    def __init__(self, physical_pages: int = 2048):
+        super().__init__(physical_pages)
+        s = self.socks[b"tS"]
+        s.send(M.packb([M.OP_REPLY_PORT, 1, 2]))  # mach_reply_port
+        self._handle_one()
+        self.reply_name = M.unpackb(self._drain(s, wait=True)[0])[M.A_VALUE]
+        task = self.k.tasks[b"tS"]
+        self.self_name = task.space.name_of(task.port)
+        self.seq = 2
+        self.addr = self.rpc(vm_allocate, [0, 4096, True])[0]
+        self.page = os.urandom(4096)
+        self.rpc(vm_write, [self.addr, self.page])
+
+    def trap(self, routine, args, dealloc=None) -> list:
+        """The frames of one RPC trap (send + receive on the reply port) to the task's
+        own port, as the runtime sends it."""
+        m = routine.message(self.self_name, args, self.reply_name)
+        self.seq += 1
+        h = [M.OP_MSG, 1, self.seq, M.MACH_SEND_MSG | M.MACH_RCV_MSG, -1, self.reply_name,
+             -1, m.msgh_id, m.remote_port, m.remote_disp, m.local_port, m.local_disp,
+             m.descs]
+        if dealloc:
+            h.append(dealloc)
+        return [b"tS", M.packb(h), m.body, *m.ool]
+
+    def rpc(self, routine, args):
+        """One RPC through handle, its reply's values (RuntimeError on a failure)."""
+        self.k.handle(self.trap(routine, args))
+        self.k.flush()
+        got = self._drain(self.socks[b"tS"], wait=True)
+        code, vals = routine.decode_reply(got[1], [], got[2:])
+        if code:
+            raise RuntimeError(f"{routine.name}: {code}")
+        return vals
+
+    def read(self, n: int) -> float:
+        """``n`` vm_reads of the resident page, each giving back the previous reply's
+        region; the seconds of this thread's CPU spent in handle and flush."""
+        k, clock, s = self.k, time.thread_time, self.socks[b"tS"]
+        spent, last = 0.0, None
+        for _ in range(n):
+            frames = self.trap(vm_read, [self.addr, 4096], last)
+            t0 = clock()
+            k.handle(frames)
+            k.flush()
+            spent += clock() - t0
+            got = self._drain(s, wait=True)
+            h = M.unpackb(got[0])
+            if got[-1] != self.page or not h[M.A_OOL_ADDRS]:
+                raise RuntimeError(f"vm_read answered {h!r}")
+            last = [h[M.A_OOL_ADDRS][0], 4096]
+        return spent
+
+
+def measure(n: int, profile: bool = False, path_name: str = "routed") -> dict:
+    """Microseconds in the kernel per routed message (``path_name`` "routed") or per
+    resident vm_read ("vm_read"), over ``n`` after WARM; with ``profile`` the cProfile
+    text of the timed loop as "profile"."""
+    reading = path_name == "vm_read"
+    path = ReadPath() if reading else RoutedPath()
+    run = path.read if reading else path.route
     try:
-        path.route(WARM)
+        run(WARM)
         prof = cProfile.Profile() if profile else None
         if prof is not None:
             prof.enable()
-        spent = path.route(n)
+        spent = run(n)
         if prof is not None:
             prof.disable()
-        out = {"routed": n, "kernel_us_per_msg": spent / n * 1e6,
+        out = {"path": path_name, "calls": n, "kernel_us_per_msg": spent / n * 1e6,
                "delivered": path.k.stats["msgs_delivered"],
                # the regions given back as they came: the receiver's map stays small
-               "receiver_map_entries": len(path.k.tasks[b"tR"].map)}
+               "receiver_map_entries": len(path.k.tasks[b"tS" if reading else b"tR"].map)}
         if prof is not None:
             buf = io.StringIO()
             pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(30)
@@ -161,17 +222,20 @@ def measure(n: int, profile: bool = False) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m lab.bench.inproc",
                                  description=__doc__.splitlines()[0])
-    ap.add_argument("n", nargs="?", type=int, default=20000, help="routed messages timed")
+    ap.add_argument("n", nargs="?", type=int, default=20000, help="calls timed")
+    ap.add_argument("--path", choices=("routed", "vm_read"), default="routed",
+                    help="routed one-way messages (default) or vm_read of a resident page")
     ap.add_argument("--profile", action="store_true", help="cProfile of the timed loop")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
     if a.n < 1:
         ap.error("n must be at least 1")
-    r = measure(a.n, a.profile)
+    r = measure(a.n, a.profile, a.path)
     if a.json:
         print(json.dumps({k: v for k, v in r.items() if k != "profile"}))
     else:
-        print(f"{r['kernel_us_per_msg']:.1f} us in the kernel per routed message ({a.n} "
+        what = "resident vm_read" if a.path == "vm_read" else "routed message"
+        print(f"{r['kernel_us_per_msg']:.1f} us in the kernel per {what} ({a.n} "
               f"timed after {WARM}; receiver's map: {r['receiver_map_entries']} entries)")
     if a.profile:
         print(r["profile"])
