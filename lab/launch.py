@@ -149,6 +149,9 @@ def run_jobs(args, run_dir) -> list[tuple[str, list[str], float | None]]:
     return jobs
 
 
+INTERRUPTED = 128 + signal.SIGINT  # a headline stopped by Ctrl-C: no checks after it
+
+
 def cmd_run(args) -> int:
     """The main job: the headline experiment (run_headline), then the default cluster
     with a small memory and the anon workload (memory pressure through the default
@@ -157,19 +160,19 @@ def cmd_run(args) -> int:
     loadgen = ROOT / "scripts" / "loadgen"
     if not loadgen.exists():
         raise LaunchError(f"{loadgen} not found")
-    fresh = args.run_dir is None and not os.environ.get("MACHEMU_RUN_DIR")
-    rd = RunDir.resolve(args.run_dir)
-    rd.check_socket_path()
-    headline = run_headline(args, rd.path) if args.experiment else 0
-    status = run_checks(args, fresh)
+    # The run directory is prepared first: a busy one (a launcher or kernel there) is
+    # refused before minutes of experiment, and a fresh run's old logs go now.
+    cl = open_cluster(args, fresh=args.run_dir is None and not os.environ.get("MACHEMU_RUN_DIR"))
+    headline = run_headline(args, cl.run_dir) if args.experiment else 0
+    if headline == INTERRUPTED:
+        return headline
+    status = run_checks(args, cl)
     return headline or status
 
 
-def run_checks(args, fresh: bool) -> int:
+def run_checks(args, cl: Cluster) -> int:
     """The main job's IPC and VM checks: the anon, mmap and flood workloads on the
-    default cluster (``fresh``: the run directory's old logs removed first); the first
-    failure's status."""
-    cl = open_cluster(args, fresh=fresh)
+    default cluster ``cl`` (prepared); the first failure's status."""
     cl.kernel_table = {**RUN_KERNEL, **(cl.kernel_table or {})}  # the config's win
     statuses: list[tuple[str, int]] = []
 
@@ -199,37 +202,36 @@ def run_checks(args, fresh: bool) -> int:
     return status
 
 
-def headline_configs(args) -> list[str]:
-    """The configurations ``launch run`` gives the headline experiment: its
-    ``headline`` ones (E1: classic-page and advisory, the seed's comparison), all of them
-    with --all-configurations or when the experiment names none (or is unknown: the
-    experiment CLI says so)."""
+def headline_argv(args, run_dir) -> list[str]:
+    """``scripts/experiment run NAME --quick --out RUN_DIR/experiment`` with a --config
+    for each of the experiment's ``headline`` configurations (E1: classic-page and
+    advisory, the seed's comparison); none, so all of them, with --all-configurations or
+    when the experiment names none (or is unknown: the experiment CLI says so)."""
     from lab.experiments.base import find
 
+    argv = [sys.executable, str(ROOT / "scripts" / "experiment"), "run", args.experiment,
+            "--quick", "--out", str(Path(run_dir) / "experiment")]
     cls = find(args.experiment)
-    if cls is None or getattr(args, "all_configurations", False):
-        return []
-    return list(cls.headline)
+    if cls is not None and not args.all_configurations:
+        for name in cls.headline:
+            argv += ["--config", name]
+    return argv
 
 
 def run_headline(args, run_dir) -> int:
-    """The main job's first part: ``scripts/experiment run NAME --quick`` with the
-    headline configurations (each on a cluster of its own), results under
-    RUN_DIR/experiment, its table and findings printed as they come, then the report's
-    path; its exit status."""
+    """The main job's first part: headline_argv run (each configuration on a cluster of
+    its own), its table and findings printed as they come, then the report's path; its
+    exit status (INTERRUPTED after Ctrl-C)."""
     import subprocess
 
-    out = Path(run_dir) / "experiment"
-    argv = [sys.executable, str(ROOT / "scripts" / "experiment"), "run", args.experiment,
-            "--quick", "--out", str(out)]
-    for name in headline_configs(args):
-        argv += ["--config", name]
+    argv = headline_argv(args, run_dir)
     say(f"experiment {args.experiment} (--quick): " + " ".join(argv[1:]))
     try:
         code = subprocess.call(argv, cwd=ROOT)
     except KeyboardInterrupt:
-        code = 130
-    say(f"experiment {args.experiment}: {describe_exit(code)}; report {out / 'report.md'}")
+        code = INTERRUPTED
+    report = Path(run_dir) / "experiment" / "report.md"
+    say(f"experiment {args.experiment}: {describe_exit(code)}; report {report}")
     return code if code >= 0 else 128 - code
 
 

@@ -8,7 +8,9 @@ server's receive trap with the previous message's out-of-line region to give bac
 (ool_deallocate, deliver, vm_map_copyout), and the answers flushed down the sockets.
 It prints the time spent in those kernel calls per routed message: what the kernel's
 Python costs per message when no wakeup, poll or context switch is paid (``scripts/bench``'s
-info.routed_kernel_us_per_msg pays those too).  ``--profile`` adds a cProfile of the
+info.routed_kernel_us_per_msg pays those too).  ``--path vm_read`` times instead the
+sending task's RPC trap vm_read of a resident page of its own (the kobject server,
+vm_fault_range, the reply's region mapped into the caller, given back by the next trap).  ``--profile`` adds a cProfile of the
 loop, by own time.  docs/performance.md says how it was used.
 """
 
@@ -140,7 +142,7 @@ class ReadPath(RoutedPath):
     def __init__(self, physical_pages: int = 2048):
         super().__init__(physical_pages)
         s = self.socks[b"tS"]
-        s.send(M.packb([M.OP_REPLY_PORT, 1, 2]))  # mach_reply_port
+        send_frames(s, [M.packb([M.OP_REPLY_PORT, 1, 2])], block=True)  # mach_reply_port
         self._handle_one()
         self.reply_name = M.unpackb(self._drain(s, wait=True)[0])[M.A_VALUE]
         task = self.k.tasks[b"tS"]
@@ -167,6 +169,8 @@ class ReadPath(RoutedPath):
         self.k.handle(self.trap(routine, args))
         self.k.flush()
         got = self._drain(self.socks[b"tS"], wait=True)
+        if M.unpackb(got[0])[M.A_KIND] != M.K_MSG:
+            raise RuntimeError(f"{routine.name}: the trap answered {M.unpackb(got[0])!r}")
         code, vals = routine.decode_reply(got[1], [], got[2:])
         if code:
             raise RuntimeError(f"{routine.name}: {code}")

@@ -49,11 +49,6 @@ def dirty_limits(kernel: dict) -> tuple[int | None, int | None]:
     return advisory_limits(KernelConfig.load(**kernel))
 
 
-def hard_limit(kernel: dict) -> int | None:
-    """The advisory policy's hard dirty limit under ``kernel``, None under others."""
-    return dirty_limits(kernel)[1]
-
-
 def advisory_thread_floor(row: dict) -> int | None:
     """The fewest ext2fs threads advisory can peak at with this run's parameters: the
     threads ext2fs had when the run began, one per writer asleep on the dirty limit (its
@@ -141,6 +136,7 @@ class Storm(Experiment):
         s = results.get("storm") or {}
         lat = s.get("write_latency_ms") or {}
         expected = s.get("files", 0) * s.get("file_bytes", 0)
+        soft, hard = dirty_limits(kernel)
         return {
             "threads_peak": peak(samples, "procs.ext2fs.threads"),
             "threads_start": next((v for v in (value(x, "procs.ext2fs.threads")
@@ -149,8 +145,8 @@ class Storm(Experiment):
             "returns_in_flight_peak": peak(samples, "vm.returns_in_flight"),
             "returns_queued_peak": peak(samples, "ports.pager_depth"),
             "potentially_dirty_peak": peak(samples, "vm.potentially_dirty"),
-            "hard_limit": hard_limit(kernel),
-            "soft_limit": dirty_limits(kernel)[0],
+            "hard_limit": hard,
+            "soft_limit": soft,
             "writer_sleeps": delta(samples, "vm.dirty_sleeps"),
             "writer_sleep_s": rounded(delta(samples, "vm.dirty_sleep_seconds")),
             "writer_pauses": delta(samples, "vm.dirty_pauses"),

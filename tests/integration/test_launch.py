@@ -185,27 +185,67 @@ def test_headline_experiment_is_run_and_its_status_returned(tmp_path, capsys):
 
     from lab.launch import run_headline
 
-    code = run_headline(argparse.Namespace(experiment="E9"), tmp_path)
+    code = run_headline(argparse.Namespace(experiment="E9", all_configurations=False),
+                        tmp_path)
     out = capsys.readouterr()
     assert code == 2, out
     assert "experiment E9 (--quick)" in out.out + out.err
     assert str(tmp_path / "experiment") in out.out + out.err
 
 
-def test_headline_runs_e1s_classic_and_advisory_unless_all_are_asked():
-    """launch run's headline is E1 with classic-page and advisory (issue 10), by name or
-    alias; --all-configurations, or an experiment without headline ones, runs them all."""
+def test_headline_runs_e1s_classic_and_advisory_unless_all_are_asked(tmp_path):
+    """launch run's headline is E1 --quick with classic-page and advisory (issue 10), by
+    name or alias, into RUN_DIR/experiment; --all-configurations, or an experiment
+    without headline ones, runs them all (no --config)."""
     import argparse
 
     from lab.experiments.base import find
-    from lab.launch import headline_configs
+    from lab.launch import headline_argv
 
-    def ns(name, every=False):
-        return argparse.Namespace(experiment=name, all_configurations=every)
+    def configs(name, every=False):
+        argv = headline_argv(argparse.Namespace(experiment=name, all_configurations=every),
+                             tmp_path)
+        assert argv[2:6] == ["run", name, "--quick", "--out"], argv
+        assert argv[6] == str(tmp_path / "experiment")
+        return [argv[i + 1] for i, a in enumerate(argv) if a == "--config"]
 
-    assert headline_configs(ns("storm")) == ["classic-page", "advisory"]
-    assert headline_configs(ns("e1")) == ["classic-page", "advisory"]
-    known = {c.name for c in find("storm").configurations}
-    assert set(headline_configs(ns("E1"))) <= known
-    assert headline_configs(ns("E1", every=True)) == []
-    assert headline_configs(ns("E9")) == []
+    assert configs("storm") == ["classic-page", "advisory"]
+    assert configs("e1") == ["classic-page", "advisory"]
+    # names the experiment knows: a renamed configuration would make it exit 2
+    assert set(configs("E1")) <= {c.name for c in find("storm").configurations}
+    assert configs("E1", every=True) == []
+    assert configs("fragmentation") == []  # no headline of its own: all of them
+    assert configs("E9") == []
+
+
+@pytest.mark.timeout(240)
+def test_run_refuses_a_busy_run_dir_before_its_headline(run_dir, procs):
+    """launch run on a run directory where a cluster runs exits 2 at once, before any
+    experiment starts, and leaves that cluster running."""
+    lp, cluster = start_cluster(procs, run_dir)
+    r = launch("run", "--run-dir", str(run_dir), timeout=60)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "already runs" in r.stderr, r.stderr
+    assert "experiment storm" not in r.stdout + r.stderr
+    assert not (run_dir / "experiment").exists()
+    assert not gone(cluster["kernel"]["pid"])
+    r = launch("stop", "--run-dir", str(run_dir), timeout=150)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_run_stops_after_an_interrupted_headline(tmp_path, monkeypatch):
+    """Ctrl-C during the headline ends launch run with its status: the IPC and VM checks
+    are not started after it (they are after a headline that merely failed)."""
+    import argparse
+
+    from lab import launch as L
+
+    checks = []
+    monkeypatch.setattr(L, "run_checks", lambda args, cl: checks.append(cl) or 0)
+    args = argparse.Namespace(run_dir=str(tmp_path), config=None, threads=None,
+                              experiment="storm", all_configurations=False)
+    for headline, expected, ran in ((L.INTERRUPTED, L.INTERRUPTED, 0), (1, 1, 1)):
+        monkeypatch.setattr(L, "run_headline", lambda a, d, code=headline: code)
+        checks.clear()
+        assert L.cmd_run(args) == expected
+        assert len(checks) == ran

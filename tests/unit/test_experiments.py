@@ -16,7 +16,7 @@ from lab.experiments.cache_vs_anon import CacheVsAnon
 from lab.experiments.plot import PlotUnavailable, panel_series, plot_runs
 from lab.experiments.recorder import INFO_MAX_EVERY, pace, port_summary
 from lab.experiments.runner import UNAVAILABLE, ConfigRun, loadgen_argv
-from lab.experiments.storm import Storm, advisory_thread_floor, dirty_limits, hard_limit
+from lab.experiments.storm import Storm, advisory_thread_floor, dirty_limits
 from lab.experiments.summary import (
     between,
     counter,
@@ -270,7 +270,7 @@ def test_storm_row_from_samples():
     row = Storm().row(Storm.configurations[1], samples, {"storm": summary}, kernel)
     assert row["threads_peak"] == 35 and row["returns_in_flight_peak"] == 17
     assert row["returns_queued_peak"] == 12 and row["potentially_dirty_peak"] == 380
-    assert row["hard_limit"] == 375  # 3,000 scaled to 2,048 pages
+    assert row["hard_limit"] == 375 and row["soft_limit"] == 337  # scaled to 2,048 pages
     assert row["writer_sleeps"] == 6 and row["writer_sleep_s"] == 2.5
     assert row["laundry_peak"] == 9 and row["laundry_external_peak"] is None
     assert row["mib_per_s"] == 3.5 and row["p99_write_ms"] == 99.12
@@ -280,19 +280,17 @@ def test_storm_row_from_samples():
                        kernel)["verified_all"] is False
 
 
-def test_hard_limit():
-    assert hard_limit({"pageout_policy": "classic"}) is None
-    assert hard_limit({"pageout_policy": "advisory"}) == 3000  # unscaled, 16,384 pages
-    assert hard_limit({"pageout_policy": "advisory", "physical_pages": 4096,
-                       "advisory_scale_limits": True}) == 750
+def test_dirty_limits():
+    assert dirty_limits({"pageout_policy": "classic"}) == (None, None)
+    assert dirty_limits({"pageout_policy": "advisory"}) == (2700, 3000)  # unscaled
+    assert dirty_limits({"pageout_policy": "advisory", "physical_pages": 4096,
+                         "advisory_scale_limits": True}) == (675, 750)
 
 
 def test_advisory_thread_floor():
     """Start threads + writers asleep + the sync's data_returns of DATA_WRITE_MAX pages
     for the soft limit's dirty pages: 7 + 32 + ceil(2700 / 32) = 124 at 16,384 pages,
     7 + 32 + ceil(337 / 32) = 50 with --quick's scaled limits."""
-    assert dirty_limits({"pageout_policy": "advisory"}) == (2700, 3000)
-    assert dirty_limits({"pageout_policy": "modern"}) == (None, None)
     row = {"threads_start": 7, "writers_sleeping_peak": 32, "soft_limit": 2700}
     assert advisory_thread_floor(row) == 124
     soft = dirty_limits({"pageout_policy": "advisory", "physical_pages": 2048,
