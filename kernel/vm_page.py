@@ -27,6 +27,7 @@ import time
 from collections import deque
 
 from kernel.sched_prim import THREAD_AWAKENED, Sleep
+from protocol.defs.mach import VM_PROT_ALL
 from protocol.kern_return import KernReturn, MachError
 from protocol.vm_param import PAGE_SIZE
 
@@ -49,14 +50,28 @@ def _flag(bit: int, doc: str):
     return property(get, set_, doc=doc)
 
 
+def _field(shift: int, doc: str):
+    """A 3-bit protection field of ``flags`` (vm_page.h's ``page_lock:3``)."""
+    mask = VM_PROT_ALL << shift
+
+    def get(self):
+        return (self.flags & mask) >> shift
+
+    def set_(self, value):
+        self.flags = (self.flags & ~mask) | ((value & VM_PROT_ALL) << shift)
+
+    return property(get, set_, doc=doc)
+
+
 class VMPage:
     """struct vm_page: the frame's identity (object, offset), its flags, its locks.
 
-    The boolean flags share one int (``flags``) to keep a page small: with hundreds of
-    thousands of frames, every slot costs megabytes."""
+    The boolean flags and the two 3-bit protections share one int (``flags``), as
+    vm_page.h packs them in bitfields, to keep a page small: with hundreds of thousands
+    of frames, every slot costs megabytes."""
 
-    __slots__ = ("frame", "object", "offset", "queue", "flags", "wire_count", "page_lock",
-                 "unlock_request", "q_prev", "q_next")
+    __slots__ = ("frame", "object", "offset", "queue", "flags", "wire_count", "q_prev",
+                 "q_next")
 
     busy = _flag(0x001, "in transit: being filled, cleaned or locked")
     absent = _flag(0x002, "asked of the pager, no data yet")
@@ -69,6 +84,8 @@ class VMPage:
     potentially_dirty = _flag(0x100, "advisory pageout: write-unlocked since last cleaned")
     external = _flag(0x200, "grabbed for an external object (external_page_count on)")
     extcounted = _flag(0x400, "counted in vm_page_external_count")
+    page_lock = _field(16, "accesses the pager forbids (VM_PROT_*)")
+    unlock_request = _field(19, "accesses asked of the pager with data_unlock")
 
     def __init__(self, frame: int):
         self.frame = frame
@@ -77,17 +94,13 @@ class VMPage:
         self.queue = Q_FREE
         self.flags = 0
         self.wire_count = 0
-        self.page_lock = 0  # accesses the pager forbids (VM_PROT_*)
-        self.unlock_request = 0  # accesses asked of the pager with data_unlock
         self.q_prev = self.q_next = None
 
     def reset(self):
         self.object = None
         self.offset = 0
-        self.flags = 0
+        self.flags = 0  # page_lock and unlock_request too
         self.wire_count = 0
-        self.page_lock = 0
-        self.unlock_request = 0
 
     def __repr__(self):
         flags = "".join(c for c, f in (("B", self.busy), ("A", self.absent), ("D", self.dirty),
