@@ -63,6 +63,39 @@ def _field(shift: int, doc: str):
     return property(get, set_, doc=doc)
 
 
+_DIRTY = 0x004
+
+
+def _dirty_get(self):
+    return bool(self.flags & _DIRTY)
+
+
+def _dirty_set(self, value):
+    # The machine's dirty counts follow the bit, so vm_statistics need not walk frames.
+    f = self.flags
+    if value:
+        if not f & _DIRTY:
+            self.flags = f | _DIRTY
+            _count_dirty(self, 1)
+    elif f & _DIRTY:
+        self.flags = f & ~_DIRTY
+        _count_dirty(self, -1)
+
+
+def _count_dirty(page, delta: int):
+    pool = page.pool
+    pool.dirty_count += delta
+    obj = page.object
+    if obj is not None and not obj.internal:
+        pool.dirty_external += delta
+
+
+class _Unpooled:
+    """The counts of pages made outside a VMResident (tests)."""
+
+    dirty_count = dirty_external = 0
+
+
 class VMPage:
     """struct vm_page: the frame's identity (object, offset), its flags, its locks.
 
@@ -75,7 +108,8 @@ class VMPage:
 
     busy = _flag(0x001, "in transit: being filled, cleaned or locked")
     absent = _flag(0x002, "asked of the pager, no data yet")
-    dirty = _flag(0x004, "modified since it was last cleaned")
+    dirty = property(_dirty_get, _dirty_set, doc="modified since it was last cleaned "
+                     "(counted in the machine's dirty_count)")
     precious = _flag(0x008, "the pager wants it back even when clean")
     error = _flag(0x010, "the pager reported an error for it")
     wanted = _flag(0x020, "someone waits for it (PAGE_WAKEUP)")
@@ -86,6 +120,7 @@ class VMPage:
     extcounted = _flag(0x400, "counted in vm_page_external_count")
     page_lock = _field(16, "accesses the pager forbids (VM_PROT_*)")
     unlock_request = _field(19, "accesses asked of the pager with data_unlock")
+    pool = _Unpooled  # the VMResident whose dirty_count counts this page (its subclass's)
 
     def __init__(self, frame: int):
         self.frame = frame
@@ -97,6 +132,8 @@ class VMPage:
         self.q_prev = self.q_next = None
 
     def reset(self):
+        if self.flags & _DIRTY:
+            _count_dirty(self, -1)  # while it still knows its object
         self.object = None
         self.offset = 0
         self.flags = 0  # page_lock and unlock_request too
@@ -178,7 +215,12 @@ class VMResident:
         # Anonymous mmap: zero pages until touched, so RSS follows the frames in use.
         self.memory = mmap.mmap(-1, npages * PAGE_SIZE)
         self.view = memoryview(self.memory)
-        self.pages = [VMPage(i) for i in range(npages)]
+        # Pages of this machine count themselves in its dirty counts (vm_statistics'),
+        # through a class of their own: a slot per frame would cost 2 MiB at 256k pages.
+        self.dirty_count = 0  # pages with the dirty bit
+        self.dirty_external = 0  # of those, pages of external objects
+        page_class = type("VMPage", (VMPage,), {"__slots__": (), "pool": self})
+        self.pages = [page_class(i) for i in range(npages)]
         # The free queue only ever gives out its oldest page and takes pages at its end:
         # a deque (8 bytes a page) rather than an OrderedDict (about 100).
         self.free: deque[VMPage] = deque(self.pages)
@@ -289,8 +331,14 @@ class VMResident:
 # ------------------------------------------------------------ resident page routines
 
 def vm_page_insert(page: VMPage, obj, offset: int):
-    """vm_page_insert: the page holds ``obj``'s data at ``offset``."""
-    page.object, page.offset = obj, offset
+    """vm_page_insert: the page (a free frame just grabbed, in no object) holds
+    ``obj``'s data at ``offset``."""
+    if page.flags & _DIRTY:
+        _count_dirty(page, -1)
+        page.object, page.offset = obj, offset
+        _count_dirty(page, 1)
+    else:
+        page.object, page.offset = obj, offset
     obj.resident[offset] = page
 
 

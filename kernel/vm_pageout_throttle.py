@@ -31,9 +31,9 @@ unchanged).  On top of it:
   (200 ms) at the limit; here the pause starts at thresh, as the issue asks, and grows
   linearly over a region of the same width, so it reaches max_pause at
   thresh + span (25 % of memory with the defaults).
-- The count is recounted at most every RATELIMIT_PAGES dirtying faults or RECOUNT_AGE
-  seconds (Linux's ratelimit_pages = 32 and per-CPU counter slack): a full count walks
-  every resident page.
+- The count is read afresh at most every RATELIMIT_PAGES dirtying faults or RECOUNT_AGE
+  seconds, as Linux's ratelimit_pages = 32 and per-CPU counter slack let the writer
+  act on a count a little out of date (the count itself is kept by kernel.vm_page).
 """
 
 from __future__ import annotations
@@ -56,18 +56,11 @@ FLUSH_IDLE = 0.5  # seconds the flusher sleeps (or until woken) below bg_thresh
 RATELIMIT_PAGES = 32  # Linux ratelimit_pages
 RECOUNT_AGE = 0.020  # seconds a count stays good
 
-_DIRTY = 0x004  # VMPage.flags bit of ``dirty``
-
 
 def vm_page_dirty_throttled(vm) -> int:
     """The dirty count the throttle works on: dirty resident pages of external objects
     plus the laundry outstanding (Linux's NR_FILE_DIRTY + NR_WRITEBACK)."""
-    n = 0
-    for p in vm.mem.pages:
-        if p.flags & _DIRTY:
-            obj = p.object
-            if obj is not None and not obj.internal:
-                n += 1
+    n = vm.mem.dirty_external  # kept by the pages' dirty bits (kernel.vm_page)
     pageout = vm.pageout
     if pageout is None:
         return n

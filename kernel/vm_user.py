@@ -25,7 +25,6 @@ def vm_statistics(vm) -> dict:
     mem = vm.mem
     c = mem.counts()
     s = mem.stats
-    dirty = sum(1 for p in mem.pages if p.dirty and p.object is not None)
     out = {
         "policy": vm.k.config.pageout_policy if vm.k is not None else "classic",
         "pagesize": PAGE_SIZE, "free_count": c["free"], "active_count": c["active"],
@@ -33,7 +32,7 @@ def vm_statistics(vm) -> dict:
         "transit_count": c["transit"], "zero_fill_count": s["zero_fill_count"],
         "reactivations": s["reactivations"], "pageins": s["pageins"],
         "pageouts": s["pageouts"], "faults": s["faults"], "cow_faults": s["cow_faults"],
-        "physical_pages": mem.npages, "dirty_count": dirty,
+        "physical_pages": mem.npages, "dirty_count": mem.dirty_count,
         "potentially_dirty": 0, "dirty_sleeping": 0, "dirty_sleeps": 0,
         "dirty_sleep_seconds": 0.0, "unlock_hints": 0, "laundry_count": 0,
         "laundered": vm.stats["laundered"], "ool_regions": vm.stats["ool_regions"],
