@@ -7,11 +7,12 @@ one-way demo_send of a 4 KiB page (ipc_kmsg_copyin, the queue, kmem_alloc_wired)
 server's receive trap with the previous message's out-of-line region to give back
 (ool_deallocate, deliver, vm_map_copyout), and the answers flushed down the sockets.
 It prints the time spent in those kernel calls per routed message: what the kernel's
-Python costs per message when no wakeup, poll or context switch is paid (``scripts/bench``'s
-info.routed_kernel_us_per_msg pays those too).  ``--path vm_read`` times instead the
-sending task's RPC trap vm_read of a resident page of its own (the kobject server,
-vm_fault_range, the reply's region mapped into the caller, given back by the next trap).  ``--profile`` adds a cProfile of the
-loop, by own time.  docs/performance.md says how it was used.
+Python costs per message when no wakeup, poll or context switch is paid
+(``scripts/bench``'s info.routed_kernel_us_per_msg pays those too).  ``--path vm_read``
+times instead the sending task's RPC trap vm_read of a resident page of its own (the
+kobject server, vm_fault_range, the reply's region mapped into the caller, given back by
+the next trap).  ``--profile`` adds a cProfile of the loop, by own time.
+docs/performance.md says how it was used.
 """
 
 from __future__ import annotations
